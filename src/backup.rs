@@ -1,0 +1,396 @@
+//! The backup operation: find the app, record its version, stop it, stream every volume to the
+//! store, start again exactly the containers that were running, and write the manifest last.
+//!
+//! The containers are started again on every path out of this module: after success, after an
+//! error in any stage, after a panic in the volume task, and after SIGINT/SIGTERM (the token
+//! cancels the uploads, which abort their multipart uploads). A failed backup deletes the
+//! objects it had completed, so it leaves neither a manifest nor stray volume objects.
+
+use crate::docker::{self, App, AppContainer, VOLUME_LABEL};
+use crate::keys::Recipient;
+use crate::manifest::{self, AppVersion, Encryption, Manifest, SourceKind, VolumeRecord};
+use crate::pipeline::compress::{CompressionSettings, compressing_writer};
+use crate::pipeline::encrypt::encrypting_writer;
+use crate::pipeline::tally::TallyReader;
+use crate::pipeline::tar_check::RootMeta;
+use crate::pipeline::upload::{PartPolicy, upload_parts};
+use crate::pipeline::PipelineError;
+use crate::store::Store;
+use anyhow::{Context, Result, anyhow};
+use bollard::Docker;
+use chrono::Utc;
+use object_store::ObjectStoreExt;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+/// Which volumes to back up.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeSelection {
+    /// Only these (full or compose names); empty: every named volume.
+    pub only: Vec<String>,
+    pub exclude: Vec<String>,
+    /// Bind mounts to include, by container path.
+    pub bind_paths: Vec<String>,
+}
+
+/// Everything a backup needs, validated.
+pub struct BackupPlan {
+    pub app_name: String,
+    pub selector: docker::AppSelector,
+    pub selection: VolumeSelection,
+    pub recipients: Arc<Vec<Recipient>>,
+    pub compression: CompressionSettings,
+    pub part_policy: PartPolicy,
+    pub stop_timeout_secs: u32,
+    pub version_from: Option<String>,
+}
+
+/// Where one volume's data is read from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+    pub compose_volume: Option<String>,
+    pub driver: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub container_id: String,
+    pub service: String,
+    pub container_path: String,
+}
+
+impl Source {
+    fn matches(&self, wanted: &str) -> bool {
+        self.name == wanted || self.compose_volume.as_deref() == Some(wanted)
+    }
+}
+
+fn is_anonymous(name: &str) -> bool {
+    name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The volumes (and requested bind mounts) of the app, each read through the first container
+/// in start order that mounts it.
+pub async fn plan_sources(docker: &Docker, app: &App, selection: &VolumeSelection) -> Result<Vec<Source>> {
+    let mut sources: Vec<Source> = Vec::new();
+    for container in &app.containers {
+        for mount in &container.mounts {
+            match (mount.kind.as_str(), &mount.name) {
+                ("volume", Some(name)) if !sources.iter().any(|s| &s.name == name) => {
+                    if is_anonymous(name) && !selection.only.contains(name) {
+                        tracing::info!(volume = %name, container = %container.name, path = %mount.destination,
+                            "skipping an anonymous volume; name it in the compose file to back it up");
+                        continue;
+                    }
+                    let (driver, labels) = docker::volume_info(docker, name).await?;
+                    sources.push(Source {
+                        name: name.clone(),
+                        kind: SourceKind::Volume,
+                        compose_volume: labels.get(VOLUME_LABEL).cloned(),
+                        driver: Some(driver),
+                        labels,
+                        container_id: container.id.clone(),
+                        service: container.key().to_string(),
+                        container_path: mount.destination.clone(),
+                    });
+                }
+                ("bind", _) if selection.bind_paths.contains(&mount.destination) => {
+                    sources.push(bind_source(container, &mount.destination));
+                }
+                _ => {}
+            }
+        }
+    }
+    for path in &selection.bind_paths {
+        if !sources.iter().any(|s| s.kind == SourceKind::Bind && &s.container_path == path) {
+            return Err(crate::error::usage(format!(
+                "--bind-path {path}: no container of the app has a bind mount at {path}"
+            )));
+        }
+    }
+    let available = |sources: &[Source]| {
+        sources.iter().map(|s| s.compose_volume.clone().unwrap_or_else(|| s.name.clone())).collect::<Vec<_>>().join(", ")
+    };
+    for wanted in selection.only.iter().chain(&selection.exclude) {
+        if !sources.iter().any(|s| s.matches(wanted)) {
+            return Err(crate::error::usage(format!(
+                "volume '{wanted}' is not mounted by any container of the app; its volumes are: {}",
+                available(&sources)
+            )));
+        }
+    }
+    sources.retain(|s| {
+        let chosen = selection.only.is_empty() || s.kind == SourceKind::Bind || selection.only.iter().any(|w| s.matches(w));
+        chosen && !selection.exclude.iter().any(|w| s.matches(w))
+    });
+    if sources.is_empty() {
+        return Err(crate::error::usage(
+            "nothing to back up: the app's containers mount no named volume (after --volume/--exclude-volume); name the volumes in the compose file or add --bind-path",
+        ));
+    }
+    Ok(sources)
+}
+
+fn bind_source(container: &AppContainer, path: &str) -> Source {
+    Source {
+        name: format!("bind:{}:{path}", container.key()),
+        kind: SourceKind::Bind,
+        compose_volume: None,
+        driver: None,
+        labels: BTreeMap::new(),
+        container_id: container.id.clone(),
+        service: container.key().to_string(),
+        container_path: path.to_string(),
+    }
+}
+
+/// Reads the one app version string `label:KEY`, `env:NAME` or `file:SERVICE:/path` names.
+pub async fn read_version(docker: &Docker, app: &App, source: &str) -> Result<String> {
+    let bad = || crate::error::usage(format!(
+        "version source '{source}' is not one of label:KEY, env:NAME or file:SERVICE:/path"
+    ));
+    let (kind, rest) = source.split_once(':').ok_or_else(bad)?;
+    let found = match kind {
+        "label" => app.containers.iter().find_map(|c| c.labels.get(rest).cloned()),
+        "env" => app.containers.iter().find_map(|c| {
+            c.env.iter().find_map(|e| e.strip_prefix(rest).and_then(|v| v.strip_prefix('=')).map(str::to_string))
+        }),
+        "file" => {
+            let (service, path) = rest.split_once(':').ok_or_else(bad)?;
+            let container = app.by_key(service).ok_or_else(|| {
+                crate::error::usage(format!("version source '{source}': the app has no service or container '{service}'"))
+            })?;
+            Some(docker::read_file(docker, &container.id, path).await.with_context(|| format!("reading the app version from {source}"))?)
+        }
+        _ => return Err(bad()),
+    };
+    found.ok_or_else(|| anyhow!("version source '{source}' found nothing in the app's containers"))
+}
+
+/// Runs a backup; returns its manifest.
+pub async fn run(docker: &Docker, store: &Store, plan: &BackupPlan, cancel: &CancellationToken) -> Result<Manifest> {
+    let started_at = Utc::now();
+    let backup_id = manifest::new_backup_id(started_at);
+    let app = App::discover(docker, &plan.selector).await?;
+    let sources = plan_sources(docker, &app, &plan.selection).await?;
+    let mut app_version = AppVersion { services: app.images(), ..Default::default() };
+    if let Some(source) = &plan.version_from {
+        app_version.version = Some(read_version(docker, &app, source).await?);
+        app_version.version_source = Some(source.clone());
+    }
+    check_store_reachable(store, &plan.app_name).await?;
+    tracing::info!(app = %plan.app_name, backup = %backup_id, volumes = sources.len(), store = %store.url, "starting backup");
+
+    let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
+    let stopped_at = Instant::now();
+    let outcome = match stop_result {
+        Ok(()) if cancel.is_cancelled() => Err(crate::error::interrupted()),
+        Ok(()) => {
+            let task = tokio::spawn(back_up_volumes(
+                docker.clone(),
+                store.clone(),
+                plan.app_name.clone(),
+                backup_id.clone(),
+                sources,
+                Arc::clone(&plan.recipients),
+                plan.compression,
+                plan.part_policy,
+                cancel.clone(),
+            ));
+            match task.await {
+                Ok(result) => result,
+                Err(join_error) => Err(anyhow!("the backup task failed: {join_error}")),
+            }
+        }
+        Err(stop_error) => Err(stop_error),
+    };
+    let restarted = docker::start_again(docker, &stopped).await;
+    let downtime = stopped_at.elapsed();
+    let volumes = match (outcome, restarted) {
+        (Ok(volumes), Ok(())) => volumes,
+        (Ok(volumes), Err(restart_error)) => {
+            // The data is safe: record it, then report the restart failure.
+            let manifest = finish_manifest(plan, &backup_id, started_at, downtime, app_version, volumes);
+            manifest::write(&store.objects, &store.layout, &manifest).await?;
+            return Err(restart_error.context(format!("backup {backup_id} is complete, but the app is not fully running")));
+        }
+        (Err(error), Ok(())) => return Err(error),
+        (Err(error), Err(restart_error)) => {
+            return Err(error.context(format!("and also: {restart_error:#}")));
+        }
+    };
+    let manifest = finish_manifest(plan, &backup_id, started_at, downtime, app_version, volumes);
+    manifest::write(&store.objects, &store.layout, &manifest).await?;
+    Ok(manifest)
+}
+
+fn finish_manifest(
+    plan: &BackupPlan,
+    backup_id: &str,
+    started_at: chrono::DateTime<Utc>,
+    downtime: std::time::Duration,
+    app_version: AppVersion,
+    volumes: Vec<VolumeRecord>,
+) -> Manifest {
+    Manifest {
+        format: manifest::FORMAT.into(),
+        format_version: manifest::FORMAT_VERSION,
+        backup_id: backup_id.to_string(),
+        app: plan.app_name.clone(),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        lifeboat_version: env!("CARGO_PKG_VERSION").into(),
+        started_at,
+        finished_at: Utc::now(),
+        downtime_seconds: downtime.as_secs_f64(),
+        app_version,
+        volumes,
+    }
+}
+
+/// Fails before anything is stopped when the store cannot be listed.
+async fn check_store_reachable(store: &Store, app: &str) -> Result<()> {
+    let dir = store.layout.app_dir(app);
+    store.objects.list_with_delimiter(Some(&dir)).await.map_err(|e| {
+        anyhow!(
+            "cannot reach the store {} ({e}); nothing was stopped. Check the URL, the endpoint, the credentials and the network",
+            store.url
+        )
+    })?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn back_up_volumes(
+    docker: Docker,
+    store: Store,
+    app: String,
+    backup_id: String,
+    sources: Vec<Source>,
+    recipients: Arc<Vec<Recipient>>,
+    compression: CompressionSettings,
+    policy: PartPolicy,
+    cancel: CancellationToken,
+) -> Result<Vec<VolumeRecord>> {
+    let mut records = Vec::with_capacity(sources.len());
+    for source in &sources {
+        let started = Instant::now();
+        let result = back_up_volume(&docker, &store, &app, &backup_id, source, &recipients, compression, &policy, &cancel).await;
+        match result {
+            Ok(record) => {
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                tracing::info!(
+                    volume = %record.name,
+                    tar_bytes = record.tar_size,
+                    stored_bytes = record.stored_size,
+                    mib_per_s = format!("{:.1}", record.tar_size as f64 / secs / 1048576.0),
+                    "volume stored"
+                );
+                records.push(record);
+            }
+            Err(error) => {
+                for done in &records {
+                    let key = store.layout.object(&app, &backup_id, &done.object);
+                    if let Err(e) = store.objects.delete(&key).await {
+                        tracing::warn!(%key, "could not delete an object of the failed backup: {e}");
+                    }
+                }
+                return Err(error);
+            }
+        }
+    }
+    Ok(records)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn back_up_volume(
+    docker: &Docker,
+    store: &Store,
+    app: &str,
+    backup_id: &str,
+    source: &Source,
+    recipients: &Arc<Vec<Recipient>>,
+    compression: CompressionSettings,
+    policy: &PartPolicy,
+    cancel: &CancellationToken,
+) -> Result<VolumeRecord> {
+    let object = manifest::object_name(&source.name, compression.kind);
+    let location = store.layout.object(app, backup_id, &object);
+    let what = format!("volume {} (read through {} at {})", source.name, source.service, source.container_path);
+    let (pipe_writer, pipe_reader) = tokio::io::duplex(1 << 20);
+    let tar = docker::tar_of(docker, &source.container_id, &source.container_path);
+    let producer = tokio::spawn(produce(tar, Arc::clone(recipients), compression, pipe_writer));
+    let parts = match upload_parts(&store.objects, &location, pipe_reader, policy, cancel).await {
+        Ok(parts) => parts,
+        Err(upload_error) => {
+            producer.abort();
+            let upload_error = match upload_error {
+                PipelineError::Cancelled => return Err(crate::error::interrupted()),
+                other => other,
+            };
+            // A broken pipe in the upload is the producer's failure: report that instead.
+            if let Ok(Ok(Err(produce_error))) = tokio::time::timeout(std::time::Duration::from_secs(1), producer).await {
+                return Err(anyhow::Error::new(produce_error).context(format!("backing up {what}")));
+            }
+            return Err(anyhow::Error::new(upload_error).context(format!("uploading {what} to {location}")));
+        }
+    };
+    let (tar_size, root) = match producer.await {
+        Ok(Ok(done)) => done,
+        Ok(Err(produce_error)) => {
+            parts.abort().await;
+            return Err(anyhow::Error::new(produce_error).context(format!("backing up {what}")));
+        }
+        Err(join_error) => {
+            parts.abort().await;
+            return Err(anyhow!("backing up {what}: the stream task failed: {join_error}"));
+        }
+    };
+    let (stored_size, sha256) = (parts.size, parts.sha256.clone());
+    parts.complete().await.with_context(|| format!("completing the upload of {location}"))?;
+    Ok(VolumeRecord {
+        name: source.name.clone(),
+        kind: source.kind,
+        compose_volume: source.compose_volume.clone(),
+        driver: source.driver.clone(),
+        labels: source.labels.clone(),
+        service: source.service.clone(),
+        container_path: source.container_path.clone(),
+        object,
+        stored_size,
+        sha256,
+        tar_size,
+        compression: compression.kind,
+        encryption: Encryption { scheme: "age".into(), recipients: recipients.iter().map(|r| r.text.clone()).collect() },
+        root,
+    })
+}
+
+/// Docker's tar stream → tally → compress → encrypt → the pipe to the uploader.
+async fn produce(
+    tar: impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin,
+    recipients: Arc<Vec<Recipient>>,
+    compression: CompressionSettings,
+    pipe: tokio::io::DuplexStream,
+) -> Result<(u64, Option<RootMeta>), PipelineError> {
+    let (tar, tally) = TallyReader::new(tokio_util::io::StreamReader::new(tar));
+    let encrypted = encrypting_writer(&recipients, pipe).await?;
+    let mut compressed = compressing_writer(encrypted, compression);
+    tokio::io::copy_buf(&mut BufReader::with_capacity(256 * 1024, tar), &mut compressed)
+        .await
+        .map_err(PipelineError::Io)?;
+    compressed.shutdown().await.map_err(PipelineError::Io)?;
+    Ok((tally.bytes(), RootMeta::from_first_block(&tally.first_block())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymous_volumes_are_recognised() {
+        assert!(is_anonymous(&"a".repeat(64)));
+        assert!(!is_anonymous("cvat_cvat_db"));
+    }
+}

@@ -1,0 +1,100 @@
+//! The subcommands, one file each, dispatched by [`Command`]. The doc comments are the
+//! `--help` text. Settings come from flags, `LIFEBOAT_*` variables and the `--config` file.
+
+mod backup;
+mod keygen;
+mod list;
+mod restore;
+mod show;
+mod verify;
+
+use clap::{Parser, Subcommand};
+use lifeboat::config::ConfigFile;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Back up a docker compose app's volumes to object storage — compressed and age-encrypted in
+/// flight — and restore them.
+#[derive(Debug, Parser)]
+#[command(name = "lifeboat", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GlobalOptions {
+    /// TOML config file (see config.example.toml); flags and LIFEBOAT_* variables win over it
+    #[arg(long, short = 'c', global = true, env = "LIFEBOAT_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// More output: -v progress and a summary, -vv debug
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value = "human", env = "LIFEBOAT_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stop the app, stream its volumes to the store, start it again, write the manifest
+    Backup(backup::BackupArgs),
+    /// Verify a backup, then stream it back into the app's volumes
+    Restore(restore::RestoreArgs),
+    /// List the complete backups in a store
+    List(list::ListArgs),
+    /// Show one backup's manifest
+    Show(show::ShowArgs),
+    /// Check backups end to end without touching any volume (for restore drills)
+    Verify(verify::VerifyArgs),
+    /// Create an age identity: the secret key on stdout (or --output), the public key on stderr
+    Keygen(keygen::KeygenArgs),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = ConfigFile::load(cli.global.config.as_deref())?;
+    let verbose = cli.global.verbose > 0;
+    match cli.command {
+        Command::Backup(args) => backup::run(args, file, verbose).await,
+        Command::Restore(args) => restore::run(args, file, verbose).await,
+        Command::List(args) => list::run(args, file).await,
+        Command::Show(args) => show::run(args, file).await,
+        Command::Verify(args) => verify::run(args, file).await,
+        Command::Keygen(args) => keygen::run(args),
+    }
+}
+
+pub fn init_logging(global: &GlobalOptions) {
+    use tracing_subscriber::EnvFilter;
+    let default = match global.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug,hyper=info,h2=info,reqwest=info,rustls=info,aws_config=info,aws_smithy_runtime=info",
+    };
+    let filter = EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match global.log_format {
+        LogFormat::Human => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Bytes for people.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}

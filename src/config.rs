@@ -1,0 +1,255 @@
+//! Settings: one set of option structs serves as command-line flags, `LIFEBOAT_*` environment
+//! variables (clap reads both; flags win) and sections of the TOML config file (which fills what
+//! neither gave). Unknown keys in the file are errors. Each struct merges with [`Merge::or`]
+//! and is validated once, where it is turned into the objects the operations use.
+
+use crate::pipeline::compress::Compression;
+use crate::pipeline::upload::PartPolicy;
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Fill what `self` leaves unset from `file`.
+pub trait Merge {
+    fn or(self, file: Self) -> Self;
+}
+
+macro_rules! merge_options {
+    ($ty:ident { $($field:ident),* $(,)? } bools { $($flag:ident),* $(,)? }) => {
+        impl Merge for $ty {
+            fn or(self, file: Self) -> Self {
+                Self {
+                    $($field: self.$field.or(file.$field),)*
+                    $($flag: self.$flag || file.$flag,)*
+                }
+            }
+        }
+    };
+}
+
+/// Where backups are stored.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreOptions {
+    /// Store URL: s3://bucket/prefix, az://container/prefix, gs://bucket/prefix or
+    /// file:///path [default: a local folder, ~/.local/share/lifeboat/backups]
+    #[arg(long = "store", visible_aliases = ["to", "from"], env = "LIFEBOAT_STORE", value_name = "URL")]
+    pub url: Option<String>,
+    /// S3: endpoint of an S3-compatible server [default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the profile's]
+    #[arg(long, env = "LIFEBOAT_S3_ENDPOINT", value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// S3: region [default: from the AWS configuration chain, else us-east-1]
+    #[arg(long, env = "LIFEBOAT_S3_REGION")]
+    pub region: Option<String>,
+    /// S3: the AWS profile to take credentials and region from [default: AWS_PROFILE]
+    #[arg(long, env = "LIFEBOAT_AWS_PROFILE")]
+    pub profile: Option<String>,
+    /// S3: virtual-hosted-style requests instead of path-style
+    #[arg(long, env = "LIFEBOAT_S3_VIRTUAL_HOSTED")]
+    pub virtual_hosted_style: bool,
+    /// Size of the first upload parts in MiB; later parts grow [default: 8]
+    #[arg(long, env = "LIFEBOAT_PART_SIZE_MIB", value_name = "MIB")]
+    pub part_size_mib: Option<usize>,
+    /// The store's limit on parts per object [default: 10000; some S3-compatibles: 1000]
+    #[arg(long, env = "LIFEBOAT_MAX_PARTS")]
+    pub max_parts: Option<usize>,
+    /// Upload parts in flight at once; memory is about this × the part size [default: 4]
+    #[arg(long, env = "LIFEBOAT_PARTS_IN_FLIGHT")]
+    pub parts_in_flight: Option<usize>,
+}
+merge_options!(StoreOptions { url, endpoint, region, profile, part_size_mib, max_parts, parts_in_flight } bools { virtual_hosted_style });
+
+impl StoreOptions {
+    pub fn part_policy(&self) -> Result<PartPolicy> {
+        let default = PartPolicy::default();
+        let policy = PartPolicy {
+            first_part_size: self.part_size_mib.map_or(default.first_part_size, |m| m << 20),
+            max_parts: self.max_parts.unwrap_or(default.max_parts),
+            parts_in_flight: self.parts_in_flight.unwrap_or(default.parts_in_flight),
+        };
+        if policy.first_part_size == 0 || policy.max_parts == 0 || policy.parts_in_flight == 0 {
+            return Err(crate::error::usage(
+                "part_size_mib, max_parts and parts_in_flight must be at least 1",
+            ));
+        }
+        Ok(policy)
+    }
+
+    /// The store URL, or the local-folder default.
+    pub fn url_or_default(&self) -> String {
+        self.url.clone().unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+                .unwrap_or_else(|| PathBuf::from("/var/lib"));
+            format!("file://{}", base.join("lifeboat/backups").display())
+        })
+    }
+}
+
+/// Which app: a compose project or named containers.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppOptions {
+    /// The docker compose project whose containers make up the app
+    #[arg(long, short = 'p', env = "LIFEBOAT_PROJECT")]
+    pub project: Option<String>,
+    /// A container of the app, by name or id (repeatable; instead of --project)
+    #[arg(long = "container", env = "LIFEBOAT_CONTAINERS", value_delimiter = ',', value_name = "NAME")]
+    pub containers: Option<Vec<String>>,
+    /// The name backups are stored under [default: the project, else the first container]
+    #[arg(long, env = "LIFEBOAT_NAME")]
+    pub name: Option<String>,
+    /// Seconds a container gets to stop gracefully before it is killed [default: 60]
+    #[arg(long, env = "LIFEBOAT_STOP_TIMEOUT", value_name = "SECONDS")]
+    pub stop_timeout: Option<u32>,
+}
+merge_options!(AppOptions { project, containers, name, stop_timeout } bools {});
+
+impl AppOptions {
+    pub fn selector(&self) -> Result<crate::docker::AppSelector> {
+        match (&self.project, &self.containers) {
+            (Some(project), None) => Ok(crate::docker::AppSelector::Project(project.clone())),
+            (None, Some(containers)) if !containers.is_empty() => {
+                Ok(crate::docker::AppSelector::Containers(containers.clone()))
+            }
+            (Some(_), Some(_)) => Err(crate::error::usage(
+                "give either --project or --container, not both",
+            )),
+            _ => Err(crate::error::usage(
+                "which app? give --project NAME (a docker compose project) or --container NAME (repeatable), or set [app] project in the config file",
+            )),
+        }
+    }
+
+    /// The name backups are stored under.
+    pub fn app_name(&self) -> Result<String> {
+        let name = self
+            .name
+            .clone()
+            .or_else(|| self.project.clone())
+            .or_else(|| self.containers.as_ref().and_then(|c| c.first().cloned()))
+            .ok_or_else(|| crate::error::usage("which app? give --project or --container"))?;
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(crate::error::usage(format!(
+                "app name '{name}' cannot be used as a folder in the store; pass --name with letters, digits, '-' or '_'"
+            )));
+        }
+        Ok(name)
+    }
+
+    pub fn stop_timeout(&self) -> u32 {
+        self.stop_timeout.unwrap_or(60)
+    }
+}
+
+/// How a backup is made.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupOptions {
+    /// age recipient (age1… or an SSH public key) to encrypt to (repeatable)
+    #[arg(long = "recipient", short = 'r', env = "LIFEBOAT_RECIPIENTS", value_delimiter = ',', value_name = "KEY")]
+    pub recipients: Option<Vec<String>>,
+    /// File of recipients, one per line
+    #[arg(long, short = 'R', env = "LIFEBOAT_RECIPIENTS_FILE", value_name = "PATH")]
+    pub recipients_file: Option<PathBuf>,
+    /// Compression of the tar streams
+    #[arg(long, env = "LIFEBOAT_COMPRESSION", value_enum)]
+    pub compression: Option<Compression>,
+    /// Compression level [default: zstd 3, gzip 6]
+    #[arg(long, env = "LIFEBOAT_LEVEL")]
+    pub level: Option<i32>,
+    /// Back up only these volumes (repeatable; full or compose name) [default: every named volume]
+    #[arg(long = "volume", value_name = "NAME")]
+    pub volumes: Option<Vec<String>>,
+    /// Leave this volume out (repeatable; full or compose name)
+    #[arg(long = "exclude-volume", value_name = "NAME")]
+    pub exclude_volumes: Option<Vec<String>>,
+    /// Also back up the bind mount at this container path (repeatable), e.g. /etc/gitlab
+    #[arg(long = "bind-path", value_name = "PATH")]
+    pub bind_paths: Option<Vec<String>>,
+    /// Where to read one app version string: label:KEY, env:NAME or file:SERVICE:/path
+    #[arg(long, env = "LIFEBOAT_VERSION_FROM", value_name = "SOURCE")]
+    pub version_from: Option<String>,
+}
+merge_options!(BackupOptions { recipients, recipients_file, compression, level, volumes, exclude_volumes, bind_paths, version_from } bools {});
+
+/// How a restore is done.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestoreOptions {
+    /// age identity file (or SSH private key) that decrypts the backup
+    #[arg(long, short = 'i', env = "LIFEBOAT_IDENTITY_FILE", value_name = "PATH")]
+    pub identity: Option<PathBuf>,
+}
+merge_options!(RestoreOptions { identity } bools {});
+
+/// The config file: one section per option struct.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigFile {
+    pub store: StoreOptions,
+    pub app: AppOptions,
+    pub backup: BackupOptions,
+    pub restore: RestoreOptions,
+}
+
+impl ConfigFile {
+    /// Reads the file at `path`; `None` gives the empty config.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let Some(path) = path else { return Ok(Self::default()) };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            crate::error::usage(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        Self::parse(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| crate::error::usage(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file = ConfigFile::parse(
+            "[store]\nurl = \"s3://b/p\"\nmax_parts = 1000\n[app]\nproject = \"cvat\"\n",
+        )
+        .unwrap();
+        let flags = StoreOptions { url: Some("file:///x".into()), ..Default::default() };
+        let merged = flags.or(file.store);
+        assert_eq!(merged.url.as_deref(), Some("file:///x"));
+        assert_eq!(merged.max_parts, Some(1000));
+        assert_eq!(AppOptions::default().or(file.app).app_name().unwrap(), "cvat");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_valid_ones() {
+        let err = ConfigFile::parse("[store]\nurll = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("urll") && err.contains("url"), "{err}");
+        let err = ConfigFile::parse("[stor]\n").unwrap_err().to_string();
+        assert!(err.contains("stor"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml")).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|l| l.strip_prefix("# ").filter(|rest| rest.contains(" = ")).unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        ConfigFile::parse(&uncommented).unwrap();
+    }
+
+    #[test]
+    fn app_selection_is_explained() {
+        let err = AppOptions::default().selector().unwrap_err().to_string();
+        assert!(err.contains("--project"), "{err}");
+        let bad = AppOptions { name: Some("../x".into()), ..Default::default() };
+        assert!(bad.app_name().is_err());
+    }
+}

@@ -1,0 +1,48 @@
+//! Download stage: an object in the store as an `AsyncRead`.
+//!
+//! object_store resumes a broken GET with ranged requests; errors that still come out of the
+//! stream are wrapped in [`StoreReadError`] so that the end of a read chain can tell a network
+//! failure from damaged data.
+
+use super::PipelineError;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use std::sync::Arc;
+use tokio::io::AsyncRead;
+use tokio_util::io::StreamReader;
+
+/// An error reading from the store in the middle of a stream.
+#[derive(Debug, thiserror::Error)]
+#[error("reading from the store failed: {0}")]
+pub struct StoreReadError(#[source] pub object_store::Error);
+
+/// Opens `location` for streaming.
+pub async fn open_object(
+    store: &Arc<dyn ObjectStore>,
+    location: &Path,
+) -> Result<impl AsyncRead + Send + Unpin + use<>, PipelineError> {
+    let result = store.get(location).await?;
+    let stream = result
+        .into_stream()
+        .map_err(|e| std::io::Error::other(StoreReadError(e)));
+    Ok(StreamReader::new(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn streams_an_object_and_names_a_missing_one() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        store.put(&Path::from("k"), b"data".to_vec().into()).await.unwrap();
+        let mut out = String::new();
+        open_object(&store, &Path::from("k")).await.unwrap().read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "data");
+        let err = open_object(&store, &Path::from("missing")).await.err().unwrap();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+}

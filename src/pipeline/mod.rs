@@ -1,0 +1,86 @@
+//! The streaming stages a volume passes through, each small and tested alone.
+//!
+//! Backup:  Docker tar stream → [`tally`] (tar size, root entry) → [`compress`] → [`encrypt`]
+//!          → pipe → [`upload`] (parts, sha256 of the stored object, abort on failure).
+//! Restore: [`download`] → [`tally`] (size and sha256 against the manifest) → [`encrypt`]
+//!          (decrypt) → [`compress`] (decompress) → [`tar_check`] or the Docker archive upload.
+//!
+//! Every stage streams: memory is bounded by the upload parts in flight plus small buffers,
+//! whatever the size of the volume, and no plaintext is written to local disk.
+
+pub mod compress;
+pub mod download;
+pub mod encrypt;
+pub mod tally;
+pub mod tar_check;
+pub mod upload;
+
+use crate::error::ExitClass;
+
+/// What can go wrong in a stage. Variants say whether the data or the environment is at fault,
+/// which decides the exit code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The stored data is not what the manifest promised, or cannot be decrypted or parsed.
+    #[error("{0}")]
+    Verification(String),
+    /// None of the identities can decrypt the object.
+    #[error(
+        "wrong key: none of the given identities can decrypt this backup (it was encrypted to {recipients}); pass the identity file that belongs to one of those recipients with --identity"
+    )]
+    WrongKey { recipients: String },
+    /// Reading from or writing to the store failed.
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    /// Local or Docker stream I/O failed.
+    #[error("{0}")]
+    Io(std::io::Error),
+    /// The stream is larger than the part policy can upload.
+    #[error(
+        "the stream exceeds {max_bytes} bytes, the most {max_parts} parts can hold; raise part_size_mib or max_parts"
+    )]
+    TooLarge { max_bytes: u64, max_parts: usize },
+    /// The operation was cancelled by a signal.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl PipelineError {
+    pub fn class(&self) -> ExitClass {
+        match self {
+            PipelineError::Verification(_) | PipelineError::WrongKey { .. } => {
+                ExitClass::Verification
+            }
+            PipelineError::Cancelled => ExitClass::Interrupted,
+            _ => ExitClass::Failure,
+        }
+    }
+
+    /// Sorts an I/O error that surfaced at the end of a read chain: errors that came from the
+    /// store or from Docker stay environment failures, everything else (a failed MAC, a
+    /// truncated age file, a bad zstd frame, a malformed tar header, a hash mismatch) is data
+    /// that failed verification.
+    pub fn from_read_chain(err: std::io::Error) -> Self {
+        Self::from_read_chain_ref(&err).unwrap_or(PipelineError::Io(err))
+    }
+
+    /// [`PipelineError::from_read_chain`] for an error only borrowed; `None` means the error is
+    /// a plain I/O failure.
+    pub fn from_read_chain_ref(err: &std::io::Error) -> Option<Self> {
+        if let Some(inner) = err.get_ref() {
+            if inner.is::<download::StoreReadError>() {
+                return None;
+            }
+            if let Some(mismatch) = inner.downcast_ref::<tally::IntegrityError>() {
+                return Some(PipelineError::Verification(mismatch.to_string()));
+            }
+        }
+        match err.kind() {
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => Some(
+                PipelineError::Verification(format!("stored data is damaged: {err}")),
+            ),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Tar check stage: parses a volume's tar stream and validates every entry before anything is
+//! written into a live volume.
+//!
+//! The policy: only normal path components (a leading `./` is fine, it is how Docker writes the
+//! volume root); no absolute paths and no `..`; no entry below a symlink that the archive itself
+//! created (that would write through the link); hardlinks only to earlier non-directory entries
+//! of the same archive; symlink targets are data and may point anywhere; device nodes and FIFOs
+//! are allowed because the backup recorded them; any other entry type is refused.
+
+use super::PipelineError;
+use super::tally::TallyReader;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_tar::{Archive, EntryType, Header};
+
+/// Mode, owner and mtime of the volume's root directory (the archive's `./` entry), which the
+/// Docker archive API does not apply on extraction; restore sets them separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootMeta {
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: u64,
+}
+
+impl RootMeta {
+    /// Reads the root entry from the first 512-byte block of a volume tar, if the archive starts
+    /// with a plain `./` directory header.
+    pub fn from_first_block(block: &[u8]) -> Option<Self> {
+        if block.len() < 512 {
+            return None;
+        }
+        let header = Header::from_byte_slice(&block[..512]);
+        if header.entry_type() != EntryType::Directory {
+            return None;
+        }
+        let path = header.path().ok()?;
+        if !normalize(&path).ok()?.as_os_str().is_empty() {
+            return None;
+        }
+        Some(Self {
+            mode: header.mode().ok()?,
+            uid: header.uid().ok()?,
+            gid: header.gid().ok()?,
+            mtime: header.mtime().ok()?,
+        })
+    }
+}
+
+/// What a checked archive held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TarSummary {
+    pub entries: u64,
+    /// Bytes of file content.
+    pub file_bytes: u64,
+    /// Bytes of the whole tar stream.
+    pub tar_bytes: u64,
+}
+
+/// The entry policy, fed one entry at a time in archive order.
+#[derive(Debug, Default)]
+pub struct EntryPolicy {
+    seen_files: HashSet<PathBuf>,
+    symlinks: HashSet<PathBuf>,
+}
+
+impl EntryPolicy {
+    /// Checks one entry; `Err` carries the reason.
+    pub fn check(&mut self, path: &Path, kind: EntryType, link: Option<&Path>) -> Result<(), String> {
+        let normalized = normalize(path)?;
+        if let Some(through) = normalized.ancestors().skip(1).find(|a| self.symlinks.contains(*a)) {
+            return Err(format!("is below {}, a symlink the archive created: extraction would write through it", through.display()));
+        }
+        if normalized.as_os_str().is_empty() && kind != EntryType::Directory {
+            return Err("replaces the volume root with a non-directory".into());
+        }
+        match kind {
+            EntryType::Regular | EntryType::Continuous => {
+                self.seen_files.insert(normalized.clone());
+            }
+            EntryType::Directory | EntryType::Char | EntryType::Block | EntryType::Fifo => {}
+            EntryType::Symlink => {
+                link.ok_or("is a symlink without a target")?;
+                self.symlinks.insert(normalized);
+                return Ok(());
+            }
+            EntryType::Link => {
+                let target = normalize(link.ok_or("is a hardlink without a target")?)
+                    .map_err(|e| format!("is a hardlink whose target {e}"))?;
+                if !self.seen_files.contains(&target) {
+                    return Err(format!(
+                        "is a hardlink to {}, which is not an earlier file of this archive",
+                        target.display()
+                    ));
+                }
+                self.seen_files.insert(normalized.clone());
+            }
+            other => return Err(format!("has an entry type lifeboat does not restore ({other:?})")),
+        }
+        self.symlinks.remove(&normalized);
+        Ok(())
+    }
+}
+
+/// The path relative to the volume root, or why it is not acceptable.
+fn normalize(path: &Path) -> Result<PathBuf, String> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("contains '..'".into()),
+            Component::RootDir | Component::Prefix(_) => return Err("is an absolute path".into()),
+        }
+    }
+    Ok(out)
+}
+
+/// A tar parse error is damaged data unless it came from the store below.
+fn tar_error(err: std::io::Error) -> PipelineError {
+    match PipelineError::from_read_chain(err) {
+        PipelineError::Io(e) if !e.get_ref().is_some_and(|inner| inner.is::<super::download::StoreReadError>()) => {
+            PipelineError::Verification(format!("the tar stream is malformed: {e}"))
+        }
+        other => other,
+    }
+}
+
+/// Parses the whole archive, validating every entry, then reads on to the end of the stream
+/// so that the stages before it (decompression, decryption, the hash check) see all of it.
+pub async fn check_archive<R>(reader: R) -> Result<TarSummary, PipelineError>
+where
+    R: AsyncRead + Unpin + Send,
+{
+    let (counted, tally) = TallyReader::new(reader);
+    let mut archive = Archive::new(counted);
+    let mut policy = EntryPolicy::default();
+    let mut summary = TarSummary::default();
+    {
+        let mut entries = archive.entries().map_err(tar_error)?;
+        while let Some(entry) = entries.next().await {
+            let entry = entry.map_err(tar_error)?;
+            let path = entry.path().map_err(tar_error)?.into_owned();
+            let link = entry
+                .link_name()
+                .map_err(tar_error)?
+                .map(|l| l.into_owned());
+            let kind = entry.header().entry_type();
+            policy.check(&path, kind, link.as_deref()).map_err(|reason| {
+                PipelineError::Verification(format!("bad tar entry '{}': {reason}", path.display()))
+            })?;
+            summary.entries += 1;
+            if kind.is_file() {
+                summary.file_bytes += entry.effective_size();
+            }
+        }
+    }
+    if summary.entries == 0 {
+        return Err(PipelineError::Verification("the tar stream holds no entry".into()));
+    }
+    let mut rest = archive
+        .into_inner()
+        .map_err(|_| PipelineError::Io(std::io::Error::other("tar reader still shared")))?;
+    let mut sink = [0u8; 8192];
+    while rest.read(&mut sink).await.map_err(tar_error)? > 0 {}
+    summary.tar_bytes = tally.bytes();
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(path: &str, kind: EntryType, size: u64, link: Option<&str>) -> Header {
+        let mut h = Header::new_gnu();
+        // set_path refuses '..' itself, so write the raw name like a hostile archive would.
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        if let Some(link) = link {
+            h.set_link_name(link).unwrap();
+        }
+        h.set_cksum();
+        h
+    }
+
+    async fn archive(entries: &[(&str, EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (path, kind, data, link) in entries {
+            let h = header(path, *kind, data.len() as u64, *link);
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    async fn check(entries: &[(&str, EntryType, &[u8], Option<&str>)]) -> Result<TarSummary, PipelineError> {
+        let bytes = archive(entries).await;
+        check_archive(&bytes[..]).await
+    }
+
+    #[tokio::test]
+    async fn a_docker_style_archive_passes() {
+        let summary = check(&[
+            ("./", EntryType::Directory, b"", None),
+            ("./a/", EntryType::Directory, b"", None),
+            ("./a/f", EntryType::Regular, b"hello", None),
+            ("./a/l", EntryType::Symlink, b"", Some("/etc/passwd")),
+            ("./hl", EntryType::Link, b"", Some("./a/f")),
+            ("./fifo", EntryType::Fifo, b"", None),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(summary.entries, 6);
+        assert_eq!(summary.file_bytes, 5);
+    }
+
+    #[tokio::test]
+    async fn hostile_entries_are_refused() {
+        let cases: Vec<(&str, Vec<(&str, EntryType, &[u8], Option<&str>)>)> = vec![
+            ("..", vec![("./../escape", EntryType::Regular, b"x", None)]),
+            ("absolute", vec![("/etc/cron.d/x", EntryType::Regular, b"x", None)]),
+            ("symlink", vec![
+                ("./l", EntryType::Symlink, b"", Some("/etc")),
+                ("./l/passwd", EntryType::Regular, b"x", None),
+            ]),
+            ("hardlink", vec![("./h", EntryType::Link, b"", Some("/etc/shadow"))]),
+            ("hardlink", vec![("./h", EntryType::Link, b"", Some("./later"))]),
+            ("root", vec![("./", EntryType::Regular, b"x", None)]),
+        ];
+        for (what, entries) in cases {
+            let err = check(&entries).await.err().unwrap_or_else(|| panic!("{what} accepted"));
+            assert!(matches!(err, PipelineError::Verification(_)), "{what}: {err:?}");
+            assert!(err.to_string().contains("bad tar entry"), "{what}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_symlink_replaced_by_a_directory_is_fine() {
+        check(&[
+            ("./l", EntryType::Symlink, b"", Some("/tmp")),
+            ("./l/", EntryType::Directory, b"", None),
+            ("./l/f", EntryType::Regular, b"x", None),
+        ])
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn garbage_and_truncation_fail_as_verification() {
+        let err = check_archive(&[0x55u8; 2048][..]).await.err().unwrap();
+        assert!(matches!(err, PipelineError::Verification(_)), "{err:?}");
+        let full = archive(&[("./f", EntryType::Regular, &[1u8; 5000], None)]).await;
+        let err = check_archive(&full[..1500]).await.err().unwrap();
+        assert!(matches!(err, PipelineError::Verification(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn root_meta_is_read_from_the_first_block() {
+        let mut h = header("./", EntryType::Directory, 0, None);
+        h.set_mode(0o700);
+        h.set_uid(999);
+        h.set_gid(998);
+        h.set_mtime(1_600_000_000);
+        h.set_cksum();
+        let meta = RootMeta::from_first_block(h.as_bytes()).unwrap();
+        assert_eq!(meta, RootMeta { mode: 0o700, uid: 999, gid: 998, mtime: 1_600_000_000 });
+        let file = header("./f", EntryType::Regular, 0, None);
+        assert!(RootMeta::from_first_block(file.as_bytes()).is_none());
+    }
+}

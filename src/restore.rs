@@ -1,0 +1,301 @@
+//! The restore operation: pick a backup, refuse a different app version before downloading
+//! anything, map each backed-up volume to a target, verify every object end to end, and only
+//! then stop the app, stream each volume back in, and start again what was running.
+
+use crate::docker::{self, App, AppSelector, VOLUME_LABEL};
+use crate::keys::BoxIdentity;
+use crate::manifest::{self, AppVersion, Manifest, ServiceImage, SourceKind, VolumeRecord};
+use crate::pipeline::PipelineError;
+use crate::pipeline::tally::TallyReader;
+use crate::pipeline::tar_check::RootMeta;
+use crate::store::Store;
+use crate::verify;
+use anyhow::{Context, Result, anyhow};
+use bollard::Docker;
+use futures::TryStreamExt;
+use std::collections::BTreeMap;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The target app runs other images than the backup recorded.
+#[derive(Debug, thiserror::Error)]
+pub struct VersionMismatch {
+    pub backup_id: String,
+    pub differences: Vec<String>,
+}
+
+impl std::fmt::Display for VersionMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "the app here is not the version backup {} was made from:", self.backup_id)?;
+        for difference in &self.differences {
+            writeln!(f, "  - {difference}")?;
+        }
+        write!(
+            f,
+            "Install the version the backup recorded (set those images in the compose file, then `docker compose up --no-start`), restore, then upgrade the app the way its documentation describes. Nothing was changed. To restore into these images anyway, pass --allow-version-mismatch."
+        )
+    }
+}
+
+/// Every way the current app differs from the recorded one.
+pub fn compare_versions(recorded: &AppVersion, current: &BTreeMap<String, ServiceImage>, current_version: Option<&str>) -> Vec<String> {
+    let mut differences = Vec::new();
+    for (service, then) in &recorded.services {
+        match current.get(service) {
+            None => differences.push(format!("service {service}: backed up with {} but there is no such service here", then.image)),
+            Some(now) if now.image != then.image => differences.push(format!(
+                "service {service}: backup ran {}, this host runs {}",
+                then.image, now.image
+            )),
+            Some(now) if now.image_id != then.image_id => differences.push(format!(
+                "service {service}: same tag {} but a different image (backup {}, here {})",
+                then.image, short_id(&then.image_id), short_id(&now.image_id)
+            )),
+            Some(_) => {}
+        }
+    }
+    if let (Some(then), Some(now)) = (&recorded.version, current_version)
+        && then != now
+    {
+        differences.push(format!("app version: backup {then}, here {now}"));
+    }
+    differences
+}
+
+fn short_id(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
+
+/// Where one volume goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub record: VolumeRecord,
+    pub container_id: String,
+    pub container_name: String,
+    pub path: String,
+    /// The target volume's name (or the bind path).
+    pub destination: String,
+}
+
+/// Maps every volume of the backup to a container path of the target app: by compose volume
+/// name, then by full name, with `overrides` (OLD=NEW) first.
+pub async fn plan_targets(docker: &Docker, app: &App, manifest: &Manifest, overrides: &BTreeMap<String, String>) -> Result<Vec<Target>> {
+    // (volume name, compose name, container) of every volume mount of the target app
+    let mut mounts = Vec::new();
+    for container in &app.containers {
+        for mount in container.mounts.iter().filter(|m| m.kind == "volume") {
+            if let Some(name) = &mount.name {
+                let (_, labels) = docker::volume_info(docker, name).await?;
+                mounts.push((name.clone(), labels.get(VOLUME_LABEL).cloned(), container, mount));
+            }
+        }
+    }
+    let mut targets = Vec::new();
+    for record in &manifest.volumes {
+        if record.kind == SourceKind::Bind {
+            let container = app.by_key(&record.service).ok_or_else(|| {
+                anyhow!("bind mount {} belongs to service {}, which the app here does not have", record.container_path, record.service)
+            })?;
+            container
+                .mounts
+                .iter()
+                .find(|m| m.destination == record.container_path)
+                .ok_or_else(|| anyhow!("service {} here mounts nothing at {}", record.service, record.container_path))?;
+            targets.push(Target {
+                record: record.clone(),
+                container_id: container.id.clone(),
+                container_name: container.name.clone(),
+                path: record.container_path.clone(),
+                destination: record.container_path.clone(),
+            });
+            continue;
+        }
+        let wanted = overrides
+            .get(&record.name)
+            .or_else(|| record.compose_volume.as_ref().and_then(|c| overrides.get(c)));
+        let found = match wanted {
+            Some(new) => mounts.iter().find(|(name, ..)| name == new),
+            None => record
+                .compose_volume
+                .as_ref()
+                .and_then(|c| mounts.iter().find(|(_, compose, ..)| compose.as_ref() == Some(c)))
+                .or_else(|| mounts.iter().find(|(name, ..)| *name == record.name)),
+        };
+        let (name, _, container, mount) = found.ok_or_else(|| {
+            crate::error::usage(format!(
+                "no container of the app here mounts a volume for '{}'{}; create the app's containers first (`docker compose up --no-start`), or map it with --map-volume {}=VOLUME",
+                record.name,
+                record.compose_volume.as_ref().map(|c| format!(" (compose volume {c})")).unwrap_or_default(),
+                record.compose_volume.as_ref().unwrap_or(&record.name),
+            ))
+        })?;
+        if !mount.rw {
+            return Err(anyhow!("{} mounts volume {name} read-only; Docker cannot extract into it", container.name));
+        }
+        targets.push(Target {
+            record: record.clone(),
+            container_id: container.id.clone(),
+            container_name: container.name.clone(),
+            path: mount.destination.clone(),
+            destination: name.clone(),
+        });
+    }
+    Ok(targets)
+}
+
+/// Everything a restore needs, validated.
+pub struct RestorePlan {
+    pub app_name: String,
+    pub selector: AppSelector,
+    pub backup_id: Option<String>,
+    pub identities: Vec<BoxIdentity>,
+    pub allow_version_mismatch: bool,
+    pub verify_first: bool,
+    pub map_volumes: BTreeMap<String, String>,
+    pub stop_timeout_secs: u32,
+    pub version_from: Option<String>,
+}
+
+/// What a restore did.
+pub struct RestoreReport {
+    pub manifest: Manifest,
+    pub targets: Vec<Target>,
+    pub downtime: std::time::Duration,
+}
+
+pub async fn run(docker: &Docker, store: &Store, plan: &RestorePlan, cancel: &CancellationToken) -> Result<RestoreReport> {
+    let manifest = manifest::read(&store.objects, &store.layout, &plan.app_name, plan.backup_id.as_deref()).await?;
+    tracing::info!(backup = %manifest.backup_id, app = %manifest.app, "restoring");
+    let app = App::discover(docker, &plan.selector).await?;
+
+    let current_version = match (&manifest.app_version.version_source, &plan.version_from) {
+        (_, Some(source)) | (Some(source), None) => Some(crate::backup::read_version(docker, &app, source).await?),
+        (None, None) => None,
+    };
+    let differences = compare_versions(&manifest.app_version, &app.images(), current_version.as_deref());
+    if !differences.is_empty() {
+        if !plan.allow_version_mismatch {
+            return Err(VersionMismatch { backup_id: manifest.backup_id.clone(), differences }.into());
+        }
+        tracing::warn!("restoring across versions as --allow-version-mismatch asks: {}", differences.join("; "));
+    }
+    let targets = plan_targets(docker, &app, &manifest, &plan.map_volumes).await?;
+
+    if plan.verify_first {
+        for target in &targets {
+            if cancel.is_cancelled() {
+                return Err(crate::error::interrupted());
+            }
+            let started = Instant::now();
+            let summary = tokio::select! {
+                summary = verify::verify_volume(store, &manifest, &target.record, Some(&plan.identities)) => summary,
+                _ = cancel.cancelled() => return Err(crate::error::interrupted()),
+            }
+            .map_err(anyhow::Error::new)
+            .with_context(|| format!("verifying volume {} of backup {} (nothing was changed)", target.record.name, manifest.backup_id))?;
+            tracing::info!(volume = %target.record.name, entries = summary.map(|s| s.entries), secs = started.elapsed().as_secs_f64(), "verified");
+        }
+    } else {
+        tracing::warn!("--no-verify: volumes are replaced without verifying the backup first");
+    }
+
+    let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
+    let stopped_at = Instant::now();
+    let outcome = match stop_result {
+        Ok(()) => {
+            let mut result = Ok(());
+            for target in &targets {
+                if cancel.is_cancelled() {
+                    result = Err(crate::error::interrupted());
+                    break;
+                }
+                result = restore_volume(docker, store, &manifest, target, &plan.identities)
+                    .await
+                    .with_context(|| format!("restoring volume {} into {} at {}", target.record.name, target.container_name, target.path));
+                if result.is_err() {
+                    break;
+                }
+            }
+            result
+        }
+        Err(e) => Err(e),
+    };
+    let restarted = docker::start_again(docker, &stopped).await;
+    let downtime = stopped_at.elapsed();
+    match (outcome, restarted) {
+        (Ok(()), Ok(())) => Ok(RestoreReport { manifest, targets, downtime }),
+        (Ok(()), Err(e)) => Err(e.context("the volumes are restored, but the app is not fully running")),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(restart)) => Err(e.context(format!("and also: {restart:#}"))),
+    }
+}
+
+async fn restore_volume(docker: &Docker, store: &Store, manifest: &Manifest, target: &Target, identities: &[BoxIdentity]) -> Result<()> {
+    let started = Instant::now();
+    let tar = verify::open_volume_tar(store, manifest, &target.record, identities).await?;
+    let (tar, tally) = TallyReader::new(tar);
+    let body = tokio_util::io::ReaderStream::with_capacity(tar, 256 * 1024);
+    // A failure inside the stream (hash mismatch at the end, bad chunk) is the real cause; the
+    // error Docker reports for the cut-off body is only a consequence.
+    let (first_error_tx, mut first_error_rx) = tokio::sync::mpsc::channel::<PipelineError>(1);
+    let body = body.inspect_err(move |e| {
+        let error = PipelineError::from_read_chain_ref(e)
+            .unwrap_or_else(|| PipelineError::Io(std::io::Error::new(e.kind(), e.to_string())));
+        let _ = first_error_tx.try_send(error);
+    });
+    let extracted = docker::extract_into(docker, &target.container_id, &target.path, body).await;
+    if let Ok(stream_error) = first_error_rx.try_recv() {
+        return Err(stream_error.into());
+    }
+    extracted?;
+    let root = target.record.root.or_else(|| RootMeta::from_first_block(&tally.first_block()));
+    if let Some(root) = root
+        && let Err(e) = docker::set_dir_meta(docker, &target.container_id, &target.path, &root).await
+    {
+        tracing::warn!(volume = %target.record.name, "could not restore the mode/owner/mtime of the volume root: {e:#}");
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    tracing::info!(volume = %target.record.name, tar_bytes = tally.bytes(), mib_per_s = format!("{:.1}", tally.bytes() as f64 / secs / 1048576.0), "volume restored");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(image: &str, id: &str) -> ServiceImage {
+        ServiceImage { container: "c".into(), image: image.into(), image_id: id.into() }
+    }
+
+    #[test]
+    fn version_differences_name_each_service() {
+        let recorded = AppVersion {
+            services: BTreeMap::from([
+                ("db".to_string(), image("postgres:15", "sha256:aaa")),
+                ("web".to_string(), image("cvat/server:v2.5", "sha256:bbb")),
+                ("gone".to_string(), image("x:1", "sha256:ccc")),
+            ]),
+            version: Some("2.5.0".into()),
+            version_source: Some("label:v".into()),
+        };
+        let current = BTreeMap::from([
+            ("db".to_string(), image("postgres:15", "sha256:aaa")),
+            ("web".to_string(), image("cvat/server:v2.6", "sha256:ddd")),
+        ]);
+        let diffs = compare_versions(&recorded, &current, Some("2.6.0"));
+        assert_eq!(diffs.len(), 3, "{diffs:?}");
+        assert!(diffs[0].contains("gone"));
+        assert!(diffs[1].contains("cvat/server:v2.5") && diffs[1].contains("cvat/server:v2.6"));
+        assert!(diffs[2].contains("2.5.0"));
+        let same = BTreeMap::from([
+            ("db".to_string(), image("postgres:15", "sha256:aaa")),
+            ("web".to_string(), image("cvat/server:v2.5", "sha256:bbb")),
+            ("gone".to_string(), image("x:1", "sha256:ccc")),
+        ]);
+        assert!(compare_versions(&recorded, &same, Some("2.5.0")).is_empty());
+        let retagged = BTreeMap::from([("db".to_string(), image("postgres:15", "sha256:fff"))]);
+        let one = AppVersion { services: BTreeMap::from([("db".to_string(), image("postgres:15", "sha256:aaa"))]), ..Default::default() };
+        assert!(compare_versions(&one, &retagged, None)[0].contains("different image"));
+    }
+}
