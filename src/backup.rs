@@ -9,12 +9,12 @@
 use crate::docker::{self, App, AppContainer, VOLUME_LABEL};
 use crate::keys::Recipient;
 use crate::manifest::{self, AppVersion, Encryption, Manifest, SourceKind, VolumeRecord};
+use crate::pipeline::PipelineError;
 use crate::pipeline::compress::{CompressionSettings, compressing_writer};
 use crate::pipeline::encrypt::encrypting_writer;
 use crate::pipeline::tally::TallyReader;
 use crate::pipeline::tar_check::RootMeta;
 use crate::pipeline::upload::{PartPolicy, upload_parts};
-use crate::pipeline::PipelineError;
 use crate::store::Store;
 use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
@@ -73,7 +73,11 @@ fn is_anonymous(name: &str) -> bool {
 
 /// The volumes (and requested bind mounts) of the app, each read through the first container
 /// in start order that mounts it.
-pub async fn plan_sources(docker: &Docker, app: &App, selection: &VolumeSelection) -> Result<Vec<Source>> {
+pub async fn plan_sources(
+    docker: &Docker,
+    app: &App,
+    selection: &VolumeSelection,
+) -> Result<Vec<Source>> {
     let mut sources: Vec<Source> = Vec::new();
     for container in &app.containers {
         for mount in &container.mounts {
@@ -104,14 +108,21 @@ pub async fn plan_sources(docker: &Docker, app: &App, selection: &VolumeSelectio
         }
     }
     for path in &selection.bind_paths {
-        if !sources.iter().any(|s| s.kind == SourceKind::Bind && &s.container_path == path) {
+        if !sources
+            .iter()
+            .any(|s| s.kind == SourceKind::Bind && &s.container_path == path)
+        {
             return Err(crate::error::usage(format!(
                 "--bind-path {path}: no container of the app has a bind mount at {path}"
             )));
         }
     }
     let available = |sources: &[Source]| {
-        sources.iter().map(|s| s.compose_volume.clone().unwrap_or_else(|| s.name.clone())).collect::<Vec<_>>().join(", ")
+        sources
+            .iter()
+            .map(|s| s.compose_volume.clone().unwrap_or_else(|| s.name.clone()))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     for wanted in selection.only.iter().chain(&selection.exclude) {
         if !sources.iter().any(|s| s.matches(wanted)) {
@@ -122,7 +133,9 @@ pub async fn plan_sources(docker: &Docker, app: &App, selection: &VolumeSelectio
         }
     }
     sources.retain(|s| {
-        let chosen = selection.only.is_empty() || s.kind == SourceKind::Bind || selection.only.iter().any(|w| s.matches(w));
+        let chosen = selection.only.is_empty()
+            || s.kind == SourceKind::Bind
+            || selection.only.iter().any(|w| s.matches(w));
         chosen && !selection.exclude.iter().any(|w| s.matches(w))
     });
     if sources.is_empty() {
@@ -148,21 +161,36 @@ fn bind_source(container: &AppContainer, path: &str) -> Source {
 
 /// Reads the one app version string `label:KEY`, `env:NAME` or `file:SERVICE:/path` names.
 pub async fn read_version(docker: &Docker, app: &App, source: &str) -> Result<String> {
-    let bad = || crate::error::usage(format!(
-        "version source '{source}' is not one of label:KEY, env:NAME or file:SERVICE:/path"
-    ));
+    let bad = || {
+        crate::error::usage(format!(
+            "version source '{source}' is not one of label:KEY, env:NAME or file:SERVICE:/path"
+        ))
+    };
     let (kind, rest) = source.split_once(':').ok_or_else(bad)?;
     let found = match kind {
-        "label" => app.containers.iter().find_map(|c| c.labels.get(rest).cloned()),
+        "label" => app
+            .containers
+            .iter()
+            .find_map(|c| c.labels.get(rest).cloned()),
         "env" => app.containers.iter().find_map(|c| {
-            c.env.iter().find_map(|e| e.strip_prefix(rest).and_then(|v| v.strip_prefix('=')).map(str::to_string))
+            c.env.iter().find_map(|e| {
+                e.strip_prefix(rest)
+                    .and_then(|v| v.strip_prefix('='))
+                    .map(str::to_string)
+            })
         }),
         "file" => {
             let (service, path) = rest.split_once(':').ok_or_else(bad)?;
             let container = app.by_key(service).ok_or_else(|| {
-                crate::error::usage(format!("version source '{source}': the app has no service or container '{service}'"))
+                crate::error::usage(format!(
+                    "version source '{source}': the app has no service or container '{service}'"
+                ))
             })?;
-            Some(docker::read_file(docker, &container.id, path).await.with_context(|| format!("reading the app version from {source}"))?)
+            Some(
+                docker::read_file(docker, &container.id, path)
+                    .await
+                    .with_context(|| format!("reading the app version from {source}"))?,
+            )
         }
         _ => return Err(bad()),
     };
@@ -170,12 +198,20 @@ pub async fn read_version(docker: &Docker, app: &App, source: &str) -> Result<St
 }
 
 /// Runs a backup; returns its manifest.
-pub async fn run(docker: &Docker, store: &Store, plan: &BackupPlan, cancel: &CancellationToken) -> Result<Manifest> {
+pub async fn run(
+    docker: &Docker,
+    store: &Store,
+    plan: &BackupPlan,
+    cancel: &CancellationToken,
+) -> Result<Manifest> {
     let started_at = Utc::now();
     let backup_id = manifest::new_backup_id(started_at);
     let app = App::discover(docker, &plan.selector).await?;
     let sources = plan_sources(docker, &app, &plan.selection).await?;
-    let mut app_version = AppVersion { services: app.images(), ..Default::default() };
+    let mut app_version = AppVersion {
+        services: app.images(),
+        ..Default::default()
+    };
     if let Some(source) = &plan.version_from {
         app_version.version = Some(read_version(docker, &app, source).await?);
         app_version.version_source = Some(source.clone());
@@ -183,8 +219,8 @@ pub async fn run(docker: &Docker, store: &Store, plan: &BackupPlan, cancel: &Can
     check_store_reachable(store, &plan.app_name).await?;
     tracing::info!(app = %plan.app_name, backup = %backup_id, volumes = sources.len(), store = %store.url, "starting backup");
 
-    let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
     let stopped_at = Instant::now();
+    let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
     let outcome = match stop_result {
         Ok(()) if cancel.is_cancelled() => Err(crate::error::interrupted()),
         Ok(()) => {
@@ -212,9 +248,12 @@ pub async fn run(docker: &Docker, store: &Store, plan: &BackupPlan, cancel: &Can
         (Ok(volumes), Ok(())) => volumes,
         (Ok(volumes), Err(restart_error)) => {
             // The data is safe: record it, then report the restart failure.
-            let manifest = finish_manifest(plan, &backup_id, started_at, downtime, app_version, volumes);
+            let manifest =
+                finish_manifest(plan, &backup_id, started_at, downtime, app_version, volumes);
             manifest::write(&store.objects, &store.layout, &manifest).await?;
-            return Err(restart_error.context(format!("backup {backup_id} is complete, but the app is not fully running")));
+            return Err(restart_error.context(format!(
+                "backup {backup_id} is complete, but the app is not fully running"
+            )));
         }
         (Err(error), Ok(())) => return Err(error),
         (Err(error), Err(restart_error)) => {
@@ -276,7 +315,18 @@ async fn back_up_volumes(
     let mut records = Vec::with_capacity(sources.len());
     for source in &sources {
         let started = Instant::now();
-        let result = back_up_volume(&docker, &store, &app, &backup_id, source, &recipients, compression, &policy, &cancel).await;
+        let result = back_up_volume(
+            &docker,
+            &store,
+            &app,
+            &backup_id,
+            source,
+            &recipients,
+            compression,
+            &policy,
+            &cancel,
+        )
+        .await;
         match result {
             Ok(record) => {
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
@@ -317,10 +367,18 @@ async fn back_up_volume(
 ) -> Result<VolumeRecord> {
     let object = manifest::object_name(&source.name, compression.kind);
     let location = store.layout.object(app, backup_id, &object);
-    let what = format!("volume {} (read through {} at {})", source.name, source.service, source.container_path);
+    let what = format!(
+        "volume {} (read through {} at {})",
+        source.name, source.service, source.container_path
+    );
     let (pipe_writer, pipe_reader) = tokio::io::duplex(1 << 20);
     let tar = docker::tar_of(docker, &source.container_id, &source.container_path);
-    let producer = tokio::spawn(produce(tar, Arc::clone(recipients), compression, pipe_writer));
+    let producer = tokio::spawn(produce(
+        tar,
+        Arc::clone(recipients),
+        compression,
+        pipe_writer,
+    ));
     let parts = match upload_parts(&store.objects, &location, pipe_reader, policy, cancel).await {
         Ok(parts) => parts,
         Err(upload_error) => {
@@ -330,10 +388,14 @@ async fn back_up_volume(
                 other => other,
             };
             // A broken pipe in the upload is the producer's failure: report that instead.
-            if let Ok(Ok(Err(produce_error))) = tokio::time::timeout(std::time::Duration::from_secs(1), producer).await {
+            if let Ok(Ok(Err(produce_error))) =
+                tokio::time::timeout(std::time::Duration::from_secs(1), producer).await
+            {
                 return Err(anyhow::Error::new(produce_error).context(format!("backing up {what}")));
             }
-            return Err(anyhow::Error::new(upload_error).context(format!("uploading {what} to {location}")));
+            return Err(
+                anyhow::Error::new(upload_error).context(format!("uploading {what} to {location}"))
+            );
         }
     };
     let (tar_size, root) = match producer.await {
@@ -344,11 +406,16 @@ async fn back_up_volume(
         }
         Err(join_error) => {
             parts.abort().await;
-            return Err(anyhow!("backing up {what}: the stream task failed: {join_error}"));
+            return Err(anyhow!(
+                "backing up {what}: the stream task failed: {join_error}"
+            ));
         }
     };
     let (stored_size, sha256) = (parts.size, parts.sha256.clone());
-    parts.complete().await.with_context(|| format!("completing the upload of {location}"))?;
+    parts
+        .complete()
+        .await
+        .with_context(|| format!("completing the upload of {location}"))?;
     Ok(VolumeRecord {
         name: source.name.clone(),
         kind: source.kind,
@@ -362,7 +429,10 @@ async fn back_up_volume(
         sha256,
         tar_size,
         compression: compression.kind,
-        encryption: Encryption { scheme: "age".into(), recipients: recipients.iter().map(|r| r.text.clone()).collect() },
+        encryption: Encryption {
+            scheme: "age".into(),
+            recipients: recipients.iter().map(|r| r.text.clone()).collect(),
+        },
         root,
     })
 }
@@ -377,11 +447,17 @@ async fn produce(
     let (tar, tally) = TallyReader::new(tokio_util::io::StreamReader::new(tar));
     let encrypted = encrypting_writer(&recipients, pipe).await?;
     let mut compressed = compressing_writer(encrypted, compression);
-    tokio::io::copy_buf(&mut BufReader::with_capacity(256 * 1024, tar), &mut compressed)
-        .await
-        .map_err(PipelineError::Io)?;
+    tokio::io::copy_buf(
+        &mut BufReader::with_capacity(256 * 1024, tar),
+        &mut compressed,
+    )
+    .await
+    .map_err(PipelineError::Io)?;
     compressed.shutdown().await.map_err(PipelineError::Io)?;
-    Ok((tally.bytes(), RootMeta::from_first_block(&tally.first_block())))
+    Ok((
+        tally.bytes(),
+        RootMeta::from_first_block(&tally.first_block()),
+    ))
 }
 
 #[cfg(test)]

@@ -63,7 +63,9 @@ impl StoreOptions {
     pub fn part_policy(&self) -> Result<PartPolicy> {
         let default = PartPolicy::default();
         let policy = PartPolicy {
-            first_part_size: self.part_size_mib.map_or(default.first_part_size, |m| m << 20),
+            first_part_size: self
+                .part_size_mib
+                .map_or(default.first_part_size, |m| m << 20),
             max_parts: self.max_parts.unwrap_or(default.max_parts),
             parts_in_flight: self.parts_in_flight.unwrap_or(default.parts_in_flight),
         };
@@ -95,7 +97,12 @@ pub struct AppOptions {
     #[arg(long, short = 'p', env = "LIFEBOAT_PROJECT")]
     pub project: Option<String>,
     /// A container of the app, by name or id (repeatable; instead of --project)
-    #[arg(long = "container", env = "LIFEBOAT_CONTAINERS", value_delimiter = ',', value_name = "NAME")]
+    #[arg(
+        long = "container",
+        env = "LIFEBOAT_CONTAINERS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
     pub containers: Option<Vec<String>>,
     /// The name backups are stored under [default: the project, else the first container]
     #[arg(long, env = "LIFEBOAT_NAME")]
@@ -148,10 +155,21 @@ impl AppOptions {
 #[serde(default, deny_unknown_fields)]
 pub struct BackupOptions {
     /// age recipient (age1… or an SSH public key) to encrypt to (repeatable)
-    #[arg(long = "recipient", short = 'r', env = "LIFEBOAT_RECIPIENTS", value_delimiter = ',', value_name = "KEY")]
+    #[arg(
+        long = "recipient",
+        short = 'r',
+        env = "LIFEBOAT_RECIPIENTS",
+        value_delimiter = ',',
+        value_name = "KEY"
+    )]
     pub recipients: Option<Vec<String>>,
     /// File of recipients, one per line
-    #[arg(long, short = 'R', env = "LIFEBOAT_RECIPIENTS_FILE", value_name = "PATH")]
+    #[arg(
+        long,
+        short = 'R',
+        env = "LIFEBOAT_RECIPIENTS_FILE",
+        value_name = "PATH"
+    )]
     pub recipients_file: Option<PathBuf>,
     /// Compression of the tar streams
     #[arg(long, env = "LIFEBOAT_COMPRESSION", value_enum)]
@@ -197,7 +215,9 @@ pub struct ConfigFile {
 impl ConfigFile {
     /// Reads the file at `path`; `None` gives the empty config.
     pub fn load(path: Option<&Path>) -> Result<Self> {
-        let Some(path) = path else { return Ok(Self::default()) };
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
         let text = std::fs::read_to_string(path).map_err(|e| {
             crate::error::usage(format!("cannot read config file {}: {e}", path.display()))
         })?;
@@ -219,16 +239,24 @@ mod tests {
             "[store]\nurl = \"s3://b/p\"\nmax_parts = 1000\n[app]\nproject = \"cvat\"\n",
         )
         .unwrap();
-        let flags = StoreOptions { url: Some("file:///x".into()), ..Default::default() };
+        let flags = StoreOptions {
+            url: Some("file:///x".into()),
+            ..Default::default()
+        };
         let merged = flags.or(file.store);
         assert_eq!(merged.url.as_deref(), Some("file:///x"));
         assert_eq!(merged.max_parts, Some(1000));
-        assert_eq!(AppOptions::default().or(file.app).app_name().unwrap(), "cvat");
+        assert_eq!(
+            AppOptions::default().or(file.app).app_name().unwrap(),
+            "cvat"
+        );
     }
 
     #[test]
     fn unknown_keys_are_errors_naming_the_valid_ones() {
-        let err = ConfigFile::parse("[store]\nurll = \"x\"\n").unwrap_err().to_string();
+        let err = ConfigFile::parse("[store]\nurll = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("urll") && err.contains("url"), "{err}");
         let err = ConfigFile::parse("[stor]\n").unwrap_err().to_string();
         assert!(err.contains("stor"), "{err}");
@@ -236,10 +264,16 @@ mod tests {
 
     #[test]
     fn the_example_config_parses() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml")).unwrap();
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+                .unwrap();
         let uncommented: String = text
             .lines()
-            .map(|l| l.strip_prefix("# ").filter(|rest| rest.contains(" = ")).unwrap_or(l))
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|rest| rest.contains(" = "))
+                    .unwrap_or(l)
+            })
             .collect::<Vec<_>>()
             .join("\n");
         ConfigFile::parse(&uncommented).unwrap();
@@ -249,7 +283,10 @@ mod tests {
     fn app_selection_is_explained() {
         let err = AppOptions::default().selector().unwrap_err().to_string();
         assert!(err.contains("--project"), "{err}");
-        let bad = AppOptions { name: Some("../x".into()), ..Default::default() };
+        let bad = AppOptions {
+            name: Some("../x".into()),
+            ..Default::default()
+        };
         assert!(bad.app_name().is_err());
     }
 }

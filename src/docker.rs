@@ -27,7 +27,8 @@ const ONEOFF_LABEL: &str = "com.docker.compose.oneoff";
 /// Connects to the engine named by `DOCKER_HOST` (default: the local socket) and negotiates
 /// the API version, so older engines work too.
 pub async fn connect() -> Result<Docker> {
-    let where_ = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let where_ =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
     let hint = |e: bollard::errors::Error| {
         anyhow!(
             "cannot reach the Docker engine at {where_}: {e}; is dockerd running, and may this user use its socket? (DOCKER_HOST selects another engine)"
@@ -98,7 +99,11 @@ impl App {
                     "label".to_string(),
                     vec![format!("{PROJECT_LABEL}={project}")],
                 )]);
-                let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+                let options = ListContainersOptions {
+                    all: true,
+                    filters: Some(filters),
+                    ..Default::default()
+                };
                 let listed = docker
                     .list_containers(Some(options))
                     .await
@@ -106,7 +111,11 @@ impl App {
                 let ids: Vec<String> = listed
                     .into_iter()
                     .filter(|c| {
-                        c.labels.as_ref().and_then(|l| l.get(ONEOFF_LABEL)).map(String::as_str) != Some("True")
+                        c.labels
+                            .as_ref()
+                            .and_then(|l| l.get(ONEOFF_LABEL))
+                            .map(String::as_str)
+                            != Some("True")
                     })
                     .filter_map(|c| c.id)
                     .collect();
@@ -123,7 +132,9 @@ impl App {
         for name in &names {
             containers.push(inspect(docker, name).await?);
         }
-        Ok(App { containers: start_order(containers) })
+        Ok(App {
+            containers: start_order(containers),
+        })
     }
 
     /// Image reference and id per service (or container).
@@ -133,14 +144,20 @@ impl App {
             .map(|c| {
                 (
                     c.key().to_string(),
-                    ServiceImage { container: c.name.clone(), image: c.image.clone(), image_id: c.image_id.clone() },
+                    ServiceImage {
+                        container: c.name.clone(),
+                        image: c.image.clone(),
+                        image_id: c.image_id.clone(),
+                    },
                 )
             })
             .collect()
     }
 
     pub fn by_key(&self, key: &str) -> Option<&AppContainer> {
-        self.containers.iter().find(|c| c.key() == key || c.name == key)
+        self.containers
+            .iter()
+            .find(|c| c.key() == key || c.name == key)
     }
 }
 
@@ -180,7 +197,11 @@ async fn inspect(docker: &Docker, name: &str) -> Result<AppContainer> {
         .collect();
     Ok(AppContainer {
         id: info.id.unwrap_or_else(|| name.to_string()),
-        name: info.name.unwrap_or_else(|| name.to_string()).trim_start_matches('/').to_string(),
+        name: info
+            .name
+            .unwrap_or_else(|| name.to_string())
+            .trim_start_matches('/')
+            .to_string(),
         service: labels.get(SERVICE_LABEL).cloned(),
         image: config.image.unwrap_or_default(),
         image_id: info.image.unwrap_or_default(),
@@ -201,7 +222,11 @@ pub fn start_order(mut containers: Vec<AppContainer>) -> Vec<AppContainer> {
         let present: Vec<String> = containers.iter().map(|c| c.key().to_string()).collect();
         let ready = containers
             .iter()
-            .position(|c| c.depends_on.iter().all(|d| !present.contains(d) || d == c.key()))
+            .position(|c| {
+                c.depends_on
+                    .iter()
+                    .all(|d| !present.contains(d) || d == c.key())
+            })
             .unwrap_or(0);
         ordered.push(containers.remove(ready));
     }
@@ -220,7 +245,10 @@ pub async fn stop_running(docker: &Docker, app: &App, timeout_secs: u32) -> (Sto
     let mut stopped = Vec::new();
     for container in app.containers.iter().rev().filter(|c| c.running) {
         tracing::info!(container = %container.name, "stopping");
-        let options = StopContainerOptions { t: Some(timeout_secs as i32), ..Default::default() };
+        let options = StopContainerOptions {
+            t: Some(timeout_secs as i32),
+            ..Default::default()
+        };
         match docker.stop_container(&container.id, Some(options)).await {
             Ok(()) => stopped.push((container.id.clone(), container.name.clone())),
             Err(e) => {
@@ -228,14 +256,21 @@ pub async fn stop_running(docker: &Docker, app: &App, timeout_secs: u32) -> (Sto
                 stopped.push((container.id.clone(), container.name.clone()));
                 stopped.reverse();
                 return (
-                    Stopped { containers: stopped },
+                    Stopped {
+                        containers: stopped,
+                    },
                     Err(anyhow!("cannot stop container {}: {e}", container.name)),
                 );
             }
         }
     }
     stopped.reverse();
-    (Stopped { containers: stopped }, Ok(()))
+    (
+        Stopped {
+            containers: stopped,
+        },
+        Ok(()),
+    )
 }
 
 /// Starts the stopped containers in start order. Tries every one; the error names each that
@@ -244,7 +279,10 @@ pub async fn start_again(docker: &Docker, stopped: &Stopped) -> Result<()> {
     let mut failures = Vec::new();
     for (id, name) in &stopped.containers {
         tracing::info!(container = %name, "starting");
-        if let Err(e) = docker.start_container(id, None::<StartContainerOptions>).await {
+        if let Err(e) = docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+        {
             failures.push(format!("{name}: {e}"));
         }
     }
@@ -265,8 +303,14 @@ pub struct DockerStreamError(#[source] pub bollard::errors::Error);
 
 /// The tree under `path` in the container as a tar stream whose root is that directory
 /// (entries `./…`).
-pub fn tar_of(docker: &Docker, container_id: &str, path: &str) -> impl Stream<Item = std::io::Result<Bytes>> + Send + use<> {
-    let options = DownloadFromContainerOptions { path: format!("{}/.", path.trim_end_matches('/')) };
+pub fn tar_of(
+    docker: &Docker,
+    container_id: &str,
+    path: &str,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + use<> {
+    let options = DownloadFromContainerOptions {
+        path: format!("{}/.", path.trim_end_matches('/')),
+    };
     docker
         .download_from_container(container_id, Some(options))
         .map_err(|e| std::io::Error::other(DockerStreamError(e)))
@@ -292,9 +336,16 @@ pub async fn extract_into(
 
 /// Sets mode, owner and mtime of the directory `path` itself, which extracting a `./` entry
 /// does not: a one-entry tar is extracted into its parent.
-pub async fn set_dir_meta(docker: &Docker, container_id: &str, path: &str, meta: &RootMeta) -> Result<()> {
+pub async fn set_dir_meta(
+    docker: &Docker,
+    container_id: &str,
+    path: &str,
+    meta: &RootMeta,
+) -> Result<()> {
     let path = path.trim_end_matches('/');
-    let (parent, name) = path.rsplit_once('/').ok_or_else(|| anyhow!("{path} is not absolute"))?;
+    let (parent, name) = path
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow!("{path} is not absolute"))?;
     if name.is_empty() {
         return Ok(());
     }
@@ -310,12 +361,20 @@ pub async fn set_dir_meta(docker: &Docker, container_id: &str, path: &str, meta:
     let mut tar = header.as_bytes().to_vec();
     tar.extend_from_slice(&[0u8; 1024]);
     let parent = if parent.is_empty() { "/" } else { parent };
-    extract_into(docker, container_id, parent, futures::stream::once(async { Ok(Bytes::from(tar)) })).await
+    extract_into(
+        docker,
+        container_id,
+        parent,
+        futures::stream::once(async { Ok(Bytes::from(tar)) }),
+    )
+    .await
 }
 
 /// Reads a small text file from a container (running or not) through the archive API.
 pub async fn read_file(docker: &Docker, container_id: &str, path: &str) -> Result<String> {
-    let options = DownloadFromContainerOptions { path: path.to_string() };
+    let options = DownloadFromContainerOptions {
+        path: path.to_string(),
+    };
     let stream = docker
         .download_from_container(container_id, Some(options))
         .map_err(std::io::Error::other);
@@ -326,7 +385,9 @@ pub async fn read_file(docker: &Docker, container_id: &str, path: &str) -> Resul
         .await
         .ok_or_else(|| anyhow!("{path} is empty"))?
         .with_context(|| format!("cannot read {path}"))?;
-    if entry.header().entry_type() != tokio_tar::EntryType::Regular || entry.effective_size() > 64 * 1024 {
+    if entry.header().entry_type() != tokio_tar::EntryType::Regular
+        || entry.effective_size() > 64 * 1024
+    {
         return Err(anyhow!("{path} is not a small regular file"));
     }
     let mut text = String::new();
@@ -335,7 +396,10 @@ pub async fn read_file(docker: &Docker, container_id: &str, path: &str) -> Resul
 }
 
 /// Driver and labels of a volume.
-pub async fn volume_info(docker: &Docker, name: &str) -> Result<(String, BTreeMap<String, String>)> {
+pub async fn volume_info(
+    docker: &Docker,
+    name: &str,
+) -> Result<(String, BTreeMap<String, String>)> {
     let volume = docker
         .inspect_volume(name)
         .await

@@ -37,11 +37,19 @@ pub struct ClassifiedError {
 }
 
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
-    ClassifiedError { class: ExitClass::Usage, message: message.into() }.into()
+    ClassifiedError {
+        class: ExitClass::Usage,
+        message: message.into(),
+    }
+    .into()
 }
 
 pub fn verification(message: impl Into<String>) -> anyhow::Error {
-    ClassifiedError { class: ExitClass::Verification, message: message.into() }.into()
+    ClassifiedError {
+        class: ExitClass::Verification,
+        message: message.into(),
+    }
+    .into()
 }
 
 pub fn interrupted() -> anyhow::Error {
@@ -59,7 +67,11 @@ pub fn class_of(err: &anyhow::Error) -> ExitClass {
             cause
                 .downcast_ref::<ClassifiedError>()
                 .map(|c| c.class)
-                .or_else(|| cause.downcast_ref::<crate::pipeline::PipelineError>().map(|e| e.class()))
+                .or_else(|| {
+                    cause
+                        .downcast_ref::<crate::pipeline::PipelineError>()
+                        .map(|e| e.class())
+                })
                 .or_else(|| {
                     cause
                         .downcast_ref::<crate::restore::VersionMismatch>()

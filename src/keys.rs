@@ -45,7 +45,10 @@ pub fn parse_recipient(text: &str) -> Result<Recipient> {
             abbreviate(text)
         )));
     };
-    Ok(Recipient { text: text.to_string(), key })
+    Ok(Recipient {
+        text: text.to_string(),
+        key,
+    })
 }
 
 /// Reads a recipients file: one recipient per line, blank lines and `#` comments ignored.
@@ -79,16 +82,25 @@ pub fn read_identities(path: &Path) -> Result<Vec<BoxIdentity>> {
     warn_if_readable_by_others(path);
     let text = String::from_utf8_lossy(&data);
     if text.contains("AGE-SECRET-KEY-") {
-        let file = age::IdentityFile::from_buffer(&data[..])
-            .map_err(|e| crate::error::usage(format!("identity file {} is not valid: {e}", path.display())))?;
-        let identities = file
-            .into_identities()
-            .map_err(|e| crate::error::usage(format!("identity file {} is not valid: {e}", path.display())))?;
+        let file = age::IdentityFile::from_buffer(&data[..]).map_err(|e| {
+            crate::error::usage(format!(
+                "identity file {} is not valid: {e}",
+                path.display()
+            ))
+        })?;
+        let identities = file.into_identities().map_err(|e| {
+            crate::error::usage(format!(
+                "identity file {} is not valid: {e}",
+                path.display()
+            ))
+        })?;
         return Ok(identities.into_iter().map(|i| i as BoxIdentity).collect());
     }
     if text.contains("PRIVATE KEY") {
         let identity = age::ssh::Identity::from_buffer(&data[..], Some(path.display().to_string()))
-            .map_err(|e| crate::error::usage(format!("SSH key {} is not readable: {e}", path.display())))?;
+            .map_err(|e| {
+                crate::error::usage(format!("SSH key {} is not readable: {e}", path.display()))
+            })?;
         return match identity {
             age::ssh::Identity::Unencrypted(_) => Ok(vec![Box::new(identity)]),
             age::ssh::Identity::Encrypted(_) => Err(crate::error::usage(format!(
@@ -170,14 +182,19 @@ mod tests {
         let secret = identity.lines().last().unwrap();
         let err = parse_recipient(secret).err().unwrap().to_string();
         assert!(err.contains("secret key"), "{err}");
-        assert!(!err.contains(secret), "the secret must not be echoed: {err}");
+        assert!(
+            !err.contains(secret),
+            "the secret must not be echoed: {err}"
+        );
         let err = parse_recipient("hello").err().unwrap().to_string();
         assert!(err.contains("neither"), "{err}");
     }
 
     #[test]
     fn missing_identity_file_names_the_path() {
-        let err = read_identities(Path::new("/nonexistent/key.txt")).err().unwrap();
+        let err = read_identities(Path::new("/nonexistent/key.txt"))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("/nonexistent/key.txt"));
         assert_eq!(crate::error::class_of(&err), crate::error::ExitClass::Usage);
     }

@@ -111,7 +111,10 @@ pub struct Encryption {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("manifest {key} is not valid JSON for a lifeboat backup: {source}")]
-    Invalid { key: String, source: serde_json::Error },
+    Invalid {
+        key: String,
+        source: serde_json::Error,
+    },
     #[error("{key} is not a lifeboat manifest (format '{format}')")]
     NotOurs { key: String, format: String },
     #[error(
@@ -128,15 +131,27 @@ impl Manifest {
             format: String,
             format_version: u32,
         }
-        let probe: Probe = serde_json::from_slice(bytes)
-            .map_err(|source| ManifestError::Invalid { key: key.into(), source })?;
+        let probe: Probe =
+            serde_json::from_slice(bytes).map_err(|source| ManifestError::Invalid {
+                key: key.into(),
+                source,
+            })?;
         if probe.format != FORMAT {
-            return Err(ManifestError::NotOurs { key: key.into(), format: probe.format });
+            return Err(ManifestError::NotOurs {
+                key: key.into(),
+                format: probe.format,
+            });
         }
         if probe.format_version > FORMAT_VERSION {
-            return Err(ManifestError::TooNew { key: key.into(), found: probe.format_version });
+            return Err(ManifestError::TooNew {
+                key: key.into(),
+                found: probe.format_version,
+            });
         }
-        serde_json::from_slice(bytes).map_err(|source| ManifestError::Invalid { key: key.into(), source })
+        serde_json::from_slice(bytes).map_err(|source| ManifestError::Invalid {
+            key: key.into(),
+            source,
+        })
     }
 
     pub fn total_stored(&self) -> u64 {
@@ -181,17 +196,34 @@ impl Layout {
 pub fn object_name(volume: &str, compression: Compression) -> String {
     let safe: String = volume
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{safe}.{}.age", compression.extension())
 }
 
 /// Writes the manifest; refuses to overwrite an existing one.
-pub async fn write(store: &Arc<dyn ObjectStore>, layout: &Layout, manifest: &Manifest) -> anyhow::Result<()> {
+pub async fn write(
+    store: &Arc<dyn ObjectStore>,
+    layout: &Layout,
+    manifest: &Manifest,
+) -> anyhow::Result<()> {
     let key = layout.manifest(&manifest.app, &manifest.backup_id);
     let body = serde_json::to_vec_pretty(manifest)?;
     store
-        .put_opts(&key, body.into(), PutOptions { mode: PutMode::Create, ..Default::default() })
+        .put_opts(
+            &key,
+            body.into(),
+            PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| anyhow::anyhow!("cannot write manifest {key}: {e}"))?;
     Ok(())
@@ -204,12 +236,20 @@ pub struct Listed {
 }
 
 /// Every complete backup under the store's prefix (optionally of one app), oldest first.
-pub async fn list(store: &Arc<dyn ObjectStore>, layout: &Layout, app: Option<&str>) -> anyhow::Result<Vec<Listed>> {
+pub async fn list(
+    store: &Arc<dyn ObjectStore>,
+    layout: &Layout,
+    app: Option<&str>,
+) -> anyhow::Result<Vec<Listed>> {
     let root = match app {
         Some(app) => layout.app_dir(app),
         None => layout.prefix.clone(),
     };
-    let prefix = if root.as_ref().is_empty() { None } else { Some(&root) };
+    let prefix = if root.as_ref().is_empty() {
+        None
+    } else {
+        Some(&root)
+    };
     let metas: Vec<_> = store
         .list(prefix)
         .try_filter(|meta| futures::future::ready(meta.location.filename() == Some(MANIFEST_NAME)))
@@ -220,12 +260,17 @@ pub async fn list(store: &Arc<dyn ObjectStore>, layout: &Layout, app: Option<&st
     for meta in metas {
         let manifest = match store.get(&meta.location).await {
             Ok(got) => match got.bytes().await {
-                Ok(bytes) => Manifest::from_slice(meta.location.as_ref(), &bytes).map_err(|e| e.to_string()),
+                Ok(bytes) => {
+                    Manifest::from_slice(meta.location.as_ref(), &bytes).map_err(|e| e.to_string())
+                }
                 Err(e) => Err(e.to_string()),
             },
             Err(e) => Err(e.to_string()),
         };
-        listed.push(Listed { key: meta.location, manifest });
+        listed.push(Listed {
+            key: meta.location,
+            manifest,
+        });
     }
     listed.sort_by(|a, b| a.key.as_ref().cmp(b.key.as_ref()));
     Ok(listed)
@@ -294,7 +339,10 @@ mod tests {
                 sha256: "00".into(),
                 tar_size: 20,
                 compression: Compression::Zstd,
-                encryption: Encryption { scheme: "age".into(), recipients: vec!["age1x".into()] },
+                encryption: Encryption {
+                    scheme: "age".into(),
+                    recipients: vec!["age1x".into()],
+                },
                 root: None,
             }],
         }
@@ -306,17 +354,29 @@ mod tests {
         let b = new_backup_id("2026-11-02T03:04:05Z".parse().unwrap());
         assert_eq!(a, "20260102T030405Z");
         assert!(a < b);
-        assert_eq!(object_name("bind:web:/etc/gitlab", Compression::Gzip), "bind_web__etc_gitlab.tar.gz.age");
+        assert_eq!(
+            object_name("bind:web:/etc/gitlab", Compression::Gzip),
+            "bind_web__etc_gitlab.tar.gz.age"
+        );
     }
 
     #[test]
     fn format_is_checked() {
         let json = serde_json::to_vec(&sample("1")).unwrap();
-        assert_eq!(Manifest::from_slice("k", &json).unwrap(), sample_with_times(&json));
-        let newer = String::from_utf8(json.clone()).unwrap().replace("\"format_version\":1", "\"format_version\":9");
-        let err = Manifest::from_slice("k", newer.as_bytes()).unwrap_err().to_string();
+        assert_eq!(
+            Manifest::from_slice("k", &json).unwrap(),
+            sample_with_times(&json)
+        );
+        let newer = String::from_utf8(json.clone())
+            .unwrap()
+            .replace("\"format_version\":1", "\"format_version\":9");
+        let err = Manifest::from_slice("k", newer.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("newer lifeboat"), "{err}");
-        let err = Manifest::from_slice("k", b"{\"format\":\"x\",\"format_version\":1}").unwrap_err().to_string();
+        let err = Manifest::from_slice("k", b"{\"format\":\"x\",\"format_version\":1}")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a lifeboat manifest"), "{err}");
         assert!(Manifest::from_slice("k", b"garbage").is_err());
     }
@@ -328,20 +388,39 @@ mod tests {
     #[tokio::test]
     async fn write_list_read_newest() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let layout = Layout { prefix: Path::from("pre") };
+        let layout = Layout {
+            prefix: Path::from("pre"),
+        };
         for id in ["20260101T000000Z", "20260301T000000Z", "20260201T000000Z"] {
             write(&store, &layout, &sample(id)).await.unwrap();
         }
         // an incomplete backup: objects, no manifest
-        store.put(&layout.object("cvat", "20260401T000000Z", "v.tar.zst.age"), b"x".to_vec().into()).await.unwrap();
+        store
+            .put(
+                &layout.object("cvat", "20260401T000000Z", "v.tar.zst.age"),
+                b"x".to_vec().into(),
+            )
+            .await
+            .unwrap();
         let listed = list(&store, &layout, None).await.unwrap();
         assert_eq!(listed.len(), 3);
         let newest = read(&store, &layout, "cvat", None).await.unwrap();
         assert_eq!(newest.backup_id, "20260301T000000Z");
-        assert!(write(&store, &layout, &sample("20260101T000000Z")).await.is_err(), "no overwrite");
-        let err = read(&store, &layout, "cvat", Some("nope")).await.unwrap_err().to_string();
+        assert!(
+            write(&store, &layout, &sample("20260101T000000Z"))
+                .await
+                .is_err(),
+            "no overwrite"
+        );
+        let err = read(&store, &layout, "cvat", Some("nope"))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not found"), "{err}");
-        let err = read(&store, &layout, "other", None).await.unwrap_err().to_string();
+        let err = read(&store, &layout, "other", None)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no complete backup of 'other'"), "{err}");
     }
 }

@@ -26,7 +26,11 @@ pub struct VersionMismatch {
 
 impl std::fmt::Display for VersionMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "the app here is not the version backup {} was made from:", self.backup_id)?;
+        writeln!(
+            f,
+            "the app here is not the version backup {} was made from:",
+            self.backup_id
+        )?;
         for difference in &self.differences {
             writeln!(f, "  - {difference}")?;
         }
@@ -38,18 +42,27 @@ impl std::fmt::Display for VersionMismatch {
 }
 
 /// Every way the current app differs from the recorded one.
-pub fn compare_versions(recorded: &AppVersion, current: &BTreeMap<String, ServiceImage>, current_version: Option<&str>) -> Vec<String> {
+pub fn compare_versions(
+    recorded: &AppVersion,
+    current: &BTreeMap<String, ServiceImage>,
+    current_version: Option<&str>,
+) -> Vec<String> {
     let mut differences = Vec::new();
     for (service, then) in &recorded.services {
         match current.get(service) {
-            None => differences.push(format!("service {service}: backed up with {} but there is no such service here", then.image)),
+            None => differences.push(format!(
+                "service {service}: backed up with {} but there is no such service here",
+                then.image
+            )),
             Some(now) if now.image != then.image => differences.push(format!(
                 "service {service}: backup ran {}, this host runs {}",
                 then.image, now.image
             )),
             Some(now) if now.image_id != then.image_id => differences.push(format!(
                 "service {service}: same tag {} but a different image (backup {}, here {})",
-                then.image, short_id(&then.image_id), short_id(&now.image_id)
+                then.image,
+                short_id(&then.image_id),
+                short_id(&now.image_id)
             )),
             Some(_) => {}
         }
@@ -80,14 +93,24 @@ pub struct Target {
 
 /// Maps every volume of the backup to a container path of the target app: by compose volume
 /// name, then by full name, with `overrides` (OLD=NEW) first.
-pub async fn plan_targets(docker: &Docker, app: &App, manifest: &Manifest, overrides: &BTreeMap<String, String>) -> Result<Vec<Target>> {
+pub async fn plan_targets(
+    docker: &Docker,
+    app: &App,
+    manifest: &Manifest,
+    overrides: &BTreeMap<String, String>,
+) -> Result<Vec<Target>> {
     // (volume name, compose name, container) of every volume mount of the target app
     let mut mounts = Vec::new();
     for container in &app.containers {
         for mount in container.mounts.iter().filter(|m| m.kind == "volume") {
             if let Some(name) = &mount.name {
                 let (_, labels) = docker::volume_info(docker, name).await?;
-                mounts.push((name.clone(), labels.get(VOLUME_LABEL).cloned(), container, mount));
+                mounts.push((
+                    name.clone(),
+                    labels.get(VOLUME_LABEL).cloned(),
+                    container,
+                    mount,
+                ));
             }
         }
     }
@@ -95,13 +118,23 @@ pub async fn plan_targets(docker: &Docker, app: &App, manifest: &Manifest, overr
     for record in &manifest.volumes {
         if record.kind == SourceKind::Bind {
             let container = app.by_key(&record.service).ok_or_else(|| {
-                anyhow!("bind mount {} belongs to service {}, which the app here does not have", record.container_path, record.service)
+                anyhow!(
+                    "bind mount {} belongs to service {}, which the app here does not have",
+                    record.container_path,
+                    record.service
+                )
             })?;
             container
                 .mounts
                 .iter()
                 .find(|m| m.destination == record.container_path)
-                .ok_or_else(|| anyhow!("service {} here mounts nothing at {}", record.service, record.container_path))?;
+                .ok_or_else(|| {
+                    anyhow!(
+                        "service {} here mounts nothing at {}",
+                        record.service,
+                        record.container_path
+                    )
+                })?;
             targets.push(Target {
                 record: record.clone(),
                 container_id: container.id.clone(),
@@ -111,15 +144,22 @@ pub async fn plan_targets(docker: &Docker, app: &App, manifest: &Manifest, overr
             });
             continue;
         }
-        let wanted = overrides
-            .get(&record.name)
-            .or_else(|| record.compose_volume.as_ref().and_then(|c| overrides.get(c)));
+        let wanted = overrides.get(&record.name).or_else(|| {
+            record
+                .compose_volume
+                .as_ref()
+                .and_then(|c| overrides.get(c))
+        });
         let found = match wanted {
             Some(new) => mounts.iter().find(|(name, ..)| name == new),
             None => record
                 .compose_volume
                 .as_ref()
-                .and_then(|c| mounts.iter().find(|(_, compose, ..)| compose.as_ref() == Some(c)))
+                .and_then(|c| {
+                    mounts
+                        .iter()
+                        .find(|(_, compose, ..)| compose.as_ref() == Some(c))
+                })
                 .or_else(|| mounts.iter().find(|(name, ..)| *name == record.name)),
         };
         let (name, _, container, mount) = found.ok_or_else(|| {
@@ -131,7 +171,10 @@ pub async fn plan_targets(docker: &Docker, app: &App, manifest: &Manifest, overr
             ))
         })?;
         if !mount.rw {
-            return Err(anyhow!("{} mounts volume {name} read-only; Docker cannot extract into it", container.name));
+            return Err(anyhow!(
+                "{} mounts volume {name} read-only; Docker cannot extract into it",
+                container.name
+            ));
         }
         targets.push(Target {
             record: record.clone(),
@@ -164,21 +207,45 @@ pub struct RestoreReport {
     pub downtime: std::time::Duration,
 }
 
-pub async fn run(docker: &Docker, store: &Store, plan: &RestorePlan, cancel: &CancellationToken) -> Result<RestoreReport> {
-    let manifest = manifest::read(&store.objects, &store.layout, &plan.app_name, plan.backup_id.as_deref()).await?;
+pub async fn run(
+    docker: &Docker,
+    store: &Store,
+    plan: &RestorePlan,
+    cancel: &CancellationToken,
+) -> Result<RestoreReport> {
+    let manifest = manifest::read(
+        &store.objects,
+        &store.layout,
+        &plan.app_name,
+        plan.backup_id.as_deref(),
+    )
+    .await?;
     tracing::info!(backup = %manifest.backup_id, app = %manifest.app, "restoring");
     let app = App::discover(docker, &plan.selector).await?;
 
     let current_version = match (&manifest.app_version.version_source, &plan.version_from) {
-        (_, Some(source)) | (Some(source), None) => Some(crate::backup::read_version(docker, &app, source).await?),
+        (_, Some(source)) | (Some(source), None) => {
+            Some(crate::backup::read_version(docker, &app, source).await?)
+        }
         (None, None) => None,
     };
-    let differences = compare_versions(&manifest.app_version, &app.images(), current_version.as_deref());
+    let differences = compare_versions(
+        &manifest.app_version,
+        &app.images(),
+        current_version.as_deref(),
+    );
     if !differences.is_empty() {
         if !plan.allow_version_mismatch {
-            return Err(VersionMismatch { backup_id: manifest.backup_id.clone(), differences }.into());
+            return Err(VersionMismatch {
+                backup_id: manifest.backup_id.clone(),
+                differences,
+            }
+            .into());
         }
-        tracing::warn!("restoring across versions as --allow-version-mismatch asks: {}", differences.join("; "));
+        tracing::warn!(
+            "restoring across versions as --allow-version-mismatch asks: {}",
+            differences.join("; ")
+        );
     }
     let targets = plan_targets(docker, &app, &manifest, &plan.map_volumes).await?;
 
@@ -200,8 +267,8 @@ pub async fn run(docker: &Docker, store: &Store, plan: &RestorePlan, cancel: &Ca
         tracing::warn!("--no-verify: volumes are replaced without verifying the backup first");
     }
 
-    let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
     let stopped_at = Instant::now();
+    let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
     let outcome = match stop_result {
         Ok(()) => {
             let mut result = Ok(());
@@ -212,7 +279,12 @@ pub async fn run(docker: &Docker, store: &Store, plan: &RestorePlan, cancel: &Ca
                 }
                 result = restore_volume(docker, store, &manifest, target, &plan.identities)
                     .await
-                    .with_context(|| format!("restoring volume {} into {} at {}", target.record.name, target.container_name, target.path));
+                    .with_context(|| {
+                        format!(
+                            "restoring volume {} into {} at {}",
+                            target.record.name, target.container_name, target.path
+                        )
+                    });
                 if result.is_err() {
                     break;
                 }
@@ -224,14 +296,26 @@ pub async fn run(docker: &Docker, store: &Store, plan: &RestorePlan, cancel: &Ca
     let restarted = docker::start_again(docker, &stopped).await;
     let downtime = stopped_at.elapsed();
     match (outcome, restarted) {
-        (Ok(()), Ok(())) => Ok(RestoreReport { manifest, targets, downtime }),
-        (Ok(()), Err(e)) => Err(e.context("the volumes are restored, but the app is not fully running")),
+        (Ok(()), Ok(())) => Ok(RestoreReport {
+            manifest,
+            targets,
+            downtime,
+        }),
+        (Ok(()), Err(e)) => {
+            Err(e.context("the volumes are restored, but the app is not fully running"))
+        }
         (Err(e), Ok(())) => Err(e),
         (Err(e), Err(restart)) => Err(e.context(format!("and also: {restart:#}"))),
     }
 }
 
-async fn restore_volume(docker: &Docker, store: &Store, manifest: &Manifest, target: &Target, identities: &[BoxIdentity]) -> Result<()> {
+async fn restore_volume(
+    docker: &Docker,
+    store: &Store,
+    manifest: &Manifest,
+    target: &Target,
+    identities: &[BoxIdentity],
+) -> Result<()> {
     let started = Instant::now();
     let tar = verify::open_volume_tar(store, manifest, &target.record, identities).await?;
     let (tar, tally) = TallyReader::new(tar);
@@ -249,9 +333,13 @@ async fn restore_volume(docker: &Docker, store: &Store, manifest: &Manifest, tar
         return Err(stream_error.into());
     }
     extracted?;
-    let root = target.record.root.or_else(|| RootMeta::from_first_block(&tally.first_block()));
+    let root = target
+        .record
+        .root
+        .or_else(|| RootMeta::from_first_block(&tally.first_block()));
     if let Some(root) = root
-        && let Err(e) = docker::set_dir_meta(docker, &target.container_id, &target.path, &root).await
+        && let Err(e) =
+            docker::set_dir_meta(docker, &target.container_id, &target.path, &root).await
     {
         tracing::warn!(volume = %target.record.name, "could not restore the mode/owner/mtime of the volume root: {e:#}");
     }
@@ -265,7 +353,11 @@ mod tests {
     use super::*;
 
     fn image(image: &str, id: &str) -> ServiceImage {
-        ServiceImage { container: "c".into(), image: image.into(), image_id: id.into() }
+        ServiceImage {
+            container: "c".into(),
+            image: image.into(),
+            image_id: id.into(),
+        }
     }
 
     #[test]
@@ -295,7 +387,10 @@ mod tests {
         ]);
         assert!(compare_versions(&recorded, &same, Some("2.5.0")).is_empty());
         let retagged = BTreeMap::from([("db".to_string(), image("postgres:15", "sha256:fff"))]);
-        let one = AppVersion { services: BTreeMap::from([("db".to_string(), image("postgres:15", "sha256:aaa"))]), ..Default::default() };
+        let one = AppVersion {
+            services: BTreeMap::from([("db".to_string(), image("postgres:15", "sha256:aaa"))]),
+            ..Default::default()
+        };
         assert!(compare_versions(&one, &retagged, None)[0].contains("different image"));
     }
 }

@@ -24,8 +24,10 @@ pub fn cancel_on_signals() -> CancellationToken {
 #[cfg(unix)]
 async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler works on unix");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler works on unix");
+    let mut term =
+        signal(SignalKind::terminate()).expect("installing a SIGTERM handler works on unix");
+    let mut int =
+        signal(SignalKind::interrupt()).expect("installing a SIGINT handler works on unix");
     tokio::select! {
         _ = int.recv() => "SIGINT",
         _ = term.recv() => "SIGTERM",

@@ -32,7 +32,11 @@ pub struct Store {
 pub async fn open(options: &StoreOptions) -> Result<Store> {
     let url = options.url_or_default();
     let (objects, prefix) = open_url(&url, options).await?;
-    Ok(Store { objects, layout: Layout { prefix }, url })
+    Ok(Store {
+        objects,
+        layout: Layout { prefix },
+        url,
+    })
 }
 
 async fn open_url(url: &str, options: &StoreOptions) -> Result<(Arc<dyn ObjectStore>, Path)> {
@@ -45,8 +49,11 @@ async fn open_url(url: &str, options: &StoreOptions) -> Result<(Arc<dyn ObjectSt
         return local(std::path::Path::new(url));
     }
     let parsed = url::Url::parse(url).map_err(|e| bad(&format!("is not a URL ({e})")))?;
-    let prefix = Path::parse(parsed.path().trim_matches('/'))
-        .map_err(|e| bad(&format!("has a prefix that is not a valid object path ({e})")))?;
+    let prefix = Path::parse(parsed.path().trim_matches('/')).map_err(|e| {
+        bad(&format!(
+            "has a prefix that is not a valid object path ({e})"
+        ))
+    })?;
     let bucket = parsed.host_str().unwrap_or_default().to_string();
     match parsed.scheme() {
         "file" => {
@@ -126,7 +133,9 @@ async fn s3(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
     let sdk = loader.load().await;
-    let region = sdk.region().map_or_else(|| "us-east-1".to_string(), |r| r.to_string());
+    let region = sdk
+        .region()
+        .map_or_else(|| "us-east-1".to_string(), |r| r.to_string());
     let endpoint = options
         .endpoint
         .clone()
@@ -162,7 +171,10 @@ pub struct AwsChainCredentials {
 
 impl AwsChainCredentials {
     pub fn new(provider: SharedCredentialsProvider) -> Self {
-        Self { provider, cached: tokio::sync::Mutex::new(None) }
+        Self {
+            provider,
+            cached: tokio::sync::Mutex::new(None),
+        }
     }
 }
 
@@ -224,13 +236,19 @@ mod tests {
     }
 
     impl ProvideCredentials for Counting {
-        fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
         where
             Self: 'a,
         {
             self.calls.fetch_add(1, Ordering::SeqCst);
             aws_credential_types::provider::future::ProvideCredentials::ready(Ok(Credentials::new(
-                "AKID", "SECRET", None, self.expiry, "test",
+                "AKID",
+                "SECRET",
+                None,
+                self.expiry,
+                "test",
             )))
         }
     }

@@ -12,6 +12,7 @@ use crate::pipeline::encrypt::decrypting_reader;
 use crate::pipeline::tally::{Expected, TallyReader};
 use crate::pipeline::tar_check::{TarSummary, check_archive};
 use crate::store::Store;
+use object_store::ObjectStoreExt;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 
 /// Opens a volume object as the decompressed tar stream, checking size and sha256 as it goes
@@ -23,8 +24,16 @@ pub async fn open_volume_tar(
     identities: &[BoxIdentity],
 ) -> Result<impl AsyncRead + Send + Unpin + use<>, PipelineError> {
     let stored = open_checked(store, manifest, record).await?;
-    let plain = decrypting_reader(identities, BufReader::new(stored), &record.encryption.recipients).await?;
-    Ok(decompressing_reader(BufReader::with_capacity(256 * 1024, plain), record.compression))
+    let plain = decrypting_reader(
+        identities,
+        BufReader::new(stored),
+        &record.encryption.recipients,
+    )
+    .await?;
+    Ok(decompressing_reader(
+        BufReader::with_capacity(256 * 1024, plain),
+        record.compression,
+    ))
 }
 
 async fn open_checked(
@@ -32,9 +41,23 @@ async fn open_checked(
     manifest: &Manifest,
     record: &VolumeRecord,
 ) -> Result<impl AsyncRead + Send + Unpin + use<>, PipelineError> {
-    let location = store.layout.object(&manifest.app, &manifest.backup_id, &record.object);
+    let location = store
+        .layout
+        .object(&manifest.app, &manifest.backup_id, &record.object);
+    // A cheap first check that names truncation or replacement plainly; the sha256 over the
+    // whole stream stays the real check.
+    let head = store.objects.head(&location).await?;
+    if head.size != record.stored_size {
+        return Err(PipelineError::Verification(format!(
+            "stored object {location} is {} bytes but the manifest records {} bytes (truncated or replaced)",
+            head.size, record.stored_size
+        )));
+    }
     let raw = open_object(&store.objects, &location).await?;
-    let expected = Expected { size: record.stored_size, sha256: record.sha256.clone() };
+    let expected = Expected {
+        size: record.stored_size,
+        sha256: record.sha256.clone(),
+    };
     Ok(TallyReader::expecting(raw, expected).0)
 }
 
@@ -48,7 +71,12 @@ pub async fn verify_volume(
     let Some(identities) = identities else {
         let mut stored = open_checked(store, manifest, record).await?;
         let mut sink = vec![0u8; 256 * 1024];
-        while stored.read(&mut sink).await.map_err(PipelineError::from_read_chain)? > 0 {}
+        while stored
+            .read(&mut sink)
+            .await
+            .map_err(PipelineError::from_read_chain)?
+            > 0
+        {}
         return Ok(None);
     };
     let tar = open_volume_tar(store, manifest, record, identities).await?;

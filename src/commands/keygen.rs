@@ -21,7 +21,12 @@ pub fn run(args: KeygenArgs) -> anyhow::Result<ExitCode> {
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| lifeboat::error::usage(format!("cannot create {}: {e} (keygen never overwrites a key)", path.display())))?;
+                .map_err(|e| {
+                    lifeboat::error::usage(format!(
+                        "cannot create {}: {e} (keygen never overwrites a key)",
+                        path.display()
+                    ))
+                })?;
             file.write_all(identity.as_bytes())?;
         }
         None => std::io::stdout().write_all(identity.as_bytes())?,

@@ -20,7 +20,8 @@ pub async fn run(args: ListArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store);
     let project = args.project.or(file.app.name).or(file.app.project);
     let store = lifeboat::store::open(&store_options).await?;
-    let listed = lifeboat::manifest::list(&store.objects, &store.layout, project.as_deref()).await?;
+    let listed =
+        lifeboat::manifest::list(&store.objects, &store.layout, project.as_deref()).await?;
     let mut manifests = Vec::new();
     for entry in listed {
         match entry.manifest {
@@ -36,14 +37,31 @@ pub async fn run(args: ListArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
         eprintln!("no complete backups in {}", store.url);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<18} {:<16} {:<24} {:>7} {:>10} {:>8}", "ID", "APP", "VERSION", "VOLUMES", "STORED", "AGE");
+    println!(
+        "{:<18} {:<16} {:<24} {:>7} {:>10} {:>8}",
+        "ID", "APP", "VERSION", "VOLUMES", "STORED", "AGE"
+    );
     let now = chrono::Utc::now();
     for m in &manifests {
         let version = m.app_version.version.clone().unwrap_or_else(|| {
-            let images: Vec<_> = m.app_version.services.values().map(|s| s.image.as_str()).collect();
+            let images: Vec<_> = m
+                .app_version
+                .services
+                .values()
+                .map(|s| s.image.as_str())
+                .collect();
             let mut unique = images.clone();
             unique.dedup();
-            unique.first().map(|first| if unique.len() > 1 { format!("{first} +{}", unique.len() - 1) } else { first.to_string() }).unwrap_or_default()
+            unique
+                .first()
+                .map(|first| {
+                    if unique.len() > 1 {
+                        format!("{first} +{}", unique.len() - 1)
+                    } else {
+                        first.to_string()
+                    }
+                })
+                .unwrap_or_default()
         });
         println!(
             "{:<18} {:<16} {:<24} {:>7} {:>10} {:>8}",

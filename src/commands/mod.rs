@@ -27,13 +27,25 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 pub struct GlobalOptions {
     /// TOML config file (see config.example.toml); flags and LIFEBOAT_* variables win over it
-    #[arg(long, short = 'c', global = true, env = "LIFEBOAT_CONFIG", value_name = "PATH")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "LIFEBOAT_CONFIG",
+        value_name = "PATH"
+    )]
     pub config: Option<PathBuf>,
     /// More output: -v progress and a summary, -vv debug
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Log format on stderr
-    #[arg(long, global = true, value_enum, default_value = "human", env = "LIFEBOAT_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "LIFEBOAT_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -77,10 +89,15 @@ pub fn init_logging(global: &GlobalOptions) {
     let default = match global.verbose {
         0 => "warn",
         1 => "info",
-        _ => "debug,hyper=info,h2=info,reqwest=info,rustls=info,aws_config=info,aws_smithy_runtime=info",
+        _ => {
+            "debug,hyper=info,h2=info,reqwest=info,rustls=info,aws_config=info,aws_smithy_runtime=info"
+        }
     };
-    let filter = EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match global.log_format {
         LogFormat::Human => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -96,5 +113,9 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }

@@ -38,13 +38,18 @@ pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::
     let store_options = args.store.or(file.store);
     let options = args.restore.or(file.restore);
     let identity = options.identity.ok_or_else(|| {
-        lifeboat::error::usage("restore needs the identity that decrypts the backup: pass --identity key.txt")
+        lifeboat::error::usage(
+            "restore needs the identity that decrypts the backup: pass --identity key.txt",
+        )
     })?;
     let mut map_volumes = BTreeMap::new();
     for mapping in &args.map_volume {
-        let (old, new) = mapping.split_once('=').filter(|(o, n)| !o.is_empty() && !n.is_empty()).ok_or_else(|| {
-            lifeboat::error::usage(format!("--map-volume '{mapping}' is not OLD=NEW"))
-        })?;
+        let (old, new) = mapping
+            .split_once('=')
+            .filter(|(o, n)| !o.is_empty() && !n.is_empty())
+            .ok_or_else(|| {
+                lifeboat::error::usage(format!("--map-volume '{mapping}' is not OLD=NEW"))
+            })?;
         map_volumes.insert(old.to_string(), new.to_string());
     }
     let plan = RestorePlan {

@@ -20,11 +20,14 @@ pub struct ShowArgs {
 
 pub async fn run(args: ShowArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store);
-    let app = args.project.or(file.app.name).or(file.app.project).ok_or_else(|| {
-        lifeboat::error::usage("which app? pass --project NAME")
-    })?;
+    let app = args
+        .project
+        .or(file.app.name)
+        .or(file.app.project)
+        .ok_or_else(|| lifeboat::error::usage("which app? pass --project NAME"))?;
     let store = lifeboat::store::open(&store_options).await?;
-    let m = lifeboat::manifest::read(&store.objects, &store.layout, &app, args.backup.as_deref()).await?;
+    let m = lifeboat::manifest::read(&store.objects, &store.layout, &app, args.backup.as_deref())
+        .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&m)?);
         return Ok(ExitCode::SUCCESS);
@@ -32,9 +35,15 @@ pub async fn run(args: ShowArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     println!("backup     {}", m.backup_id);
     println!("app        {}", m.app);
     println!("host       {}", m.host);
-    println!("made       {} → {} (downtime {:.1} s) by lifeboat {}", m.started_at, m.finished_at, m.downtime_seconds, m.lifeboat_version);
+    println!(
+        "made       {} → {} (downtime {:.1} s) by lifeboat {}",
+        m.started_at, m.finished_at, m.downtime_seconds, m.lifeboat_version
+    );
     if let Some(version) = &m.app_version.version {
-        println!("version    {version} (from {})", m.app_version.version_source.as_deref().unwrap_or("?"));
+        println!(
+            "version    {version} (from {})",
+            m.app_version.version_source.as_deref().unwrap_or("?")
+        );
     }
     for (service, image) in &m.app_version.services {
         println!("service    {service}: {} ({})", image.image, image.image_id);
@@ -51,7 +60,11 @@ pub async fn run(args: ShowArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
             v.compression,
             v.sha256
         );
-        println!("           object {}, encrypted to {}", v.object, v.encryption.recipients.join(", "));
+        println!(
+            "           object {}, encrypted to {}",
+            v.object,
+            v.encryption.recipients.join(", ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -24,11 +24,16 @@ pub struct VerifyArgs {
 
 pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store);
-    let app = args.project.or(file.app.name).or(file.app.project).ok_or_else(|| {
-        lifeboat::error::usage("which app? pass --project NAME")
-    })?;
+    let app = args
+        .project
+        .or(file.app.name)
+        .or(file.app.project)
+        .ok_or_else(|| lifeboat::error::usage("which app? pass --project NAME"))?;
     let identity = args.identity.or(file.restore.identity);
-    let identities = identity.as_deref().map(lifeboat::keys::read_identities).transpose()?;
+    let identities = identity
+        .as_deref()
+        .map(lifeboat::keys::read_identities)
+        .transpose()?;
     let store = lifeboat::store::open(&store_options).await?;
     let manifests = if args.all {
         lifeboat::manifest::list(&store.objects, &store.layout, Some(&app))
@@ -37,18 +42,26 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
             .map(|l| l.manifest.map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?
     } else {
-        vec![lifeboat::manifest::read(&store.objects, &store.layout, &app, args.backup.as_deref()).await?]
+        vec![
+            lifeboat::manifest::read(&store.objects, &store.layout, &app, args.backup.as_deref())
+                .await?,
+        ]
     };
     let mut failures = 0;
     let mut worst = None;
     for manifest in &manifests {
         for record in &manifest.volumes {
-            match lifeboat::verify::verify_volume(&store, manifest, record, identities.as_deref()).await {
+            match lifeboat::verify::verify_volume(&store, manifest, record, identities.as_deref())
+                .await
+            {
                 Ok(Some(summary)) => println!(
                     "ok    {} {}: {} entries, {} bytes of files, sha256 matches",
                     manifest.backup_id, record.name, summary.entries, summary.file_bytes
                 ),
-                Ok(None) => println!("ok    {} {}: size and sha256 match (no identity: not decrypted)", manifest.backup_id, record.name),
+                Ok(None) => println!(
+                    "ok    {} {}: size and sha256 match (no identity: not decrypted)",
+                    manifest.backup_id, record.name
+                ),
                 Err(e) => {
                     println!("FAIL  {} {}: {e}", manifest.backup_id, record.name);
                     failures += 1;

@@ -11,9 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite};
 
 /// How a volume's tar stream is compressed. Recorded in the manifest per volume.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// zstd, on every core (default level 3)
@@ -58,7 +56,11 @@ pub struct CompressionSettings {
 impl CompressionSettings {
     pub fn new(kind: Compression, level: Option<i32>) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        Self { kind, level, threads }
+        Self {
+            kind,
+            level,
+            threads,
+        }
     }
 }
 
@@ -75,7 +77,9 @@ where
     match settings.kind {
         Compression::Zstd => {
             let params = [CParameter::nb_workers(settings.threads)];
-            Box::new(write::ZstdEncoder::with_quality_and_params(inner, level, &params))
+            Box::new(write::ZstdEncoder::with_quality_and_params(
+                inner, level, &params,
+            ))
         }
         Compression::Gzip => Box::new(write::GzipEncoder::with_quality(inner, level)),
         Compression::None => Box::new(inner),
@@ -83,7 +87,10 @@ where
 }
 
 /// Wraps `inner` so that reading from the result yields the decompressed stream.
-pub fn decompressing_reader<'a, R>(inner: R, kind: Compression) -> Box<dyn AsyncRead + Send + Unpin + 'a>
+pub fn decompressing_reader<'a, R>(
+    inner: R,
+    kind: Compression,
+) -> Box<dyn AsyncRead + Send + Unpin + 'a>
 where
     R: AsyncBufRead + Send + Unpin + 'a,
 {
@@ -108,7 +115,9 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
     async fn round_trip(kind: Compression) {
-        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let (writer, reader) = tokio::io::duplex(64 * 1024);
         let input = data.clone();
         let producer = tokio::spawn(async move {
@@ -136,7 +145,10 @@ mod tests {
     async fn truncated_zstd_fails() {
         let mut compressed = Vec::new();
         {
-            let mut w = compressing_writer(&mut compressed, CompressionSettings::new(Compression::Zstd, None));
+            let mut w = compressing_writer(
+                &mut compressed,
+                CompressionSettings::new(Compression::Zstd, None),
+            );
             w.write_all(&[1u8; 200_000]).await.unwrap();
             w.shutdown().await.unwrap();
         }
@@ -145,6 +157,12 @@ mod tests {
             .read_to_end(&mut Vec::new())
             .await
             .unwrap_err();
-        assert!(matches!(err.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData), "{err}");
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ),
+            "{err}"
+        );
     }
 }

@@ -38,11 +38,22 @@ mod tests {
     #[tokio::test]
     async fn streams_an_object_and_names_a_missing_one() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        store.put(&Path::from("k"), b"data".to_vec().into()).await.unwrap();
+        store
+            .put(&Path::from("k"), b"data".to_vec().into())
+            .await
+            .unwrap();
         let mut out = String::new();
-        open_object(&store, &Path::from("k")).await.unwrap().read_to_string(&mut out).await.unwrap();
+        open_object(&store, &Path::from("k"))
+            .await
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
         assert_eq!(out, "data");
-        let err = open_object(&store, &Path::from("missing")).await.err().unwrap();
+        let err = open_object(&store, &Path::from("missing"))
+            .await
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("missing"), "{err}");
     }
 }

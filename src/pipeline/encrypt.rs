@@ -22,7 +22,9 @@ where
     W: AsyncWrite + Send + Unpin,
 {
     let encryptor = age::Encryptor::with_recipients(
-        recipients.iter().map(|r| r.key.as_ref() as &dyn age::Recipient),
+        recipients
+            .iter()
+            .map(|r| r.key.as_ref() as &dyn age::Recipient),
     )
     .map_err(|e| PipelineError::Io(std::io::Error::other(format!("cannot encrypt: {e}"))))?;
     let writer = encryptor
@@ -86,7 +88,9 @@ mod tests {
 
     async fn encrypt(recipient: &Recipient, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut w = encrypting_writer(std::slice::from_ref(recipient), &mut out).await.unwrap();
+        let mut w = encrypting_writer(std::slice::from_ref(recipient), &mut out)
+            .await
+            .unwrap();
         w.write_all(data).await.unwrap();
         w.shutdown().await.unwrap();
         drop(w);
@@ -114,7 +118,10 @@ mod tests {
         let (other, _) = identity_and_recipient();
         let sealed = encrypt(&recipient, b"secret").await;
         let hint = vec![recipient.text.clone()];
-        let err = decrypting_reader(&[other], &sealed[..], &hint).await.err().unwrap();
+        let err = decrypting_reader(&[other], &sealed[..], &hint)
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, PipelineError::WrongKey { .. }));
         assert!(err.to_string().contains(&recipient.text));
     }
@@ -124,9 +131,11 @@ mod tests {
         let (identity, recipient) = identity_and_recipient();
         let sealed = encrypt(&recipient, &vec![1u8; 200_000]).await;
         // Cut the last chunk off: header + full chunks remain.
-        let header_end = sealed.len() - (200_000 % 65_536 + 16) ;
+        let header_end = sealed.len() - (200_000 % 65_536 + 16);
         let truncated = &sealed[..header_end];
-        let mut reader = decrypting_reader(&[identity], truncated, &[]).await.unwrap();
+        let mut reader = decrypting_reader(&[identity], truncated, &[])
+            .await
+            .unwrap();
         let err = reader.read_to_end(&mut Vec::new()).await.unwrap_err();
         let class = PipelineError::from_read_chain(err);
         assert!(matches!(class, PipelineError::Verification(_)), "{class:?}");

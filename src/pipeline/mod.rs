@@ -77,9 +77,11 @@ impl PipelineError {
             }
         }
         match err.kind() {
-            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => Some(
-                PipelineError::Verification(format!("stored data is damaged: {err}")),
-            ),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => {
+                Some(PipelineError::Verification(format!(
+                    "stored data is damaged or was altered ({err}): the object does not match what was backed up"
+                )))
+            }
             _ => None,
         }
     }

@@ -61,7 +61,9 @@ impl TallyHandle {
     fn lock(&self) -> std::sync::MutexGuard<'_, Tally> {
         // A poisoned lock only means another stage panicked mid-update; the counts are still
         // the best information there is.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -75,7 +77,11 @@ pub struct TallyReader<R> {
 impl<R> TallyReader<R> {
     pub fn new(inner: R) -> (Self, TallyHandle) {
         let handle = TallyHandle::default();
-        let reader = Self { inner, handle: handle.clone(), expected: None };
+        let reader = Self {
+            inner,
+            handle: handle.clone(),
+            expected: None,
+        };
         (reader, handle)
     }
 
@@ -167,7 +173,10 @@ mod tests {
     #[tokio::test]
     async fn matching_expectation_passes() {
         let data = b"hello".to_vec();
-        let expected = Expected { size: 5, sha256: sha(&data) };
+        let expected = Expected {
+            size: 5,
+            sha256: sha(&data),
+        };
         let (mut reader, _) = TallyReader::expecting(&data[..], expected);
         let mut out = Vec::new();
         reader.read_to_end(&mut out).await.unwrap();
@@ -176,7 +185,10 @@ mod tests {
     #[tokio::test]
     async fn truncation_and_corruption_and_growth_fail() {
         let data = b"hello world".to_vec();
-        let expected = Expected { size: data.len() as u64, sha256: sha(&data) };
+        let expected = Expected {
+            size: data.len() as u64,
+            sha256: sha(&data),
+        };
         for (case, input) in [
             ("truncated", b"hello".to_vec()),
             ("corrupted", b"hellO world".to_vec()),

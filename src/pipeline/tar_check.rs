@@ -69,10 +69,22 @@ pub struct EntryPolicy {
 
 impl EntryPolicy {
     /// Checks one entry; `Err` carries the reason.
-    pub fn check(&mut self, path: &Path, kind: EntryType, link: Option<&Path>) -> Result<(), String> {
+    pub fn check(
+        &mut self,
+        path: &Path,
+        kind: EntryType,
+        link: Option<&Path>,
+    ) -> Result<(), String> {
         let normalized = normalize(path)?;
-        if let Some(through) = normalized.ancestors().skip(1).find(|a| self.symlinks.contains(*a)) {
-            return Err(format!("is below {}, a symlink the archive created: extraction would write through it", through.display()));
+        if let Some(through) = normalized
+            .ancestors()
+            .skip(1)
+            .find(|a| self.symlinks.contains(*a))
+        {
+            return Err(format!(
+                "is below {}, a symlink the archive created: extraction would write through it",
+                through.display()
+            ));
         }
         if normalized.as_os_str().is_empty() && kind != EntryType::Directory {
             return Err("replaces the volume root with a non-directory".into());
@@ -98,7 +110,11 @@ impl EntryPolicy {
                 }
                 self.seen_files.insert(normalized.clone());
             }
-            other => return Err(format!("has an entry type lifeboat does not restore ({other:?})")),
+            other => {
+                return Err(format!(
+                    "has an entry type lifeboat does not restore ({other:?})"
+                ));
+            }
         }
         self.symlinks.remove(&normalized);
         Ok(())
@@ -122,7 +138,11 @@ fn normalize(path: &Path) -> Result<PathBuf, String> {
 /// A tar parse error is damaged data unless it came from the store below.
 fn tar_error(err: std::io::Error) -> PipelineError {
     match PipelineError::from_read_chain(err) {
-        PipelineError::Io(e) if !e.get_ref().is_some_and(|inner| inner.is::<super::download::StoreReadError>()) => {
+        PipelineError::Io(e)
+            if !e
+                .get_ref()
+                .is_some_and(|inner| inner.is::<super::download::StoreReadError>()) =>
+        {
             PipelineError::Verification(format!("the tar stream is malformed: {e}"))
         }
         other => other,
@@ -149,9 +169,14 @@ where
                 .map_err(tar_error)?
                 .map(|l| l.into_owned());
             let kind = entry.header().entry_type();
-            policy.check(&path, kind, link.as_deref()).map_err(|reason| {
-                PipelineError::Verification(format!("bad tar entry '{}': {reason}", path.display()))
-            })?;
+            policy
+                .check(&path, kind, link.as_deref())
+                .map_err(|reason| {
+                    PipelineError::Verification(format!(
+                        "bad tar entry '{}': {reason}",
+                        path.display()
+                    ))
+                })?;
             summary.entries += 1;
             if kind.is_file() {
                 summary.file_bytes += entry.effective_size();
@@ -159,7 +184,9 @@ where
         }
     }
     if summary.entries == 0 {
-        return Err(PipelineError::Verification("the tar stream holds no entry".into()));
+        return Err(PipelineError::Verification(
+            "the tar stream holds no entry".into(),
+        ));
     }
     let mut rest = archive
         .into_inner()
@@ -173,6 +200,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// (path, type, content, link target) of a test archive entry.
+    type TestEntry<'a> = (&'a str, EntryType, &'a [u8], Option<&'a str>);
 
     fn header(path: &str, kind: EntryType, size: u64, link: Option<&str>) -> Header {
         let mut h = Header::new_gnu();
@@ -189,7 +219,7 @@ mod tests {
         h
     }
 
-    async fn archive(entries: &[(&str, EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+    async fn archive(entries: &[TestEntry<'_>]) -> Vec<u8> {
         let mut out = Vec::new();
         for (path, kind, data, link) in entries {
             let h = header(path, *kind, data.len() as u64, *link);
@@ -201,7 +231,7 @@ mod tests {
         out
     }
 
-    async fn check(entries: &[(&str, EntryType, &[u8], Option<&str>)]) -> Result<TarSummary, PipelineError> {
+    async fn check(entries: &[TestEntry<'_>]) -> Result<TarSummary, PipelineError> {
         let bytes = archive(entries).await;
         check_archive(&bytes[..]).await
     }
@@ -224,20 +254,38 @@ mod tests {
 
     #[tokio::test]
     async fn hostile_entries_are_refused() {
-        let cases: Vec<(&str, Vec<(&str, EntryType, &[u8], Option<&str>)>)> = vec![
+        let cases: Vec<(&str, Vec<TestEntry>)> = vec![
             ("..", vec![("./../escape", EntryType::Regular, b"x", None)]),
-            ("absolute", vec![("/etc/cron.d/x", EntryType::Regular, b"x", None)]),
-            ("symlink", vec![
-                ("./l", EntryType::Symlink, b"", Some("/etc")),
-                ("./l/passwd", EntryType::Regular, b"x", None),
-            ]),
-            ("hardlink", vec![("./h", EntryType::Link, b"", Some("/etc/shadow"))]),
-            ("hardlink", vec![("./h", EntryType::Link, b"", Some("./later"))]),
+            (
+                "absolute",
+                vec![("/etc/cron.d/x", EntryType::Regular, b"x", None)],
+            ),
+            (
+                "symlink",
+                vec![
+                    ("./l", EntryType::Symlink, b"", Some("/etc")),
+                    ("./l/passwd", EntryType::Regular, b"x", None),
+                ],
+            ),
+            (
+                "hardlink",
+                vec![("./h", EntryType::Link, b"", Some("/etc/shadow"))],
+            ),
+            (
+                "hardlink",
+                vec![("./h", EntryType::Link, b"", Some("./later"))],
+            ),
             ("root", vec![("./", EntryType::Regular, b"x", None)]),
         ];
         for (what, entries) in cases {
-            let err = check(&entries).await.err().unwrap_or_else(|| panic!("{what} accepted"));
-            assert!(matches!(err, PipelineError::Verification(_)), "{what}: {err:?}");
+            let err = check(&entries)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{what} accepted"));
+            assert!(
+                matches!(err, PipelineError::Verification(_)),
+                "{what}: {err:?}"
+            );
             assert!(err.to_string().contains("bad tar entry"), "{what}: {err}");
         }
     }
@@ -271,7 +319,15 @@ mod tests {
         h.set_mtime(1_600_000_000);
         h.set_cksum();
         let meta = RootMeta::from_first_block(h.as_bytes()).unwrap();
-        assert_eq!(meta, RootMeta { mode: 0o700, uid: 999, gid: 998, mtime: 1_600_000_000 });
+        assert_eq!(
+            meta,
+            RootMeta {
+                mode: 0o700,
+                uid: 999,
+                gid: 998,
+                mtime: 1_600_000_000
+            }
+        );
         let file = header("./f", EntryType::Regular, 0, None);
         assert!(RootMeta::from_first_block(file.as_bytes()).is_none());
     }

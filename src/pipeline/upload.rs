@@ -33,7 +33,11 @@ pub struct PartPolicy {
 
 impl Default for PartPolicy {
     fn default() -> Self {
-        Self { first_part_size: 8 << 20, max_parts: 10_000, parts_in_flight: 4 }
+        Self {
+            first_part_size: 8 << 20,
+            max_parts: 10_000,
+            parts_in_flight: 4,
+        }
     }
 }
 
@@ -66,7 +70,10 @@ pub struct UploadedParts {
 impl UploadedParts {
     /// Makes the object visible.
     pub async fn complete(mut self) -> Result<(), PipelineError> {
-        let mut upload = self.upload.take().expect("complete or abort is called once");
+        let mut upload = self
+            .upload
+            .take()
+            .expect("complete or abort is called once");
         if let Err(err) = upload.complete().await {
             abort_logged(upload, &self.location).await;
             return Err(err.into());
@@ -209,7 +216,11 @@ mod tests {
     use object_store::memory::InMemory;
 
     fn small_policy() -> PartPolicy {
-        PartPolicy { first_part_size: 1000, max_parts: 20, parts_in_flight: 3 }
+        PartPolicy {
+            first_part_size: 1000,
+            max_parts: 20,
+            parts_in_flight: 3,
+        }
     }
 
     #[test]
@@ -219,7 +230,10 @@ mod tests {
         assert_eq!(s3.part_size(999), 8 << 20);
         assert_eq!(s3.part_size(1000), 16 << 20);
         assert!(s3.max_bytes() >= 5 << 40, "S3 objects up to 5 TiB");
-        let small = PartPolicy { max_parts: 1000, ..s3 };
+        let small = PartPolicy {
+            max_parts: 1000,
+            ..s3
+        };
         assert!(small.max_bytes() >= 500 << 30);
     }
 
@@ -228,14 +242,23 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let data: Vec<u8> = (0..25_000u32).map(|i| (i * 7 % 256) as u8).collect();
         let location = Path::from("a/b.age");
-        let parts = upload_parts(&store, &location, &data[..], &small_policy(), &CancellationToken::new())
-            .await
-            .unwrap();
+        let parts = upload_parts(
+            &store,
+            &location,
+            &data[..],
+            &small_policy(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(parts.size, data.len() as u64);
         assert_eq!(parts.sha256, hex::encode(Sha256::digest(&data)));
         // 2 parts of 1000, then 2000, 4000, ... : 1000*2 + 2000*2 + 4000*2 + 8000*2 > 25000
         assert!(parts.parts > 2);
-        assert!(store.head(&location).await.is_err(), "not visible before complete");
+        assert!(
+            store.head(&location).await.is_err(),
+            "not visible before complete"
+        );
         parts.complete().await.unwrap();
         let stored = store.get(&location).await.unwrap().bytes().await.unwrap();
         assert_eq!(stored, data);
@@ -244,13 +267,23 @@ mod tests {
     #[tokio::test]
     async fn too_large_streams_are_refused_and_leave_nothing() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let policy = PartPolicy { first_part_size: 10, max_parts: 3, parts_in_flight: 2 };
+        let policy = PartPolicy {
+            first_part_size: 10,
+            max_parts: 3,
+            parts_in_flight: 2,
+        };
         let data = vec![0u8; 1000];
         let location = Path::from("big");
-        let err = upload_parts(&store, &location, &data[..], &policy, &CancellationToken::new())
-            .await
-            .err()
-            .unwrap();
+        let err = upload_parts(
+            &store,
+            &location,
+            &data[..],
+            &policy,
+            &CancellationToken::new(),
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(matches!(err, PipelineError::TooLarge { .. }), "{err}");
         assert!(store.head(&location).await.is_err());
     }
@@ -271,9 +304,15 @@ mod tests {
     #[tokio::test]
     async fn an_empty_stream_still_makes_an_object() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let parts = upload_parts(&store, &Path::from("e"), &b""[..], &small_policy(), &CancellationToken::new())
-            .await
-            .unwrap();
+        let parts = upload_parts(
+            &store,
+            &Path::from("e"),
+            &b""[..],
+            &small_policy(),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!((parts.size, parts.parts), (0, 1));
         parts.complete().await.unwrap();
     }

@@ -1,0 +1,396 @@
+//! End to end through the real binary, real Docker and a real S3 server: what a user of
+//! `lifeboat backup` and `lifeboat restore` cares about.
+
+mod common;
+
+use common::*;
+
+/// A three-service app: db (volume db), web (media, keys; depends on db), worker (media;
+/// depends on web, and stopped — it must stay stopped).
+fn three_service_app(test: &str, big_mib: usize) -> TestApp {
+    let mut app = TestApp::new(test);
+    let db = app.volume("db");
+    let media = app.volume("media");
+    let keys = app.volume("keys");
+    app.in_volume(&db, &fill_script(big_mib));
+    app.in_volume(&media, &fill_script(1));
+    app.in_volume(
+        &keys,
+        "echo django-secret > /v/secret_key; chmod 600 /v/secret_key",
+    );
+    app.service("db", IMAGE, &[("db", "/var/lib/db")], &[], true);
+    app.service(
+        "web",
+        IMAGE,
+        &[("media", "/media"), ("keys", "/keys")],
+        &["db"],
+        true,
+    );
+    app.service("worker", IMAGE, &[("media", "/media")], &["web"], false);
+    app
+}
+
+#[test]
+fn backup_then_restore_gives_back_identical_volumes_and_running_containers() {
+    let app = three_service_app("roundtrip", 120);
+    let s3 = S3Server::start();
+    let store = s3.bucket("roundtrip");
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    let before: Vec<String> = app.volumes.iter().map(|v| app.snapshot(v)).collect();
+    let running_before = app.running();
+
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "--project",
+        &app.project,
+        "--store",
+        &store,
+        "--recipient",
+        &recipient,
+        "-v",
+    ]));
+    assert!(output.status.success());
+    assert_eq!(
+        app.running(),
+        running_before,
+        "exactly the containers that ran run again"
+    );
+    assert!(s3.open_uploads().is_empty());
+
+    let listed = list_json(&s3, &store);
+    assert_eq!(listed.len(), 1);
+    let manifest = &listed[0];
+    assert_eq!(manifest["app"], app.project.as_str());
+    assert_eq!(manifest["volumes"].as_array().unwrap().len(), 3);
+    assert_eq!(manifest["app_version"]["services"]["db"]["image"], IMAGE);
+    assert!(manifest["volumes"][0]["encryption"]["recipients"][0] == recipient.as_str());
+    let text = serde_json::to_string(manifest).unwrap();
+    assert!(
+        !text.contains("AGE-SECRET-KEY"),
+        "no secret in the manifest"
+    );
+
+    for volume in &app.volumes {
+        app.wipe(volume);
+    }
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args([
+            "restore",
+            "--project",
+            &app.project,
+            "--store",
+            &store,
+            "--identity",
+        ])
+        .arg(&key));
+    assert!(output.status.success());
+    let after: Vec<String> = app.volumes.iter().map(|v| app.snapshot(v)).collect();
+    for ((volume, before), after) in app.volumes.iter().zip(&before).zip(&after) {
+        assert_eq!(before, after, "volume {volume} restored identically");
+    }
+    assert!(
+        before[0].contains("./big.bin F"),
+        "the snapshot sees the data: {}",
+        &before[0][..200.min(before[0].len())]
+    );
+    assert_eq!(app.running(), running_before);
+}
+
+#[test]
+fn a_different_app_version_is_refused_before_any_volume_is_touched() {
+    let mut app = TestApp::new("mismatch");
+    let data = app.volume("data");
+    app.in_volume(&data, "echo v1 > /v/state");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("mismatch");
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+    ]));
+    assert!(output.status.success());
+
+    // The app is "upgraded": same service, another image.
+    let container = app.containers.pop().unwrap();
+    docker(&["rm", "-f", &container]);
+    app.service("app", IMAGE_V2, &[("data", "/data")], &[], true);
+    app.in_volume(&data, "echo v2 > /v/state");
+
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&key));
+    assert_eq!(output.status.code(), Some(3));
+    let message = stderr(&output);
+    assert!(
+        message.contains("service app") && message.contains(IMAGE) && message.contains(IMAGE_V2),
+        "{message}"
+    );
+    assert!(message.contains("--allow-version-mismatch"), "{message}");
+    assert_eq!(
+        app.in_volume(&data, "cat /v/state"),
+        "v2",
+        "volume untouched"
+    );
+    assert!(app.running().values().all(|r| *r));
+
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args([
+            "restore",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "--allow-version-mismatch",
+            "-i",
+        ])
+        .arg(&key));
+    assert!(output.status.success());
+    assert_eq!(app.in_volume(&data, "cat /v/state"), "v1");
+}
+
+#[test]
+fn wrong_key_and_corrupted_or_truncated_objects_fail_verification_and_touch_nothing() {
+    let mut app = TestApp::new("damage");
+    let data = app.volume("data");
+    app.in_volume(&data, &fill_script(2));
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("damage");
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    let (other_key, _) = keygen(work.path());
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+    ]));
+    assert!(output.status.success());
+    app.in_volume(&data, "echo after-backup > /v/marker");
+    let snapshot = app.snapshot(&data);
+
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&other_key));
+    assert_eq!(output.status.code(), Some(4));
+    assert!(
+        stderr(&output).contains("wrong key") && stderr(&output).contains(&recipient),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(app.snapshot(&data), snapshot);
+
+    let object = s3
+        .files("damage")
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".age"))
+        .unwrap();
+    let original = std::fs::read(&object).unwrap();
+    let mut flipped = original.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    std::fs::write(&object, &flipped).unwrap();
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&key));
+    assert_eq!(output.status.code(), Some(4), "bit flip");
+    assert!(stderr(&output).contains("damaged"), "{}", stderr(&output));
+    assert_eq!(app.snapshot(&data), snapshot);
+
+    std::fs::write(&object, &original[..original.len() - 1000]).unwrap();
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&key));
+    assert_eq!(output.status.code(), Some(4), "truncated");
+    assert!(stderr(&output).contains("truncated"), "{}", stderr(&output));
+    assert_eq!(app.snapshot(&data), snapshot);
+    assert!(app.running().values().all(|r| *r));
+
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["verify", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&key));
+    assert_eq!(output.status.code(), Some(4));
+    std::fs::write(&object, &original).unwrap();
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["verify", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&key));
+    assert!(output.status.success());
+}
+
+#[test]
+fn no_matching_containers_is_a_clear_error() {
+    ensure_docker();
+    let s3 = S3Server::start();
+    let store = s3.bucket("nothing");
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        "no-such-project-xyz",
+        "--store",
+        &store,
+        "-r",
+        "age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq",
+    ]));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("no containers of compose project 'no-such-project-xyz'"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "--container",
+        "no-such-container-xyz",
+        "--store",
+        &store,
+        "-r",
+        "age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq",
+    ]));
+    assert!(
+        stderr(&output).contains("container 'no-such-container-xyz' not found"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn an_unreachable_bucket_fails_before_anything_is_stopped() {
+    let mut app = TestApp::new("unreachable");
+    app.volume("data");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let (_, recipient) = keygen(tempfile::tempdir().unwrap().path());
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = docker(&["inspect", "-f", "{{.State.StartedAt}}", &app.containers[0]]);
+    let output = run(lifeboat()
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{closed_port}"),
+        )
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .env("AWS_REGION", "us-east-1")
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            "s3://nowhere-bucket/x",
+            "-r",
+            &recipient,
+        ]));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("cannot reach the store s3://nowhere-bucket/x"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(stderr(&output).contains("nothing was stopped"));
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.StartedAt}}", &app.containers[0]]),
+        started,
+        "never restarted"
+    );
+
+    let s3 = S3Server::start();
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        "s3://no-such-bucket/x",
+        "-r",
+        &recipient,
+    ]));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("NoSuchBucket"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn sigterm_mid_backup_aborts_the_upload_and_starts_the_app_again() {
+    let mut app = TestApp::new("sigterm");
+    let data = app.volume("data");
+    app.in_volume(&data, "head -c 700000000 /dev/urandom > /v/big");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("sigterm");
+    let (_, recipient) = keygen(tempfile::tempdir().unwrap().path());
+    let child = s3
+        .env(&mut lifeboat())
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+            "--part-size-mib",
+            "5",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while s3.open_uploads().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !app.running().values().any(|r| *r),
+        "stopped during the backup"
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    eprintln!("{}", stderr(&output));
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    assert!(app.running().values().all(|r| *r), "started again");
+    assert!(
+        s3.open_uploads().is_empty(),
+        "multipart upload aborted: {:?}",
+        s3.open_uploads()
+    );
+    assert!(
+        list_json(&s3, &store).is_empty(),
+        "no manifest for an interrupted backup"
+    );
+    assert!(
+        s3.files("sigterm").is_empty(),
+        "no objects left: {:?}",
+        s3.files("sigterm")
+    );
+}

@@ -1,0 +1,439 @@
+//! Test harness: real Docker, a real S3 server (s3s-fs) per test on 127.0.0.1, and the built
+//! `lifeboat` binary. `.ci/test` installs and starts what is missing; a missing engine or server
+//! fails the test with a message saying so — nothing is skipped.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const IMAGE: &str = "lifeboat-test/busybox:1";
+pub const IMAGE_V2: &str = "lifeboat-test/busybox:2";
+
+/// The lifeboat binary with a clean environment for the store.
+pub fn lifeboat() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
+    for var in [
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "LIFEBOAT_CONFIG",
+        "LIFEBOAT_STORE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd
+}
+
+/// Runs a command, returning its output; prints it when the test fails later.
+pub fn run(cmd: &mut Command) -> Output {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    eprintln!(
+        "$ {cmd:?}\n-> {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `docker ARGS`, panicking with its stderr on failure.
+pub fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI is installed (.ci/test installs docker.io)");
+    assert!(
+        output.status.success(),
+        "docker {args:?} failed: {}",
+        stderr(&output)
+    );
+    stdout(&output).trim().to_string()
+}
+
+/// Fails clearly when no engine runs, then makes sure the test images exist.
+pub fn ensure_docker() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let info = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
+        match info {
+            Ok(o) if o.status.success() => {}
+            _ => panic!("no Docker engine answers `docker info`: run the tests through .ci/test, which installs and starts one"),
+        }
+        for image in [IMAGE, IMAGE_V2] {
+            if Command::new("docker").args(["image", "inspect", image]).output().is_ok_and(|o| o.status.success()) {
+                continue;
+            }
+            import_busybox_image(image);
+        }
+    });
+}
+
+/// `FROM scratch` plus Debian's static busybox, imported (no registry is needed).
+fn import_busybox_image(tag: &str) {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is installed (.ci/test installs it)");
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("bin")).unwrap();
+    std::fs::create_dir_all(root.path().join("tmp")).unwrap();
+    std::fs::copy(busybox, root.path().join("bin/busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    for applet in stdout(&list).lines().filter(|a| *a != "busybox") {
+        std::os::unix::fs::symlink("busybox", root.path().join("bin").join(applet)).unwrap();
+    }
+    let tar = root.path().join("../rootfs-lifeboat-test.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(root.path())
+        .args(["-cf"])
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    docker(&[
+        "import",
+        "-c",
+        "CMD [\"/bin/sh\"]",
+        tar.to_str().unwrap(),
+        tag,
+    ]);
+    let _ = std::fs::remove_file(tar);
+}
+
+/// A compose-labelled app made of busybox containers and named volumes; removed on drop.
+pub struct TestApp {
+    pub project: String,
+    pub containers: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+impl TestApp {
+    pub fn new(test: &str) -> Self {
+        ensure_docker();
+        let project = format!("lbt{}{}", test.replace('_', ""), std::process::id());
+        Self {
+            project,
+            containers: vec![],
+            volumes: vec![],
+        }
+    }
+
+    /// A compose volume `short`: Docker name `<project>_<short>`.
+    pub fn volume(&mut self, short: &str) -> String {
+        let name = format!("{}_{short}", self.project);
+        docker(&[
+            "volume",
+            "create",
+            "--label",
+            &format!("com.docker.compose.project={}", self.project),
+            "--label",
+            &format!("com.docker.compose.volume={short}"),
+            "--label",
+            "com.docker.compose.version=2.20.0",
+            &name,
+        ]);
+        self.volumes.push(name.clone());
+        name
+    }
+
+    /// A service container mounting `mounts` (volume short name, path); started when `running`.
+    pub fn service(
+        &mut self,
+        service: &str,
+        image: &str,
+        mounts: &[(&str, &str)],
+        depends_on: &[&str],
+        running: bool,
+    ) -> String {
+        let name = format!("{}-{service}-1", self.project);
+        let mut args: Vec<String> = vec![
+            "create".into(),
+            "--name".into(),
+            name.clone(),
+            "--label".into(),
+            format!("com.docker.compose.project={}", self.project),
+            "--label".into(),
+            format!("com.docker.compose.service={service}"),
+            "--label".into(),
+            "org.example.version=7.1.0".into(),
+            "--env".into(),
+            "APP_VERSION=7.1.0".into(),
+        ];
+        if !depends_on.is_empty() {
+            let deps: Vec<String> = depends_on
+                .iter()
+                .map(|d| format!("{d}:service_started:false"))
+                .collect();
+            args.extend([
+                "--label".into(),
+                format!("com.docker.compose.depends_on={}", deps.join(",")),
+            ]);
+        }
+        for (volume, path) in mounts {
+            args.extend(["-v".into(), format!("{}_{volume}:{path}", self.project)]);
+        }
+        args.extend([
+            image.into(),
+            "sh".into(),
+            "-c".into(),
+            "trap 'exit 0' TERM; while true; do sleep 1; done".into(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker(&args);
+        if running {
+            docker(&["start", &name]);
+        }
+        self.containers.push(name.clone());
+        name
+    }
+
+    /// Runs a busybox shell script with `volume` mounted at /v.
+    pub fn in_volume(&self, volume: &str, script: &str) -> String {
+        docker(&[
+            "run",
+            "--rm",
+            "-v",
+            &format!("{volume}:/v"),
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ])
+    }
+
+    /// Every path of the volume with its type, mode, owner, mtime, size, link count, link
+    /// target and content hash: equal snapshots mean identical trees.
+    pub fn snapshot(&self, volume: &str) -> String {
+        self.in_volume(volume, SNAPSHOT_SCRIPT)
+    }
+
+    /// Empties a volume (keeps the mount point).
+    pub fn wipe(&self, volume: &str) {
+        self.in_volume(volume, "rm -rf /v/* /v/.[!.]* ; chmod 777 /v; true");
+    }
+
+    /// Whether each container runs.
+    pub fn running(&self) -> BTreeMap<String, bool> {
+        self.containers
+            .iter()
+            .map(|c| {
+                (
+                    c.clone(),
+                    docker(&["inspect", "-f", "{{.State.Running}}", c]) == "true",
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = Command::new("docker").args(["rm", "-f", c]).output();
+        }
+        for v in &self.volumes {
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f", v])
+                .output();
+        }
+    }
+}
+
+const SNAPSHOT_SCRIPT: &str = r#"cd /v && find . -print | sort | while IFS= read -r f; do
+  if [ -L "$f" ]; then echo "$f L $(stat -c '%u %g' "$f") -> $(readlink "$f")";
+  elif [ -d "$f" ]; then echo "$f D $(stat -c '%a %u %g %Y' "$f")";
+  elif [ -f "$f" ]; then echo "$f F $(stat -c '%a %u %g %Y %s %h' "$f") $(sha256sum < "$f" | cut -c1-16)";
+  else echo "$f O $(stat -c '%a %u %g %Y %F' "$f")"; fi; done"#;
+
+/// The test data: random and text files, empty dirs, symlinks, a hardlink, odd modes and
+/// owners, a FIFO, old mtimes, and optionally a big random file.
+pub fn fill_script(big_mib: usize) -> String {
+    format!(
+        r#"set -e; cd /v
+mkdir -p empty/dir deep/a/b/c "with space"
+head -c {big} /dev/urandom > big.bin
+head -c 3000000 /dev/urandom > deep/a/random.bin
+seq 1 300000 > deep/a/b/c/text.txt
+echo hello > hello.txt; ln hello.txt hardlink.txt; ln -s hello.txt link.txt; ln -s /etc/passwd abs-link; ln -s nowhere dangling
+echo s > "with space/f i l e"
+echo secret > secret; chmod 600 secret; chown 999:999 secret
+echo x > setuid.bin; chmod 4755 setuid.bin
+mkdir pgdata; chmod 700 pgdata; chown 70:70 pgdata; echo 15 > pgdata/PG_VERSION; chown 70:70 pgdata/PG_VERSION
+echo o > owned.txt; chown 1234:5678 owned.txt
+mkfifo fifo
+touch -d '2001-02-03 04:05:06' hello.txt deep/a/b
+chmod 750 /v"#,
+        big = big_mib * 1024 * 1024
+    )
+}
+
+/// A real S3 server (s3s-fs) on 127.0.0.1, its data in a temporary folder; killed on drop.
+pub struct S3Server {
+    child: Child,
+    pub root: tempfile::TempDir,
+    pub endpoint: String,
+    pub port: u16,
+}
+
+pub const S3_ACCESS_KEY: &str = "lifeboat-test";
+pub const S3_SECRET_KEY: &str = "lifeboat-test-secret";
+
+impl S3Server {
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_at(root, port)
+    }
+
+    fn start_at(root: tempfile::TempDir, port: u16) -> Self {
+        let child = Command::new("s3s-fs")
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                S3_ACCESS_KEY,
+                "--secret-key",
+                S3_SECRET_KEY,
+            ])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start s3s-fs ({e}): run the tests through .ci/test, which installs it"
+                )
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not listen on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            root,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+        }
+    }
+
+    /// Creates a bucket and returns a store URL with a prefix in it.
+    pub fn bucket(&self, name: &str) -> String {
+        std::fs::create_dir_all(self.root.path().join(name)).unwrap();
+        format!("s3://{name}/lifeboat")
+    }
+
+    /// Sets the AWS variables lifeboat reads to reach this server.
+    pub fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+            .env("AWS_REGION", "us-east-1")
+    }
+
+    /// Multipart uploads that were started and neither completed nor aborted.
+    pub fn open_uploads(&self) -> Vec<String> {
+        std::fs::read_dir(self.root.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".upload-"))
+            .collect()
+    }
+
+    /// The file behind an object.
+    pub fn object_file(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.path().join(bucket).join(key)
+    }
+
+    /// Every object file under a bucket folder.
+    pub fn files(&self, bucket: &str) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out)
+                } else {
+                    out.push(path)
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root.path().join(bucket), &mut out);
+        out.sort();
+        out
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and data.
+    pub fn restart(self) -> Self {
+        let mut this = self;
+        this.kill();
+        let root = std::mem::replace(&mut this.root, tempfile::tempdir().unwrap());
+        let port = this.port;
+        drop(this);
+        Self::start_at(root, port)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A fresh age identity in `dir`: (identity file, recipient).
+pub fn keygen(dir: &Path) -> (PathBuf, String) {
+    let key = dir.join(format!("key-{}.txt", rand_suffix()));
+    let output = run(lifeboat().args(["keygen", "--output"]).arg(&key));
+    assert!(output.status.success());
+    (key, stderr(&output).trim().to_string())
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// The manifests `lifeboat list --json` shows.
+pub fn list_json(s3: &S3Server, store: &str) -> Vec<serde_json::Value> {
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["list", "--json", "--store", store]));
+    assert!(output.status.success());
+    serde_json::from_slice(&output.stdout).unwrap()
+}
