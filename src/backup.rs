@@ -6,7 +6,7 @@
 //! cancels the uploads, which abort their multipart uploads). A failed backup deletes the
 //! objects it had completed, so it leaves neither a manifest nor stray volume objects.
 
-use crate::docker::{self, App, AppContainer, VOLUME_LABEL};
+use crate::docker::{self, App, AppContainer, Helper, HelperMount, VOLUME_LABEL};
 use crate::keys::Recipient;
 use crate::manifest::{self, AppVersion, Encryption, Manifest, SourceKind, VolumeRecord};
 use crate::pipeline::PipelineError;
@@ -56,7 +56,8 @@ pub struct Source {
     pub compose_volume: Option<String>,
     pub driver: Option<String>,
     pub labels: BTreeMap<String, String>,
-    pub container_id: String,
+    /// What the helper container mounts to read it.
+    pub mount: HelperMount,
     pub service: String,
     pub container_path: String,
 }
@@ -71,8 +72,8 @@ fn is_anonymous(name: &str) -> bool {
     name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit())
 }
 
-/// The volumes (and requested bind mounts) of the app, each read through the first container
-/// in start order that mounts it.
+/// The volumes (and requested bind mounts) of the app, in start order of the first container
+/// that mounts each.
 pub async fn plan_sources(
     docker: &Docker,
     app: &App,
@@ -95,13 +96,13 @@ pub async fn plan_sources(
                         compose_volume: labels.get(VOLUME_LABEL).cloned(),
                         driver: Some(driver),
                         labels,
-                        container_id: container.id.clone(),
+                        mount: HelperMount::Volume(name.clone()),
                         service: container.key().to_string(),
                         container_path: mount.destination.clone(),
                     });
                 }
                 ("bind", _) if selection.bind_paths.contains(&mount.destination) => {
-                    sources.push(bind_source(container, &mount.destination));
+                    sources.push(bind_source(container, &mount.destination, &mount.source));
                 }
                 _ => {}
             }
@@ -146,14 +147,14 @@ pub async fn plan_sources(
     Ok(sources)
 }
 
-fn bind_source(container: &AppContainer, path: &str) -> Source {
+fn bind_source(container: &AppContainer, path: &str, host_path: &str) -> Source {
     Source {
         name: format!("bind:{}:{path}", container.key()),
         kind: SourceKind::Bind,
         compose_volume: None,
         driver: None,
         labels: BTreeMap::new(),
-        container_id: container.id.clone(),
+        mount: HelperMount::HostPath(host_path.to_string()),
         service: container.key().to_string(),
         container_path: path.to_string(),
     }
@@ -217,6 +218,7 @@ pub async fn run(
         app_version.version_source = Some(source.clone());
     }
     check_store_reachable(store, &plan.app_name).await?;
+    docker::remove_stale_helpers(docker).await;
     tracing::info!(app = %plan.app_name, backup = %backup_id, volumes = sources.len(), store = %store.url, "starting backup");
 
     let stopped_at = Instant::now();
@@ -371,15 +373,64 @@ async fn back_up_volume(
         "volume {} (read through {} at {})",
         source.name, source.service, source.container_path
     );
+    let helper = Helper::create(docker, &source.mount, true).await?;
+    let result = stream_volume(
+        docker,
+        store,
+        &helper,
+        &location,
+        &what,
+        recipients,
+        compression,
+        policy,
+        cancel,
+    )
+    .await;
+    helper.remove(docker).await;
+    let (tar_size, root, stored_size, sha256) = result?;
+    Ok(VolumeRecord {
+        name: source.name.clone(),
+        kind: source.kind,
+        compose_volume: source.compose_volume.clone(),
+        driver: source.driver.clone(),
+        labels: source.labels.clone(),
+        service: source.service.clone(),
+        container_path: source.container_path.clone(),
+        object,
+        stored_size,
+        sha256,
+        tar_size,
+        compression: compression.kind,
+        encryption: Encryption {
+            scheme: "age".into(),
+            recipients: recipients.iter().map(|r| r.text.clone()).collect(),
+        },
+        root,
+    })
+}
+
+/// Streams the helper's volume into a completed object: (tar size, root, stored size, sha256).
+#[allow(clippy::too_many_arguments)]
+async fn stream_volume(
+    docker: &Docker,
+    store: &Store,
+    helper: &Helper,
+    location: &object_store::path::Path,
+    what: &str,
+    recipients: &Arc<Vec<Recipient>>,
+    compression: CompressionSettings,
+    policy: &PartPolicy,
+    cancel: &CancellationToken,
+) -> Result<(u64, Option<RootMeta>, u64, String)> {
     let (pipe_writer, pipe_reader) = tokio::io::duplex(1 << 20);
-    let tar = docker::tar_of(docker, &source.container_id, &source.container_path);
+    let tar = docker::tar_of(docker, &helper.id, docker::HELPER_PATH);
     let producer = tokio::spawn(produce(
         tar,
         Arc::clone(recipients),
         compression,
         pipe_writer,
     ));
-    let parts = match upload_parts(&store.objects, &location, pipe_reader, policy, cancel).await {
+    let parts = match upload_parts(&store.objects, location, pipe_reader, policy, cancel).await {
         Ok(parts) => parts,
         Err(upload_error) => {
             producer.abort();
@@ -416,25 +467,7 @@ async fn back_up_volume(
         .complete()
         .await
         .with_context(|| format!("completing the upload of {location}"))?;
-    Ok(VolumeRecord {
-        name: source.name.clone(),
-        kind: source.kind,
-        compose_volume: source.compose_volume.clone(),
-        driver: source.driver.clone(),
-        labels: source.labels.clone(),
-        service: source.service.clone(),
-        container_path: source.container_path.clone(),
-        object,
-        stored_size,
-        sha256,
-        tar_size,
-        compression: compression.kind,
-        encryption: Encryption {
-            scheme: "age".into(),
-            recipients: recipients.iter().map(|r| r.text.clone()).collect(),
-        },
-        root,
-    })
+    Ok((tar_size, root, stored_size, sha256))
 }
 
 /// Docker's tar stream → tally → compress → encrypt → the pipe to the uploader.

@@ -91,34 +91,22 @@ pub struct App {
 }
 
 impl App {
+    /// Like [`App::discover`], but a compose project without containers is an empty app (a
+    /// restore onto a fresh host).
+    pub async fn discover_or_empty(docker: &Docker, selector: &AppSelector) -> Result<App> {
+        if let AppSelector::Project(project) = selector
+            && project_containers(docker, project).await?.is_empty()
+        {
+            return Ok(App { containers: vec![] });
+        }
+        Self::discover(docker, selector).await
+    }
+
     /// Finds the app's containers (running or not) and inspects them.
     pub async fn discover(docker: &Docker, selector: &AppSelector) -> Result<App> {
         let names: Vec<String> = match selector {
             AppSelector::Project(project) => {
-                let filters = HashMap::from([(
-                    "label".to_string(),
-                    vec![format!("{PROJECT_LABEL}={project}")],
-                )]);
-                let options = ListContainersOptions {
-                    all: true,
-                    filters: Some(filters),
-                    ..Default::default()
-                };
-                let listed = docker
-                    .list_containers(Some(options))
-                    .await
-                    .context("cannot list containers")?;
-                let ids: Vec<String> = listed
-                    .into_iter()
-                    .filter(|c| {
-                        c.labels
-                            .as_ref()
-                            .and_then(|l| l.get(ONEOFF_LABEL))
-                            .map(String::as_str)
-                            != Some("True")
-                    })
-                    .filter_map(|c| c.id)
-                    .collect();
+                let ids = project_containers(docker, project).await?;
                 if ids.is_empty() {
                     return Err(anyhow!(
                         "no containers of compose project '{project}' on this Docker host; check the name with `docker compose ls -a` or `docker ps -a --filter label={PROJECT_LABEL}={project}`, or select containers with --container"
@@ -159,6 +147,34 @@ impl App {
             .iter()
             .find(|c| c.key() == key || c.name == key)
     }
+}
+
+/// Ids of the containers of a compose project, one-off `compose run` containers left out.
+async fn project_containers(docker: &Docker, project: &str) -> Result<Vec<String>> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{PROJECT_LABEL}={project}")],
+    )]);
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(filters),
+        ..Default::default()
+    };
+    let listed = docker
+        .list_containers(Some(options))
+        .await
+        .context("cannot list containers")?;
+    Ok(listed
+        .into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(ONEOFF_LABEL))
+                .map(String::as_str)
+                != Some("True")
+        })
+        .filter_map(|c| c.id)
+        .collect())
 }
 
 async fn inspect(docker: &Docker, name: &str) -> Result<AppContainer> {
@@ -393,6 +409,215 @@ pub async fn read_file(docker: &Docker, container_id: &str, path: &str) -> Resul
     let mut text = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut entry, &mut text).await?;
     Ok(text.trim().to_string())
+}
+
+/// Where a helper container mounts the one volume it serves.
+pub const HELPER_PATH: &str = "/volume";
+const HELPER_LABEL: &str = "io.lifeboat.helper";
+
+/// The helper image: a rootfs holding one empty directory, imported through the API (no
+/// registry, no shell, nothing to run). Helper containers are created from it and never
+/// started: the archive API mounts their volume for each copy.
+async fn ensure_helper_image(docker: &Docker) -> Result<String> {
+    let tag = env!("CARGO_PKG_VERSION");
+    let image = format!("lifeboat-helper:{tag}");
+    if docker.inspect_image(&image).await.is_ok() {
+        return Ok(image);
+    }
+    let mut header = tokio_tar::Header::new_gnu();
+    header.set_entry_type(tokio_tar::EntryType::Directory);
+    header.set_path("volume/")?;
+    header.set_mode(0o755);
+    header.set_size(0);
+    header.set_cksum();
+    let mut rootfs = header.as_bytes().to_vec();
+    rootfs.extend_from_slice(&[0u8; 1024]);
+    let options = bollard::query_parameters::CreateImageOptions {
+        from_src: Some("-".into()),
+        repo: Some("lifeboat-helper".into()),
+        tag: Some(tag.into()),
+        ..Default::default()
+    };
+    docker
+        .create_image(
+            Some(options),
+            Some(bollard::body_full(Bytes::from(rootfs))),
+            None,
+        )
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| anyhow!("cannot create the helper image {image}: {e}"))?;
+    Ok(image)
+}
+
+/// What a helper container mounts at [`HELPER_PATH`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelperMount {
+    Volume(String),
+    /// A host directory (a bind mount of the app).
+    HostPath(String),
+}
+
+/// A created, never-started container that mounts exactly one volume at [`HELPER_PATH`]:
+/// the path through which lifeboat reads and writes a volume, whatever the app's images hold
+/// and however the app mounts it (read-only, nested under other mounts, read-only rootfs).
+pub struct Helper {
+    pub id: String,
+}
+
+impl Helper {
+    pub async fn create(docker: &Docker, mount: &HelperMount, read_only: bool) -> Result<Helper> {
+        let image = ensure_helper_image(docker).await?;
+        let source = match mount {
+            HelperMount::Volume(name) | HelperMount::HostPath(name) => name,
+        };
+        let bind = format!(
+            "{source}:{HELPER_PATH}{}",
+            if read_only { ":ro" } else { "" }
+        );
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(image),
+            cmd: Some(vec!["/lifeboat-helper-is-never-started".into()]),
+            labels: Some(HashMap::from([(HELPER_LABEL.to_string(), "1".to_string())])),
+            network_disabled: Some(true),
+            host_config: Some(bollard::models::HostConfig {
+                binds: Some(vec![bind]),
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(
+                None::<bollard::query_parameters::CreateContainerOptions>,
+                body,
+            )
+            .await
+            .map_err(|e| anyhow!("cannot create a helper container for {source}: {e}"))?;
+        Ok(Helper { id: created.id })
+    }
+
+    /// Removes the helper container (never its volume).
+    pub async fn remove(self, docker: &Docker) {
+        let options = bollard::query_parameters::RemoveContainerOptions {
+            force: true,
+            v: false,
+            ..Default::default()
+        };
+        if let Err(e) = docker.remove_container(&self.id, Some(options)).await {
+            tracing::warn!(container = %self.id, "could not remove a lifeboat helper container: {e}");
+        }
+    }
+}
+
+/// Removes helper containers an earlier run left behind (a run killed with SIGKILL).
+pub async fn remove_stale_helpers(docker: &Docker) {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{HELPER_LABEL}=1")])]);
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(filters),
+        ..Default::default()
+    };
+    if let Ok(stale) = docker.list_containers(Some(options)).await {
+        for id in stale.into_iter().filter_map(|c| c.id) {
+            tracing::info!(container = %id, "removing a helper container left by an earlier run");
+            Helper { id }.remove(docker).await;
+        }
+    }
+}
+
+/// Empties the directory `path` of the container (a mount point), keeping the directory.
+///
+/// The archive API cannot delete, but when an archive entry replaces a directory with a file,
+/// Docker removes the directory recursively first (never following symlinks). For a mount
+/// point that removes every entry inside and then fails with "device or resource busy" on the
+/// mount point itself. The outcome is checked by listing the directory afterwards.
+pub async fn empty_dir(docker: &Docker, container_id: &str, path: &str) -> Result<()> {
+    let path = path.trim_end_matches('/');
+    let (parent, name) = path
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow!("{path} is not absolute"))?;
+    let mut header = tokio_tar::Header::new_gnu();
+    header.set_entry_type(tokio_tar::EntryType::Regular);
+    header.set_path(name)?;
+    header.set_mode(0o600);
+    header.set_size(0);
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    tar.extend_from_slice(&[0u8; 1024]);
+    let parent = if parent.is_empty() { "/" } else { parent };
+    let attempt = extract_into(
+        docker,
+        container_id,
+        parent,
+        futures::stream::once(async { Ok(Bytes::from(tar)) }),
+    )
+    .await;
+    let left = list_entries(docker, container_id, path, 3).await?;
+    if left.iter().any(|entry| entry != "./" && entry != ".") {
+        return Err(anyhow!(
+            "could not empty {path} before restoring into it ({}); still there: {}",
+            attempt
+                .err()
+                .map_or_else(|| "no error".to_string(), |e| format!("{e:#}")),
+            left.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// The first `limit` entry names of the tar of `path`.
+async fn list_entries(
+    docker: &Docker,
+    container_id: &str,
+    path: &str,
+    limit: usize,
+) -> Result<Vec<String>> {
+    let reader = tokio_util::io::StreamReader::new(tar_of(docker, container_id, path));
+    let mut archive = tokio_tar::Archive::new(reader);
+    let mut entries = archive.entries()?;
+    let mut names = Vec::new();
+    while let Some(entry) = entries.next().await {
+        let entry = entry.with_context(|| format!("cannot list {path}"))?;
+        names.push(entry.path()?.to_string_lossy().into_owned());
+        if names.len() >= limit {
+            break;
+        }
+    }
+    Ok(names)
+}
+
+/// Whether a volume exists.
+pub async fn volume_exists(docker: &Docker, name: &str) -> Result<bool> {
+    match docker.inspect_volume(name).await {
+        Ok(_) => Ok(true),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(false),
+        Err(e) => Err(anyhow!("cannot inspect volume {name}: {e}")),
+    }
+}
+
+/// Creates a volume with a driver and labels.
+pub async fn create_volume(
+    docker: &Docker,
+    name: &str,
+    driver: Option<&str>,
+    labels: &BTreeMap<String, String>,
+) -> Result<()> {
+    let request = bollard::models::VolumeCreateRequest {
+        name: Some(name.to_string()),
+        driver: driver.map(str::to_string),
+        labels: Some(labels.clone().into_iter().collect()),
+        ..Default::default()
+    };
+    docker.create_volume(request).await.map_err(|e| {
+        anyhow!(
+            "cannot create volume {name} (driver {}): {e}",
+            driver.unwrap_or("local")
+        )
+    })?;
+    Ok(())
 }
 
 /// Driver and labels of a volume.

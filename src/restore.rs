@@ -2,7 +2,7 @@
 //! anything, map each backed-up volume to a target, verify every object end to end, and only
 //! then stop the app, stream each volume back in, and start again what was running.
 
-use crate::docker::{self, App, AppSelector, VOLUME_LABEL};
+use crate::docker::{self, App, AppSelector, Helper, HelperMount, VOLUME_LABEL};
 use crate::keys::BoxIdentity;
 use crate::manifest::{self, AppVersion, Manifest, ServiceImage, SourceKind, VolumeRecord};
 use crate::pipeline::PipelineError;
@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 pub struct VersionMismatch {
     pub backup_id: String,
     pub differences: Vec<String>,
+    /// The app has no containers here at all.
+    pub none_here: bool,
 }
 
 impl std::fmt::Display for VersionMismatch {
@@ -37,7 +39,14 @@ impl std::fmt::Display for VersionMismatch {
         write!(
             f,
             "Install the version the backup recorded (set those images in the compose file, then `docker compose up --no-start`), restore, then upgrade the app the way its documentation describes. Nothing was changed. To restore into these images anyway, pass --allow-version-mismatch."
-        )
+        )?;
+        if self.none_here {
+            write!(
+                f,
+                " (No container of the app exists here; --allow-version-mismatch restores only the volumes, creating them, for an app you create afterwards.)"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -84,47 +93,42 @@ fn short_id(id: &str) -> &str {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub record: VolumeRecord,
-    pub container_id: String,
-    pub container_name: String,
-    pub path: String,
-    /// The target volume's name (or the bind path).
+    pub mount: HelperMount,
+    /// The target volume's name, or the bind mount's host path.
     pub destination: String,
+    /// Set when the volume does not exist yet: created with this driver and these labels.
+    pub create: Option<(Option<String>, BTreeMap<String, String>)>,
 }
 
-/// Maps every volume of the backup to a container path of the target app: by compose volume
-/// name, then by full name, with `overrides` (OLD=NEW) first.
+/// Maps every volume of the backup to a volume here: `overrides` (OLD=NEW) first, then the
+/// volume an app container mounts under the same compose volume name, then
+/// `<project>_<compose volume>`, then the backed-up name. Volumes that do not exist are created
+/// with the recorded driver and labels (the compose project label set to this project), so a
+/// later `docker compose up` adopts them. Bind mounts map to the host path the same service
+/// mounts at the same container path.
 pub async fn plan_targets(
     docker: &Docker,
     app: &App,
+    project: Option<&str>,
     manifest: &Manifest,
     overrides: &BTreeMap<String, String>,
 ) -> Result<Vec<Target>> {
-    // (volume name, compose name, container) of every volume mount of the target app
-    let mut mounts = Vec::new();
+    let mut mounted = Vec::new();
     for container in &app.containers {
         for mount in container.mounts.iter().filter(|m| m.kind == "volume") {
             if let Some(name) = &mount.name {
                 let (_, labels) = docker::volume_info(docker, name).await?;
-                mounts.push((
-                    name.clone(),
-                    labels.get(VOLUME_LABEL).cloned(),
-                    container,
-                    mount,
-                ));
+                mounted.push((name.clone(), labels.get(VOLUME_LABEL).cloned()));
             }
         }
     }
-    let mut targets = Vec::new();
+    let mut targets: Vec<Target> = Vec::new();
     for record in &manifest.volumes {
         if record.kind == SourceKind::Bind {
             let container = app.by_key(&record.service).ok_or_else(|| {
-                anyhow!(
-                    "bind mount {} belongs to service {}, which the app here does not have",
-                    record.container_path,
-                    record.service
-                )
+                anyhow!("bind mount {} belongs to service {}, which the app here does not have; create its containers first", record.container_path, record.service)
             })?;
-            container
+            let mount = container
                 .mounts
                 .iter()
                 .find(|m| m.destination == record.container_path)
@@ -137,51 +141,52 @@ pub async fn plan_targets(
                 })?;
             targets.push(Target {
                 record: record.clone(),
-                container_id: container.id.clone(),
-                container_name: container.name.clone(),
-                path: record.container_path.clone(),
-                destination: record.container_path.clone(),
+                mount: HelperMount::HostPath(mount.source.clone()),
+                destination: mount.source.clone(),
+                create: None,
             });
             continue;
         }
-        let wanted = overrides.get(&record.name).or_else(|| {
-            record
-                .compose_volume
-                .as_ref()
-                .and_then(|c| overrides.get(c))
-        });
-        let found = match wanted {
-            Some(new) => mounts.iter().find(|(name, ..)| name == new),
-            None => record
-                .compose_volume
-                .as_ref()
-                .and_then(|c| {
-                    mounts
-                        .iter()
-                        .find(|(_, compose, ..)| compose.as_ref() == Some(c))
-                })
-                .or_else(|| mounts.iter().find(|(name, ..)| *name == record.name)),
-        };
-        let (name, _, container, mount) = found.ok_or_else(|| {
-            crate::error::usage(format!(
-                "no container of the app here mounts a volume for '{}'{}; create the app's containers first (`docker compose up --no-start`), or map it with --map-volume {}=VOLUME",
-                record.name,
-                record.compose_volume.as_ref().map(|c| format!(" (compose volume {c})")).unwrap_or_default(),
-                record.compose_volume.as_ref().unwrap_or(&record.name),
-            ))
-        })?;
-        if !mount.rw {
-            return Err(anyhow!(
-                "{} mounts volume {name} read-only; Docker cannot extract into it",
-                container.name
-            ));
+        let overridden = overrides
+            .get(&record.name)
+            .or_else(|| {
+                record
+                    .compose_volume
+                    .as_ref()
+                    .and_then(|c| overrides.get(c))
+            })
+            .cloned();
+        let name = overridden
+            .or_else(|| {
+                let compose = record.compose_volume.as_ref()?;
+                mounted
+                    .iter()
+                    .find(|(_, c)| c.as_ref() == Some(compose))
+                    .map(|(n, _)| n.clone())
+            })
+            .or_else(|| Some(format!("{}_{}", project?, record.compose_volume.as_ref()?)))
+            .unwrap_or_else(|| record.name.clone());
+        if targets.iter().any(|t| t.destination == name) {
+            return Err(crate::error::usage(format!(
+                "two volumes of the backup map to volume {name}; use --map-volume OLD=NEW to tell them apart"
+            )));
         }
+        let create = if docker::volume_exists(docker, &name).await? {
+            None
+        } else {
+            let mut labels = record.labels.clone();
+            if let Some(project) = project
+                && labels.contains_key(docker::PROJECT_LABEL)
+            {
+                labels.insert(docker::PROJECT_LABEL.into(), project.into());
+            }
+            Some((record.driver.clone(), labels))
+        };
         targets.push(Target {
             record: record.clone(),
-            container_id: container.id.clone(),
-            container_name: container.name.clone(),
-            path: mount.destination.clone(),
-            destination: name.clone(),
+            mount: HelperMount::Volume(name.clone()),
+            destination: name,
+            create,
         });
     }
     Ok(targets)
@@ -221,7 +226,8 @@ pub async fn run(
     )
     .await?;
     tracing::info!(backup = %manifest.backup_id, app = %manifest.app, "restoring");
-    let app = App::discover(docker, &plan.selector).await?;
+    docker::remove_stale_helpers(docker).await;
+    let app = App::discover_or_empty(docker, &plan.selector).await?;
 
     let current_version = match (&manifest.app_version.version_source, &plan.version_from) {
         (_, Some(source)) | (Some(source), None) => {
@@ -239,6 +245,7 @@ pub async fn run(
             return Err(VersionMismatch {
                 backup_id: manifest.backup_id.clone(),
                 differences,
+                none_here: app.containers.is_empty(),
             }
             .into());
         }
@@ -247,7 +254,11 @@ pub async fn run(
             differences.join("; ")
         );
     }
-    let targets = plan_targets(docker, &app, &manifest, &plan.map_volumes).await?;
+    let project = match &plan.selector {
+        AppSelector::Project(project) => Some(project.as_str()),
+        AppSelector::Containers(_) => None,
+    };
+    let targets = plan_targets(docker, &app, project, &manifest, &plan.map_volumes).await?;
 
     if plan.verify_first {
         for target in &targets {
@@ -281,8 +292,8 @@ pub async fn run(
                     .await
                     .with_context(|| {
                         format!(
-                            "restoring volume {} into {} at {}",
-                            target.record.name, target.container_name, target.path
+                            "restoring volume {} into {}",
+                            target.record.name, target.destination
                         )
                     });
                 if result.is_err() {
@@ -316,8 +327,28 @@ async fn restore_volume(
     target: &Target,
     identities: &[BoxIdentity],
 ) -> Result<()> {
+    if let Some((driver, labels)) = &target.create {
+        tracing::info!(volume = %target.destination, "creating the volume");
+        docker::create_volume(docker, &target.destination, driver.as_deref(), labels).await?;
+    }
+    let helper = Helper::create(docker, &target.mount, false).await?;
+    let result = replace_contents(docker, store, manifest, target, identities, &helper).await;
+    helper.remove(docker).await;
+    result
+}
+
+/// Empties the volume, streams the backup into it, and sets the root directory's metadata.
+async fn replace_contents(
+    docker: &Docker,
+    store: &Store,
+    manifest: &Manifest,
+    target: &Target,
+    identities: &[BoxIdentity],
+    helper: &Helper,
+) -> Result<()> {
     let started = Instant::now();
     let tar = verify::open_volume_tar(store, manifest, &target.record, identities).await?;
+    docker::empty_dir(docker, &helper.id, docker::HELPER_PATH).await?;
     let (tar, tally) = TallyReader::new(tar);
     let body = tokio_util::io::ReaderStream::with_capacity(tar, 256 * 1024);
     // A failure inside the stream (hash mismatch at the end, bad chunk) is the real cause; the
@@ -328,7 +359,7 @@ async fn restore_volume(
             .unwrap_or_else(|| PipelineError::Io(std::io::Error::new(e.kind(), e.to_string())));
         let _ = first_error_tx.try_send(error);
     });
-    let extracted = docker::extract_into(docker, &target.container_id, &target.path, body).await;
+    let extracted = docker::extract_into(docker, &helper.id, docker::HELPER_PATH, body).await;
     if let Ok(stream_error) = first_error_rx.try_recv() {
         return Err(stream_error.into());
     }
@@ -337,14 +368,13 @@ async fn restore_volume(
         .record
         .root
         .or_else(|| RootMeta::from_first_block(&tally.first_block()));
-    if let Some(root) = root
-        && let Err(e) =
-            docker::set_dir_meta(docker, &target.container_id, &target.path, &root).await
-    {
-        tracing::warn!(volume = %target.record.name, "could not restore the mode/owner/mtime of the volume root: {e:#}");
+    if let Some(root) = root {
+        docker::set_dir_meta(docker, &helper.id, docker::HELPER_PATH, &root)
+            .await
+            .context("restoring the mode, owner and mtime of the volume root")?;
     }
     let secs = started.elapsed().as_secs_f64().max(1e-3);
-    tracing::info!(volume = %target.record.name, tar_bytes = tally.bytes(), mib_per_s = format!("{:.1}", tally.bytes() as f64 / secs / 1048576.0), "volume restored");
+    tracing::info!(volume = %target.destination, tar_bytes = tally.bytes(), mib_per_s = format!("{:.1}", tally.bytes() as f64 / secs / 1048576.0), "volume restored");
     Ok(())
 }
 

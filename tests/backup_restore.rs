@@ -71,8 +71,10 @@ fn backup_then_restore_gives_back_identical_volumes_and_running_containers() {
         "no secret in the manifest"
     );
 
+    // The volumes change after the backup: new files, a new directory tree, a symlink out of
+    // the volume, a changed file. The restore must bring back exactly the backed-up trees.
     for volume in &app.volumes {
-        app.wipe(volume);
+        app.in_volume(volume, "echo stale > /v/stale.txt; mkdir -p /v/newdir/deep; echo x > /v/newdir/deep/f; ln -s / /v/escape; echo changed > /v/hello.txt 2>/dev/null; chmod 777 /v");
     }
     let output = run(s3
         .env(&mut lifeboat())
