@@ -218,6 +218,18 @@ pub async fn run(
         app_version.version_source = Some(source.clone());
     }
     check_store_reachable(store, &plan.app_name).await?;
+    let backup_dir = store.layout.backup_dir(&plan.app_name, &backup_id);
+    if !store
+        .objects
+        .list_with_delimiter(Some(&backup_dir))
+        .await?
+        .objects
+        .is_empty()
+    {
+        return Err(anyhow!(
+            "{backup_dir} exists already (two backups started in the same millisecond?); nothing was stopped, run the backup again"
+        ));
+    }
     docker::remove_stale_helpers(docker).await;
     tracing::info!(app = %plan.app_name, backup = %backup_id, volumes = sources.len(), store = %store.url, "starting backup");
 

@@ -6,7 +6,7 @@
 //! <app>/<backup id>/manifest.json                       written last: the commit point
 //! ```
 //! A backup without its manifest is incomplete and is never listed or restored. The backup id is
-//! a sortable UTC timestamp, so the newest backup is the greatest id.
+//! a sortable UTC timestamp (milliseconds), so the newest backup is the greatest id.
 
 use crate::pipeline::compress::Compression;
 use crate::pipeline::tar_check::RootMeta;
@@ -163,9 +163,9 @@ impl Manifest {
     }
 }
 
-/// A new backup id: the UTC time, sortable as a string.
+/// A new backup id: the UTC time to the millisecond, sortable as a string.
 pub fn new_backup_id(now: DateTime<Utc>) -> String {
-    now.format("%Y%m%dT%H%M%SZ").to_string()
+    now.format("%Y%m%dT%H%M%S%.3fZ").to_string()
 }
 
 /// Where the backups of one app live in a store.
@@ -350,9 +350,9 @@ mod tests {
 
     #[test]
     fn ids_sort_by_time_and_names_are_safe() {
-        let a = new_backup_id("2026-01-02T03:04:05Z".parse().unwrap());
-        let b = new_backup_id("2026-11-02T03:04:05Z".parse().unwrap());
-        assert_eq!(a, "20260102T030405Z");
+        let a = new_backup_id("2026-01-02T03:04:05.010Z".parse().unwrap());
+        let b = new_backup_id("2026-01-02T03:04:05.200Z".parse().unwrap());
+        assert_eq!(a, "20260102T030405.010Z");
         assert!(a < b);
         assert_eq!(
             object_name("bind:web:/etc/gitlab", Compression::Gzip),

@@ -286,3 +286,109 @@ impl TcpToDockerSocket {
         }
     }
 }
+
+#[test]
+fn bind_mounts_and_the_app_version_string_are_backed_up_on_request() {
+    let host_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        host_dir.path().join("gitlab.rb"),
+        "external_url 'https://git.example'\n",
+    )
+    .unwrap();
+    let mut app = TestApp::new("bindver");
+    let data = app.volume("data");
+    app.in_volume(&data, "echo 16.11.2 > /v/VERSION");
+    let bind = format!("{}:/etc/gitlab", host_dir.path().display());
+    let name = app.service("gitlab", IMAGE, &[("data", "/var/opt/gitlab")], &[], false);
+    // TestApp mounts volumes only; recreate the container with the bind mount as well.
+    docker(&["rm", "-f", &name]);
+    app.containers.clear();
+    docker(&[
+        "create",
+        "--name",
+        &name,
+        "--label",
+        &format!("com.docker.compose.project={}", app.project),
+        "--label",
+        "com.docker.compose.service=gitlab",
+        "--label",
+        "org.example.version=16.11.2-ce",
+        "-v",
+        &format!("{data}:/var/opt/gitlab"),
+        "-v",
+        &bind,
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ]);
+    docker(&["start", &name]);
+    app.containers.push(name.clone());
+
+    let s3 = S3Server::start();
+    let store = s3.bucket("bindver");
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    for (source, expected) in [
+        ("file:gitlab:/var/opt/gitlab/VERSION", "16.11.2"),
+        ("label:org.example.version", "16.11.2-ce"),
+    ] {
+        let output = run(s3.env(&mut lifeboat()).args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+            "--bind-path",
+            "/etc/gitlab",
+            "--version-from",
+            source,
+        ]));
+        assert!(output.status.success());
+        let output = run(s3.env(&mut lifeboat()).args([
+            "show",
+            "--json",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+        ]));
+        let manifest: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(manifest["app_version"]["version"], expected, "{source}");
+        assert_eq!(manifest["volumes"].as_array().unwrap().len(), 2);
+        assert_eq!(manifest["volumes"][1]["kind"], "bind");
+    }
+
+    std::fs::write(host_dir.path().join("gitlab.rb"), "broken\n").unwrap();
+    std::fs::write(host_dir.path().join("stale.rb"), "x").unwrap();
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&key));
+    assert!(output.status.success());
+    assert_eq!(
+        std::fs::read_to_string(host_dir.path().join("gitlab.rb")).unwrap(),
+        "external_url 'https://git.example'\n"
+    );
+    assert!(!host_dir.path().join("stale.rb").exists());
+
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+        "--bind-path",
+        "/nope",
+    ]));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("no container of the app has a bind mount at /nope"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -164,6 +164,24 @@ impl TestApp {
         depends_on: &[&str],
         running: bool,
     ) -> String {
+        let idle = [
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while true; do sleep 1; done",
+        ];
+        self.service_running(service, image, mounts, depends_on, running, &idle)
+    }
+
+    /// Like [`TestApp::service`], with the container's command (empty: the image's own).
+    pub fn service_running(
+        &mut self,
+        service: &str,
+        image: &str,
+        mounts: &[(&str, &str)],
+        depends_on: &[&str],
+        running: bool,
+        command: &[&str],
+    ) -> String {
         let name = format!("{}-{service}-1", self.project);
         let mut args: Vec<String> = vec![
             "create".into(),
@@ -191,12 +209,8 @@ impl TestApp {
         for (volume, path) in mounts {
             args.extend(["-v".into(), format!("{}_{volume}:{path}", self.project)]);
         }
-        args.extend([
-            image.into(),
-            "sh".into(),
-            "-c".into(),
-            "trap 'exit 0' TERM; while true; do sleep 1; done".into(),
-        ]);
+        args.push(image.into());
+        args.extend(command.iter().map(|c| c.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         docker(&args);
         if running {
