@@ -207,6 +207,7 @@ pub async fn run(
 ) -> Result<Manifest> {
     let started_at = Utc::now();
     let backup_id = manifest::new_backup_id(started_at);
+    crate::state::recover(docker, &crate::state::state_dir(), &plan.app_name).await?;
     let app = App::discover(docker, &plan.selector).await?;
     let sources = plan_sources(docker, &app, &plan.selection).await?;
     let mut app_version = AppVersion {
@@ -233,6 +234,18 @@ pub async fn run(
     docker::remove_stale_helpers(docker).await;
     tracing::info!(app = %plan.app_name, backup = %backup_id, volumes = sources.len(), store = %store.url, "starting backup");
 
+    let to_stop = app
+        .containers
+        .iter()
+        .filter(|c| c.running)
+        .map(|c| (c.id.clone(), c.name.clone()))
+        .collect();
+    let record = crate::state::write(
+        &crate::state::state_dir(),
+        &plan.app_name,
+        "backup",
+        to_stop,
+    )?;
     let stopped_at = Instant::now();
     let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
     let outcome = match stop_result {
@@ -258,6 +271,9 @@ pub async fn run(
     };
     let restarted = docker::start_again(docker, &stopped).await;
     let downtime = stopped_at.elapsed();
+    if restarted.is_ok() {
+        record.clear();
+    }
     let volumes = match (outcome, restarted) {
         (Ok(volumes), Ok(())) => volumes,
         (Ok(volumes), Err(restart_error)) => {

@@ -478,7 +478,10 @@ impl Helper {
         let body = bollard::models::ContainerCreateBody {
             image: Some(image),
             cmd: Some(vec!["/lifeboat-helper-is-never-started".into()]),
-            labels: Some(HashMap::from([(HELPER_LABEL.to_string(), "1".to_string())])),
+            labels: Some(HashMap::from([
+                (HELPER_LABEL.to_string(), "1".to_string()),
+                (HELPER_OWNER_LABEL.to_string(), helper_owner()),
+            ])),
             network_disabled: Some(true),
             host_config: Some(bollard::models::HostConfig {
                 binds: Some(vec![bind]),
@@ -510,7 +513,30 @@ impl Helper {
     }
 }
 
-/// Removes helper containers an earlier run left behind (a run killed with SIGKILL).
+const HELPER_OWNER_LABEL: &str = "io.lifeboat.helper.owner";
+
+/// `host:pid` of this process, recorded on its helper containers.
+fn helper_owner() -> String {
+    format!(
+        "{}:{}",
+        gethostname::gethostname().to_string_lossy(),
+        std::process::id()
+    )
+}
+
+/// Whether a helper's owner is a process of this host that no longer exists.
+fn owner_is_gone(owner: &str) -> bool {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    match owner.rsplit_once(':') {
+        Some((owner_host, pid)) if owner_host == host => {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => false,
+    }
+}
+
+/// Removes helper containers that runs killed with SIGKILL left behind on this host (never
+/// those of a lifeboat that is still running).
 pub async fn remove_stale_helpers(docker: &Docker) {
     let filters = HashMap::from([("label".to_string(), vec![format!("{HELPER_LABEL}=1")])]);
     let options = ListContainersOptions {
@@ -518,8 +544,14 @@ pub async fn remove_stale_helpers(docker: &Docker) {
         filters: Some(filters),
         ..Default::default()
     };
-    if let Ok(stale) = docker.list_containers(Some(options)).await {
-        for id in stale.into_iter().filter_map(|c| c.id) {
+    if let Ok(listed) = docker.list_containers(Some(options)).await {
+        let stale = listed.into_iter().filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(HELPER_OWNER_LABEL))
+                .is_some_and(|owner| owner_is_gone(owner))
+        });
+        for id in stale.filter_map(|c| c.id) {
             tracing::info!(container = %id, "removing a helper container left by an earlier run");
             Helper { id }.remove(docker).await;
         }
@@ -649,6 +681,17 @@ mod tests {
             labels: HashMap::new(),
             env: vec![],
         }
+    }
+
+    #[test]
+    fn only_helpers_of_dead_local_processes_are_stale() {
+        assert!(!owner_is_gone(&helper_owner()), "this process is alive");
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        assert!(owner_is_gone(&format!("{host}:4294967")), "no such pid");
+        assert!(
+            !owner_is_gone("another-host:1"),
+            "other hosts' helpers are left alone"
+        );
     }
 
     #[test]

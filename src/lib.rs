@@ -15,6 +15,7 @@
 //! - [`keys`]: age recipients and identities.
 //! - [`backup`], [`restore`], [`verify`]: the operations the subcommands run.
 //! - [`shutdown`]: SIGINT/SIGTERM turned into a cancellation token.
+//! - [`state`]: the local record that restarts an app a killed run left stopped.
 //! - [`error`]: error classes and the exit codes they map to.
 
 pub mod backup;
@@ -26,5 +27,6 @@ pub mod manifest;
 pub mod pipeline;
 pub mod restore;
 pub mod shutdown;
+pub mod state;
 pub mod store;
 pub mod verify;

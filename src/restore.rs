@@ -227,6 +227,7 @@ pub async fn run(
     .await?;
     tracing::info!(backup = %manifest.backup_id, app = %manifest.app, "restoring");
     docker::remove_stale_helpers(docker).await;
+    crate::state::recover(docker, &crate::state::state_dir(), &plan.app_name).await?;
     let app = App::discover_or_empty(docker, &plan.selector).await?;
 
     let current_version = match (&manifest.app_version.version_source, &plan.version_from) {
@@ -278,6 +279,18 @@ pub async fn run(
         tracing::warn!("--no-verify: volumes are replaced without verifying the backup first");
     }
 
+    let to_stop = app
+        .containers
+        .iter()
+        .filter(|c| c.running)
+        .map(|c| (c.id.clone(), c.name.clone()))
+        .collect();
+    let record = crate::state::write(
+        &crate::state::state_dir(),
+        &plan.app_name,
+        "restore",
+        to_stop,
+    )?;
     let stopped_at = Instant::now();
     let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
     let outcome = match stop_result {
@@ -306,6 +319,9 @@ pub async fn run(
     };
     let restarted = docker::start_again(docker, &stopped).await;
     let downtime = stopped_at.elapsed();
+    if restarted.is_ok() {
+        record.clear();
+    }
     match (outcome, restarted) {
         (Ok(()), Ok(())) => Ok(RestoreReport {
             manifest,

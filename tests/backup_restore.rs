@@ -396,3 +396,69 @@ fn sigterm_mid_backup_aborts_the_upload_and_starts_the_app_again() {
         s3.files("sigterm")
     );
 }
+
+#[test]
+fn after_sigkill_mid_backup_the_next_run_starts_the_app_again_and_says_so() {
+    let mut app = TestApp::new("sigkill");
+    let data = app.volume("data");
+    app.in_volume(&data, "head -c 500000000 /dev/urandom > /v/big");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("sigkill");
+    let (_, recipient) = keygen(tempfile::tempdir().unwrap().path());
+    let mut child = s3
+        .env(&mut lifeboat())
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while s3.open_uploads().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup at all
+    child.wait().unwrap();
+    assert!(
+        !app.running().values().any(|r| *r),
+        "the killed run left the app stopped"
+    );
+    assert!(list_json(&s3, &store).is_empty(), "no manifest");
+
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+    ]));
+    assert!(output.status.success());
+    assert!(
+        stderr(&output).contains("was interrupted before it started the app again"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(app.running().values().all(|r| *r));
+    assert_eq!(list_json(&s3, &store).len(), 1);
+    let helpers = docker(&["ps", "-aq", "--filter", "label=io.lifeboat.helper=1"]);
+    let ours: Vec<_> = helpers
+        .lines()
+        .filter(|id| docker(&["inspect", "-f", "{{json .Mounts}}", id]).contains(&data))
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "the killed run's helper container was removed"
+    );
+}
