@@ -219,80 +219,86 @@ pub async fn run(
         app_version.version_source = Some(source.clone());
     }
     check_store_reachable(store, &plan.app_name).await?;
-    let backup_dir = store.layout.backup_dir(&plan.app_name, &backup_id);
-    if !store
-        .objects
-        .list_with_delimiter(Some(&backup_dir))
-        .await?
-        .objects
-        .is_empty()
-    {
-        return Err(anyhow!(
-            "{backup_dir} exists already (two backups started in the same millisecond?); nothing was stopped, run the backup again"
-        ));
-    }
-    docker::remove_stale_helpers(docker).await;
-    tracing::info!(app = %plan.app_name, backup = %backup_id, volumes = sources.len(), store = %store.url, "starting backup");
-
-    let to_stop = app
-        .containers
-        .iter()
-        .filter(|c| c.running)
-        .map(|c| (c.id.clone(), c.name.clone()))
-        .collect();
-    let record = crate::state::write(
-        &crate::state::state_dir(),
-        &plan.app_name,
-        "backup",
-        to_stop,
-    )?;
-    let stopped_at = Instant::now();
-    let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
-    let outcome = match stop_result {
-        Ok(()) if cancel.is_cancelled() => Err(crate::error::interrupted()),
-        Ok(()) => {
-            let task = tokio::spawn(back_up_volumes(
-                docker.clone(),
-                store.clone(),
-                plan.app_name.clone(),
-                backup_id.clone(),
-                sources,
-                Arc::clone(&plan.recipients),
-                plan.compression,
-                plan.part_policy,
-                cancel.clone(),
+    let lock = crate::lock::acquire(store, &plan.app_name, "backup").await?;
+    let result: Result<Manifest> = async {
+        let backup_dir = store.layout.backup_dir(&plan.app_name, &backup_id);
+        if !store
+            .objects
+            .list_with_delimiter(Some(&backup_dir))
+            .await?
+            .objects
+            .is_empty()
+        {
+            return Err(anyhow!(
+                "{backup_dir} exists already (two backups started in the same millisecond?); nothing was stopped, run the backup again"
             ));
-            match task.await {
-                Ok(result) => result,
-                Err(join_error) => Err(anyhow!("the backup task failed: {join_error}")),
+        }
+        docker::remove_stale_helpers(docker).await;
+        tracing::info!(app = %plan.app_name, backup = %backup_id, volumes = sources.len(), store = %store.url, "starting backup");
+
+        let to_stop = app
+            .containers
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| (c.id.clone(), c.name.clone()))
+            .collect();
+        let record = crate::state::write(
+            &crate::state::state_dir(),
+            &plan.app_name,
+            "backup",
+            to_stop,
+        )?;
+        let stopped_at = Instant::now();
+        let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
+        let outcome = match stop_result {
+            Ok(()) if cancel.is_cancelled() => Err(crate::error::interrupted()),
+            Ok(()) => {
+                let task = tokio::spawn(back_up_volumes(
+                    docker.clone(),
+                    store.clone(),
+                    plan.app_name.clone(),
+                    backup_id.clone(),
+                    sources,
+                    Arc::clone(&plan.recipients),
+                    plan.compression,
+                    plan.part_policy,
+                    cancel.clone(),
+                ));
+                match task.await {
+                    Ok(result) => result,
+                    Err(join_error) => Err(anyhow!("the backup task failed: {join_error}")),
+                }
             }
+            Err(stop_error) => Err(stop_error),
+        };
+        let restarted = docker::start_again(docker, &stopped).await;
+        let downtime = stopped_at.elapsed();
+        if restarted.is_ok() {
+            record.clear();
         }
-        Err(stop_error) => Err(stop_error),
-    };
-    let restarted = docker::start_again(docker, &stopped).await;
-    let downtime = stopped_at.elapsed();
-    if restarted.is_ok() {
-        record.clear();
+        let volumes = match (outcome, restarted) {
+            (Ok(volumes), Ok(())) => volumes,
+            (Ok(volumes), Err(restart_error)) => {
+                // The data is safe: record it, then report the restart failure.
+                let manifest =
+                    finish_manifest(plan, &backup_id, started_at, downtime, app_version, volumes);
+                manifest::write(&store.objects, &store.layout, &manifest).await?;
+                return Err(restart_error.context(format!(
+                    "backup {backup_id} is complete, but the app is not fully running"
+                )));
+            }
+            (Err(error), Ok(())) => return Err(error),
+            (Err(error), Err(restart_error)) => {
+                return Err(error.context(format!("and also: {restart_error:#}")));
+            }
+        };
+        let manifest = finish_manifest(plan, &backup_id, started_at, downtime, app_version, volumes);
+        manifest::write(&store.objects, &store.layout, &manifest).await?;
+        Ok(manifest)
     }
-    let volumes = match (outcome, restarted) {
-        (Ok(volumes), Ok(())) => volumes,
-        (Ok(volumes), Err(restart_error)) => {
-            // The data is safe: record it, then report the restart failure.
-            let manifest =
-                finish_manifest(plan, &backup_id, started_at, downtime, app_version, volumes);
-            manifest::write(&store.objects, &store.layout, &manifest).await?;
-            return Err(restart_error.context(format!(
-                "backup {backup_id} is complete, but the app is not fully running"
-            )));
-        }
-        (Err(error), Ok(())) => return Err(error),
-        (Err(error), Err(restart_error)) => {
-            return Err(error.context(format!("and also: {restart_error:#}")));
-        }
-    };
-    let manifest = finish_manifest(plan, &backup_id, started_at, downtime, app_version, volumes);
-    manifest::write(&store.objects, &store.layout, &manifest).await?;
-    Ok(manifest)
+    .await;
+    lock.release().await;
+    result
 }
 
 fn finish_manifest(

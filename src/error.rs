@@ -17,6 +17,8 @@ pub enum ExitClass {
     VersionMismatch = 3,
     /// Stored data failed verification: wrong key, corrupted, truncated, bad tar entry.
     Verification = 4,
+    /// Another lifeboat run holds the app's lock in this store.
+    Locked = 5,
     /// Interrupted by SIGINT or SIGTERM; containers were started again.
     Interrupted = 130,
 }
@@ -76,6 +78,11 @@ pub fn class_of(err: &anyhow::Error) -> ExitClass {
                     cause
                         .downcast_ref::<crate::restore::VersionMismatch>()
                         .map(|_| ExitClass::VersionMismatch)
+                })
+                .or_else(|| {
+                    cause
+                        .downcast_ref::<crate::lock::LockHeld>()
+                        .map(|_| ExitClass::Locked)
                 })
         })
         .unwrap_or(ExitClass::Failure)

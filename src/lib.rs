@@ -13,6 +13,7 @@
 //! - [`store`]: store URLs to `object_store` clients, S3 credentials from aws-config.
 //! - [`manifest`]: the self-describing record of one backup, and the bucket layout.
 //! - [`keys`]: age recipients and identities.
+//! - [`lock`]: one run per app and store at a time.
 //! - [`backup`], [`restore`], [`verify`]: the operations the subcommands run.
 //! - [`shutdown`]: SIGINT/SIGTERM turned into a cancellation token.
 //! - [`state`]: the local record that restarts an app a killed run left stopped.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod docker;
 pub mod error;
 pub mod keys;
+pub mod lock;
 pub mod manifest;
 pub mod pipeline;
 pub mod restore;

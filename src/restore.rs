@@ -226,114 +226,120 @@ pub async fn run(
     )
     .await?;
     tracing::info!(backup = %manifest.backup_id, app = %manifest.app, "restoring");
-    docker::remove_stale_helpers(docker).await;
-    crate::state::recover(docker, &crate::state::state_dir(), &plan.app_name).await?;
-    let app = App::discover_or_empty(docker, &plan.selector).await?;
+    let lock = crate::lock::acquire(store, &plan.app_name, "restore").await?;
+    let result: Result<RestoreReport> = async {
+        docker::remove_stale_helpers(docker).await;
+        crate::state::recover(docker, &crate::state::state_dir(), &plan.app_name).await?;
+        let app = App::discover_or_empty(docker, &plan.selector).await?;
 
-    let current_version = match (&manifest.app_version.version_source, &plan.version_from) {
-        (_, Some(source)) | (Some(source), None) => {
-            Some(crate::backup::read_version(docker, &app, source).await?)
-        }
-        (None, None) => None,
-    };
-    let differences = compare_versions(
-        &manifest.app_version,
-        &app.images(),
-        current_version.as_deref(),
-    );
-    if !differences.is_empty() {
-        if !plan.allow_version_mismatch {
-            return Err(VersionMismatch {
-                backup_id: manifest.backup_id.clone(),
-                differences,
-                none_here: app.containers.is_empty(),
+        let current_version = match (&manifest.app_version.version_source, &plan.version_from) {
+            (_, Some(source)) | (Some(source), None) => {
+                Some(crate::backup::read_version(docker, &app, source).await?)
             }
-            .into());
-        }
-        tracing::warn!(
-            "restoring across versions as --allow-version-mismatch asks: {}",
-            differences.join("; ")
+            (None, None) => None,
+        };
+        let differences = compare_versions(
+            &manifest.app_version,
+            &app.images(),
+            current_version.as_deref(),
         );
-    }
-    let project = match &plan.selector {
-        AppSelector::Project(project) => Some(project.as_str()),
-        AppSelector::Containers(_) => None,
-    };
-    let targets = plan_targets(docker, &app, project, &manifest, &plan.map_volumes).await?;
-
-    if plan.verify_first {
-        for target in &targets {
-            if cancel.is_cancelled() {
-                return Err(crate::error::interrupted());
+        if !differences.is_empty() {
+            if !plan.allow_version_mismatch {
+                return Err(VersionMismatch {
+                    backup_id: manifest.backup_id.clone(),
+                    differences,
+                    none_here: app.containers.is_empty(),
+                }
+                .into());
             }
-            let started = Instant::now();
-            let summary = tokio::select! {
-                summary = verify::verify_volume(store, &manifest, &target.record, Some(&plan.identities)) => summary,
-                _ = cancel.cancelled() => return Err(crate::error::interrupted()),
-            }
-            .map_err(anyhow::Error::new)
-            .with_context(|| format!("verifying volume {} of backup {} (nothing was changed)", target.record.name, manifest.backup_id))?;
-            tracing::info!(volume = %target.record.name, entries = summary.map(|s| s.entries), secs = started.elapsed().as_secs_f64(), "verified");
+            tracing::warn!(
+                "restoring across versions as --allow-version-mismatch asks: {}",
+                differences.join("; ")
+            );
         }
-    } else {
-        tracing::warn!("--no-verify: volumes are replaced without verifying the backup first");
-    }
+        let project = match &plan.selector {
+            AppSelector::Project(project) => Some(project.as_str()),
+            AppSelector::Containers(_) => None,
+        };
+        let targets = plan_targets(docker, &app, project, &manifest, &plan.map_volumes).await?;
 
-    let to_stop = app
-        .containers
-        .iter()
-        .filter(|c| c.running)
-        .map(|c| (c.id.clone(), c.name.clone()))
-        .collect();
-    let record = crate::state::write(
-        &crate::state::state_dir(),
-        &plan.app_name,
-        "restore",
-        to_stop,
-    )?;
-    let stopped_at = Instant::now();
-    let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
-    let outcome = match stop_result {
-        Ok(()) => {
-            let mut result = Ok(());
+        if plan.verify_first {
             for target in &targets {
                 if cancel.is_cancelled() {
-                    result = Err(crate::error::interrupted());
-                    break;
+                    return Err(crate::error::interrupted());
                 }
-                result = restore_volume(docker, store, &manifest, target, &plan.identities)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "restoring volume {} into {}",
-                            target.record.name, target.destination
-                        )
-                    });
-                if result.is_err() {
-                    break;
+                let started = Instant::now();
+                let summary = tokio::select! {
+                    summary = verify::verify_volume(store, &manifest, &target.record, Some(&plan.identities)) => summary,
+                    _ = cancel.cancelled() => return Err(crate::error::interrupted()),
                 }
+                .map_err(anyhow::Error::new)
+                .with_context(|| format!("verifying volume {} of backup {} (nothing was changed)", target.record.name, manifest.backup_id))?;
+                tracing::info!(volume = %target.record.name, entries = summary.map(|s| s.entries), secs = started.elapsed().as_secs_f64(), "verified");
             }
-            result
+        } else {
+            tracing::warn!("--no-verify: volumes are replaced without verifying the backup first");
         }
-        Err(e) => Err(e),
-    };
-    let restarted = docker::start_again(docker, &stopped).await;
-    let downtime = stopped_at.elapsed();
-    if restarted.is_ok() {
-        record.clear();
-    }
-    match (outcome, restarted) {
-        (Ok(()), Ok(())) => Ok(RestoreReport {
-            manifest,
-            targets,
-            downtime,
-        }),
-        (Ok(()), Err(e)) => {
-            Err(e.context("the volumes are restored, but the app is not fully running"))
+
+        let to_stop = app
+            .containers
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| (c.id.clone(), c.name.clone()))
+            .collect();
+        let record = crate::state::write(
+            &crate::state::state_dir(),
+            &plan.app_name,
+            "restore",
+            to_stop,
+        )?;
+        let stopped_at = Instant::now();
+        let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
+        let outcome = match stop_result {
+            Ok(()) => {
+                let mut result = Ok(());
+                for target in &targets {
+                    if cancel.is_cancelled() {
+                        result = Err(crate::error::interrupted());
+                        break;
+                    }
+                    result = restore_volume(docker, store, &manifest, target, &plan.identities)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "restoring volume {} into {}",
+                                target.record.name, target.destination
+                            )
+                        });
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                result
+            }
+            Err(e) => Err(e),
+        };
+        let restarted = docker::start_again(docker, &stopped).await;
+        let downtime = stopped_at.elapsed();
+        if restarted.is_ok() {
+            record.clear();
         }
-        (Err(e), Ok(())) => Err(e),
-        (Err(e), Err(restart)) => Err(e.context(format!("and also: {restart:#}"))),
+        match (outcome, restarted) {
+            (Ok(()), Ok(())) => Ok(RestoreReport {
+                manifest,
+                targets,
+                downtime,
+            }),
+            (Ok(()), Err(e)) => {
+                Err(e.context("the volumes are restored, but the app is not fully running"))
+            }
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(restart)) => Err(e.context(format!("and also: {restart:#}"))),
+        }
     }
+    .await;
+    lock.release().await;
+    result
 }
 
 async fn restore_volume(

@@ -462,3 +462,81 @@ fn after_sigkill_mid_backup_the_next_run_starts_the_app_again_and_says_so() {
         "the killed run's helper container was removed"
     );
 }
+
+#[test]
+fn a_second_run_of_the_same_app_waits_its_turn() {
+    let mut app = TestApp::new("lock");
+    let data = app.volume("data");
+    app.in_volume(&data, "head -c 500000000 /dev/urandom > /v/big");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("lockbucket");
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    let first = s3
+        .env(&mut lifeboat())
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while s3.open_uploads().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+    ]));
+    assert_eq!(second.status.code(), Some(5), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("holds the lock")
+            && stderr(&second).contains(&format!("pid {}", first.id())),
+        "{}",
+        stderr(&second)
+    );
+    let restore = run(s3
+        .env(&mut lifeboat())
+        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&key));
+    assert_ne!(restore.status.code(), Some(0));
+    let output = first.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(app.running().values().all(|r| *r));
+    // The lock is gone: the next run goes ahead.
+    let output =
+        run(s3
+            .env(&mut lifeboat())
+            .args(["unlock", "-p", &app.project, "--store", &store]));
+    assert!(
+        stderr(&output).contains("was not locked"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+    ]));
+    assert!(output.status.success());
+}

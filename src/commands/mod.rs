@@ -6,6 +6,7 @@ mod keygen;
 mod list;
 mod restore;
 mod show;
+mod unlock;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -67,6 +68,9 @@ pub enum Command {
     Show(show::ShowArgs),
     /// Check backups end to end without touching any volume (for restore drills)
     Verify(verify::VerifyArgs),
+    /// Remove the lock a dead run left behind (a live run renews it; an abandoned one expires
+    /// after 10 minutes by itself)
+    Unlock(unlock::UnlockArgs),
     /// Create an age identity: the secret key on stdout (or --output), the public key on stderr
     Keygen(keygen::KeygenArgs),
 }
@@ -80,6 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List(args) => list::run(args, file).await,
         Command::Show(args) => show::run(args, file).await,
         Command::Verify(args) => verify::run(args, file).await,
+        Command::Unlock(args) => unlock::run(args, file).await,
         Command::Keygen(args) => keygen::run(args),
     }
 }
