@@ -202,6 +202,67 @@ pub struct RestoreOptions {
 }
 merge_options!(RestoreOptions { identity } bools {});
 
+/// Which backups `lifeboat prune` keeps; in the config file, also applied after each backup.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionOptions {
+    /// Keep the N newest backups
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+    /// Keep the newest backup of each of the N newest hours that have one
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<usize>,
+    /// Keep the newest backup of each of the N newest days that have one
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<usize>,
+    /// Keep the newest backup of each of the N newest ISO weeks that have one
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<usize>,
+    /// Keep the newest backup of each of the N newest months that have one
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<usize>,
+    /// Keep the newest backup of each of the N newest years that have one
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<usize>,
+    /// Keep every backup made within this long before the newest one (30d, 12h, 1y6m)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Remove incomplete backups (objects without a manifest) older than this [default: 24h]
+    #[arg(long, value_name = "DURATION")]
+    pub incomplete_grace: Option<String>,
+}
+merge_options!(RetentionOptions { keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, incomplete_grace } bools {});
+
+impl RetentionOptions {
+    pub fn policy(&self) -> Result<crate::retention::KeepPolicy> {
+        let within = self
+            .keep_within
+            .as_deref()
+            .map(crate::retention::parse_duration)
+            .transpose()
+            .map_err(|e| crate::error::usage(format!("keep_within: {e}")))?;
+        Ok(crate::retention::KeepPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within,
+        })
+    }
+
+    pub fn grace(&self) -> Result<chrono::Duration> {
+        self.incomplete_grace
+            .as_deref()
+            .map_or(
+                Ok(chrono::Duration::hours(24)),
+                crate::retention::parse_duration,
+            )
+            .map_err(|e| crate::error::usage(format!("incomplete_grace: {e}")))
+    }
+}
+
 /// The config file: one section per option struct.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -210,6 +271,7 @@ pub struct ConfigFile {
     pub app: AppOptions,
     pub backup: BackupOptions,
     pub restore: RestoreOptions,
+    pub retention: RetentionOptions,
 }
 
 impl ConfigFile {

@@ -15,6 +15,7 @@
 //! - [`keys`]: age recipients and identities.
 //! - [`lock`]: one run per app and store at a time.
 //! - [`backup`], [`restore`], [`verify`]: the operations the subcommands run.
+//! - [`retention`]: which backups a keep policy keeps (`lifeboat prune`).
 //! - [`shutdown`]: SIGINT/SIGTERM turned into a cancellation token.
 //! - [`state`]: the local record that restarts an app a killed run left stopped.
 //! - [`error`]: error classes and the exit codes they map to.
@@ -28,6 +29,7 @@ pub mod lock;
 pub mod manifest;
 pub mod pipeline;
 pub mod restore;
+pub mod retention;
 pub mod shutdown;
 pub mod state;
 pub mod store;

@@ -19,6 +19,7 @@ pub struct BackupArgs {
 }
 
 pub async fn run(args: BackupArgs, file: ConfigFile, verbose: bool) -> anyhow::Result<ExitCode> {
+    let retention = file.retention.clone();
     let app = args.app.or(file.app);
     let store_options = args.store.or(file.store);
     let options = args.backup.or(file.backup);
@@ -74,6 +75,35 @@ pub async fn run(args: BackupArgs, file: ConfigFile, verbose: bool) -> anyhow::R
             manifest.downtime_seconds,
             store.url
         );
+    }
+    // [retention] in the config file: prune after a good backup. A failed prune is reported but
+    // does not fail the backup, which is safe in the store.
+    let policy = retention.policy()?;
+    if !policy.is_empty() {
+        let pruned = async {
+            let lock = lifeboat::lock::acquire(&store, &manifest.app, "prune").await?;
+            let result = lifeboat::retention::prune(
+                &store,
+                &manifest.app,
+                &policy,
+                retention.grace()?,
+                false,
+            )
+            .await;
+            lock.release().await;
+            result
+        }
+        .await;
+        match pruned {
+            Ok(report) => tracing::info!(
+                removed =
+                    report.decisions.iter().filter(|d| !d.keep()).count() + report.incomplete.len(),
+                "pruned"
+            ),
+            Err(e) => {
+                tracing::error!("the backup is complete, but pruning old backups failed: {e:#}")
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@
 mod backup;
 mod keygen;
 mod list;
+mod prune;
 mod restore;
 mod show;
 mod unlock;
@@ -66,6 +67,8 @@ pub enum Command {
     List(list::ListArgs),
     /// Show one backup's manifest
     Show(show::ShowArgs),
+    /// Remove the backups no keep rule keeps (restic's rules), and stale incomplete ones
+    Prune(prune::PruneArgs),
     /// Check backups end to end without touching any volume (for restore drills)
     Verify(verify::VerifyArgs),
     /// Remove the lock a dead run left behind (a live run renews it; an abandoned one expires
@@ -83,6 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(args) => restore::run(args, file, verbose).await,
         Command::List(args) => list::run(args, file).await,
         Command::Show(args) => show::run(args, file).await,
+        Command::Prune(args) => prune::run(args, file).await,
         Command::Verify(args) => verify::run(args, file).await,
         Command::Unlock(args) => unlock::run(args, file).await,
         Command::Keygen(args) => keygen::run(args),

@@ -1,0 +1,56 @@
+//! `lifeboat prune`: remove the backups no keep rule keeps.
+
+use lifeboat::config::{ConfigFile, Merge, RetentionOptions, StoreOptions};
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub store: StoreOptions,
+    #[command(flatten)]
+    pub retention: RetentionOptions,
+    /// The app name the backups are stored under
+    #[arg(long, short = 'p', visible_alias = "name", env = "LIFEBOAT_PROJECT")]
+    pub project: Option<String>,
+    /// Show what would be removed and why the rest is kept; delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub async fn run(args: PruneArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
+    let store_options = args.store.or(file.store);
+    let retention = args.retention.or(file.retention);
+    let app = args
+        .project
+        .or(file.app.name)
+        .or(file.app.project)
+        .ok_or_else(|| lifeboat::error::usage("which app? pass --project NAME"))?;
+    let (policy, grace) = (retention.policy()?, retention.grace()?);
+    let store = lifeboat::store::open(&store_options).await?;
+    let lock = if args.dry_run {
+        None
+    } else {
+        Some(lifeboat::lock::acquire(&store, &app, "prune").await?)
+    };
+    let result = lifeboat::retention::prune(&store, &app, &policy, grace, args.dry_run).await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    let report = result?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for d in &report.decisions {
+        if d.keep() {
+            println!("keep          {}  ({})", d.backup_id, d.kept_by.join(", "));
+        } else {
+            println!("{verb:<13} {}", d.backup_id);
+        }
+    }
+    for id in &report.incomplete {
+        println!("{verb:<13} {id}  (incomplete: no manifest)");
+    }
+    Ok(ExitCode::SUCCESS)
+}

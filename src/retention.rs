@@ -1,0 +1,385 @@
+//! Retention: which backups a keep policy keeps, with restic's semantics — a backup is kept if
+//! any rule keeps it:
+//! - `last N`: the N newest;
+//! - `hourly/daily/weekly/monthly/yearly N`: the newest backup of each of the N newest periods
+//!   that have one;
+//! - `within D`: every backup made within D before the newest backup.
+//!
+//! The newest complete backup is always kept, whatever the policy. [`plan`] is pure (tested
+//! with tables below); `lifeboat prune` applies it: manifest first (so a crash never leaves a
+//! listed backup with missing objects), then the volume objects, and it removes incomplete
+//! backups (objects without a manifest) older than a grace period.
+
+use chrono::{DateTime, Datelike, Duration, Utc};
+use std::collections::HashSet;
+
+/// How many backups to keep per rule. All `None`: no policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeepPolicy {
+    pub last: Option<usize>,
+    pub hourly: Option<usize>,
+    pub daily: Option<usize>,
+    pub weekly: Option<usize>,
+    pub monthly: Option<usize>,
+    pub yearly: Option<usize>,
+    pub within: Option<Duration>,
+}
+
+impl KeepPolicy {
+    pub fn is_empty(&self) -> bool {
+        *self == KeepPolicy::default()
+    }
+}
+
+/// The decision about one backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub backup_id: String,
+    pub time: DateTime<Utc>,
+    /// Why it is kept; empty: it goes.
+    pub kept_by: Vec<String>,
+}
+
+impl Decision {
+    pub fn keep(&self) -> bool {
+        !self.kept_by.is_empty()
+    }
+}
+
+/// Maps a time to the period (hour, day, ISO week, month, year) it falls in.
+type PeriodOf = fn(&DateTime<Utc>) -> i64;
+
+/// Decides for every backup (any order in, newest first out).
+pub fn plan(backups: &[(String, DateTime<Utc>)], policy: &KeepPolicy) -> Vec<Decision> {
+    let mut sorted: Vec<_> = backups.to_vec();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+    let mut decisions: Vec<Decision> = sorted
+        .iter()
+        .map(|(id, time)| Decision {
+            backup_id: id.clone(),
+            time: *time,
+            kept_by: vec![],
+        })
+        .collect();
+    if let Some(newest) = decisions.first_mut() {
+        newest.kept_by.push("newest".into());
+    }
+    if let Some(n) = policy.last {
+        for d in decisions.iter_mut().take(n) {
+            d.kept_by.push("last".into());
+        }
+    }
+    let buckets: [(&str, Option<usize>, PeriodOf); 5] = [
+        ("hourly", policy.hourly, |t| t.timestamp().div_euclid(3600)),
+        ("daily", policy.daily, |t| i64::from(t.num_days_from_ce())),
+        ("weekly", policy.weekly, |t| {
+            let w = t.iso_week();
+            i64::from(w.year()) * 100 + i64::from(w.week())
+        }),
+        ("monthly", policy.monthly, |t| {
+            i64::from(t.year()) * 100 + i64::from(t.month())
+        }),
+        ("yearly", policy.yearly, |t| i64::from(t.year())),
+    ];
+    for (name, count, period) in buckets {
+        let Some(count) = count else { continue };
+        let mut seen = HashSet::new();
+        for d in decisions.iter_mut() {
+            if seen.len() >= count {
+                break;
+            }
+            if seen.insert(period(&d.time)) {
+                d.kept_by.push(name.into());
+            }
+        }
+    }
+    if let (Some(within), Some(newest)) = (policy.within, decisions.first().map(|d| d.time)) {
+        for d in decisions.iter_mut().filter(|d| d.time >= newest - within) {
+            d.kept_by.push("within".into());
+        }
+    }
+    decisions
+}
+
+/// Parses `30d`, `12h`, `2w`, `6m` (30 days each), `1y` (365 days), or combinations like `1y6m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let mut total = Duration::zero();
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: i64 = number
+            .parse()
+            .map_err(|_| format!("'{text}' is not a duration like 30d, 12h or 1y6m"))?;
+        number.clear();
+        total += match c {
+            'h' => Duration::hours(n),
+            'd' => Duration::days(n),
+            'w' => Duration::weeks(n),
+            'm' => Duration::days(30 * n),
+            'y' => Duration::days(365 * n),
+            _ => return Err(format!("'{text}': unknown unit '{c}'; use h, d, w, m or y")),
+        };
+    }
+    if !number.is_empty() || total.is_zero() {
+        return Err(format!("'{text}' is not a duration like 30d, 12h or 1y6m"));
+    }
+    Ok(total)
+}
+
+/// What [`prune`] did (or, dry, would do).
+#[derive(Debug, Default)]
+pub struct PruneReport {
+    pub decisions: Vec<Decision>,
+    /// Incomplete backups (objects without a manifest) removed.
+    pub incomplete: Vec<String>,
+}
+
+/// Applies `policy` to the backups of `app`. Incomplete backups whose newest object is older
+/// than `grace` are removed too. With `dry_run` nothing is deleted.
+pub async fn prune(
+    store: &crate::store::Store,
+    app: &str,
+    policy: &KeepPolicy,
+    grace: Duration,
+    dry_run: bool,
+) -> anyhow::Result<PruneReport> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    use std::collections::BTreeMap;
+    if policy.is_empty() {
+        return Err(crate::error::usage(
+            "no keep rule: give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within",
+        ));
+    }
+    let app_dir = store.layout.app_dir(app);
+    let objects: Vec<object_store::ObjectMeta> = store
+        .objects
+        .list(Some(&app_dir))
+        .try_collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list {app_dir}: {e}"))?;
+    // backup id → its objects
+    let mut dirs: BTreeMap<String, Vec<object_store::ObjectMeta>> = BTreeMap::new();
+    for meta in objects {
+        let id = {
+            let mut parts = meta.location.prefix_match(&app_dir).into_iter().flatten();
+            match (parts.next(), parts.next()) {
+                (Some(id), Some(_)) => Some(id.as_ref().to_string()),
+                _ => None, // lock.json and anything else not inside a backup folder
+            }
+        };
+        if let Some(id) = id {
+            dirs.entry(id).or_default().push(meta);
+        }
+    }
+    let mut complete = Vec::new();
+    let mut report = PruneReport::default();
+    for (id, metas) in &dirs {
+        if metas
+            .iter()
+            .any(|m| m.location.filename() == Some(crate::manifest::MANIFEST_NAME))
+        {
+            let manifest =
+                crate::manifest::read(&store.objects, &store.layout, app, Some(id)).await?;
+            complete.push((id.clone(), manifest.started_at));
+        } else if metas
+            .iter()
+            .map(|m| m.last_modified)
+            .max()
+            .is_some_and(|t| t < Utc::now() - grace)
+        {
+            report.incomplete.push(id.clone());
+        }
+    }
+    report.decisions = plan(&complete, policy);
+    if dry_run {
+        return Ok(report);
+    }
+    let doomed = report
+        .decisions
+        .iter()
+        .filter(|d| !d.keep())
+        .map(|d| &d.backup_id);
+    for id in doomed.chain(report.incomplete.iter()) {
+        let metas = &dirs[id];
+        // The manifest goes first: an interrupted prune leaves an incomplete backup, which the
+        // next prune removes, never a listed backup with missing objects.
+        let (manifests, others): (Vec<_>, Vec<_>) = metas
+            .iter()
+            .partition(|m| m.location.filename() == Some(crate::manifest::MANIFEST_NAME));
+        for meta in manifests.into_iter().chain(others) {
+            store
+                .objects
+                .delete(&meta.location)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot delete {}: {e}", meta.location))?;
+        }
+        tracing::info!(backup = %id, "removed");
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn kept(backups: &[&str], policy: KeepPolicy) -> Vec<String> {
+        let list: Vec<_> = backups.iter().map(|t| (t.to_string(), at(t))).collect();
+        plan(&list, &policy)
+            .into_iter()
+            .filter(Decision::keep)
+            .map(|d| d.backup_id)
+            .collect()
+    }
+
+    const NIGHTLY: [&str; 10] = [
+        "2026-01-01T03:00:00Z",
+        "2026-01-02T03:00:00Z",
+        "2026-01-03T03:00:00Z",
+        "2026-01-04T03:00:00Z",
+        "2026-01-05T03:00:00Z",
+        "2026-01-12T03:00:00Z",
+        "2026-01-12T15:00:00Z",
+        "2026-02-01T03:00:00Z",
+        "2026-03-01T03:00:00Z",
+        "2026-03-01T04:00:00Z",
+    ];
+
+    #[test]
+    fn policy_table() {
+        let cases: Vec<(&str, KeepPolicy, Vec<&str>)> = vec![
+            (
+                "last 3",
+                KeepPolicy {
+                    last: Some(3),
+                    ..Default::default()
+                },
+                vec![
+                    "2026-03-01T04:00:00Z",
+                    "2026-03-01T03:00:00Z",
+                    "2026-02-01T03:00:00Z",
+                ],
+            ),
+            (
+                "daily 3: newest of each of the 3 newest days",
+                KeepPolicy {
+                    daily: Some(3),
+                    ..Default::default()
+                },
+                vec![
+                    "2026-03-01T04:00:00Z",
+                    "2026-02-01T03:00:00Z",
+                    "2026-01-12T15:00:00Z",
+                ],
+            ),
+            (
+                "monthly 2",
+                KeepPolicy {
+                    monthly: Some(2),
+                    ..Default::default()
+                },
+                vec!["2026-03-01T04:00:00Z", "2026-02-01T03:00:00Z"],
+            ),
+            (
+                "weekly 4",
+                KeepPolicy {
+                    weekly: Some(4),
+                    ..Default::default()
+                },
+                vec![
+                    "2026-03-01T04:00:00Z",
+                    "2026-02-01T03:00:00Z",
+                    "2026-01-12T15:00:00Z",
+                    "2026-01-05T03:00:00Z",
+                ],
+            ),
+            (
+                "yearly 5: one year holds them all",
+                KeepPolicy {
+                    yearly: Some(5),
+                    ..Default::default()
+                },
+                vec!["2026-03-01T04:00:00Z"],
+            ),
+            (
+                "hourly 2",
+                KeepPolicy {
+                    hourly: Some(2),
+                    ..Default::default()
+                },
+                vec!["2026-03-01T04:00:00Z", "2026-03-01T03:00:00Z"],
+            ),
+            (
+                "within 30d of the newest backup",
+                KeepPolicy {
+                    within: Some(Duration::days(30)),
+                    ..Default::default()
+                },
+                vec![
+                    "2026-03-01T04:00:00Z",
+                    "2026-03-01T03:00:00Z",
+                    "2026-02-01T03:00:00Z",
+                ],
+            ),
+            (
+                "rules combine",
+                KeepPolicy {
+                    last: Some(1),
+                    monthly: Some(3),
+                    ..Default::default()
+                },
+                vec![
+                    "2026-03-01T04:00:00Z",
+                    "2026-02-01T03:00:00Z",
+                    "2026-01-12T15:00:00Z",
+                ],
+            ),
+            (
+                "the newest is always kept",
+                KeepPolicy {
+                    within: Some(Duration::hours(0)),
+                    ..Default::default()
+                },
+                vec!["2026-03-01T04:00:00Z"],
+            ),
+        ];
+        for (name, policy, expected) in cases {
+            assert_eq!(kept(&NIGHTLY, policy), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn reasons_are_given_and_order_does_not_matter() {
+        let mut reversed = NIGHTLY;
+        reversed.reverse();
+        let list: Vec<_> = reversed.iter().map(|t| (t.to_string(), at(t))).collect();
+        let decisions = plan(
+            &list,
+            &KeepPolicy {
+                last: Some(1),
+                daily: Some(1),
+                ..Default::default()
+            },
+        );
+        assert_eq!(decisions[0].kept_by, vec!["newest", "last", "daily"]);
+        assert!(decisions[1..].iter().all(|d| !d.keep()));
+        assert!(plan(&[], &KeepPolicy::default()).is_empty());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d").unwrap(), Duration::days(30));
+        assert_eq!(parse_duration("1y6m").unwrap(), Duration::days(365 + 180));
+        assert_eq!(parse_duration("12h").unwrap(), Duration::hours(12));
+        for bad in ["", "30", "d", "3x", "-1d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
