@@ -3,14 +3,14 @@
 # write (docker cp | zstd -T0 | age | aws s3 cp -), on the same data, machine and S3 server
 # (s3s-fs on 127.0.0.1), alternating, ROUNDS times each. Prints a Markdown table.
 #
-#   bash bench/run.sh            # ≈1 GiB dataset, 3 rounds
+#   bash bench/run.sh            # ≈1.1 GiB dataset, 3 rounds
 #   SIZE_MIB=4096 ROUNDS=2 bash bench/run.sh
 #
 # Needs what .ci/test installs, plus GNU time (apt-get install time). Not a test: nothing
 # asserts a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SIZE_MIB=${SIZE_MIB:-1024}
+SIZE_MIB=${SIZE_MIB:-1200}
 ROUNDS=${ROUNDS:-3}
 SMALL_FILES=${SMALL_FILES:-20000}
 command -v /usr/bin/time >/dev/null || { apt-get update -qq; apt-get install -y -qq time >/dev/null; }
@@ -35,9 +35,9 @@ unset AWS_CA_BUNDLE
 IMAGE=lifeboat-test/busybox:1
 docker image inspect $IMAGE >/dev/null 2>&1 || cargo test --quiet --test backup_restore no_matching_containers >/dev/null
 
-# The dataset: 40% random, 40% compressible text, small files, in one volume.
+# The dataset: 45% random, 45% compressible text, small files (~90 MiB), in one volume.
 docker volume create --label com.docker.compose.project=$project --label com.docker.compose.volume=data "${project}_data" >/dev/null
-random_mib=$((SIZE_MIB * 4 / 10)); text_mib=$((SIZE_MIB * 4 / 10))
+random_mib=$((SIZE_MIB * 45 / 100)); text_mib=$((SIZE_MIB * 45 / 100))
 echo "building a ${SIZE_MIB} MiB dataset ($SMALL_FILES small files)..." >&2
 docker run --rm -v "${project}_data:/v" $IMAGE sh -c "
   set -e; cd /v
@@ -85,6 +85,7 @@ for round in $(seq 1 "$ROUNDS"); do
   measure "local-stages-to-devnull" bash "$work/stages_only.sh"
   measure "lifeboat-restore" $L restore -p $project --store s3://bench/lifeboat -i "$work/key.txt"
   measure "shell-pipeline-restore" bash "$work/peer_restore.sh"
+  measure "lifeboat-restore-no-verify" $L restore --no-verify -p $project --store s3://bench/lifeboat -i "$work/key.txt"
 done
 stored=$($L list --store s3://bench/lifeboat --json | python3 -c 'import json,sys; m=json.load(sys.stdin)[-1]; print(sum(v["stored_size"] for v in m["volumes"]))')
 downtime=$($L list --store s3://bench/lifeboat --json | python3 -c 'import json,sys; ms=json.load(sys.stdin); print("%.1f" % (sum(m["downtime_seconds"] for m in ms)/len(ms)))')

@@ -118,7 +118,13 @@ impl App {
         };
         let mut containers = Vec::with_capacity(names.len());
         for name in &names {
-            containers.push(inspect(docker, name).await?);
+            let container = inspect(docker, name).await?;
+            if is_own_container(&container.id) {
+                // lifeboat as a sidecar in the app's own compose project: never stop itself.
+                tracing::info!(container = %container.name, "leaving out lifeboat's own container");
+                continue;
+            }
+            containers.push(container);
         }
         Ok(App {
             containers: start_order(containers),
@@ -226,6 +232,31 @@ async fn inspect(docker: &Docker, name: &str) -> Result<AppContainer> {
         mounts,
         env: config.env.unwrap_or_default(),
         labels,
+    })
+}
+
+/// Whether `id` is the container lifeboat itself runs in.
+fn is_own_container(id: &str) -> bool {
+    static OWN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        container_id_from_mountinfo(&mountinfo).or_else(|| {
+            // Inside Docker the hostname is the id's first 12 characters, unless overridden.
+            let host = gethostname::gethostname().to_string_lossy().into_owned();
+            (host.len() == 12 && host.chars().all(|c| c.is_ascii_hexdigit())).then_some(host)
+        })
+    })
+    .as_ref()
+    .is_some_and(|own| id.starts_with(own.as_str()))
+}
+
+/// Docker bind-mounts /etc/hostname, /etc/hosts and /etc/resolv.conf from
+/// `<data root>/containers/<64-hex id>/`, also with `--network host`.
+fn container_id_from_mountinfo(mountinfo: &str) -> Option<String> {
+    mountinfo.lines().find_map(|line| {
+        let (_, rest) = line.split_once("/containers/")?;
+        let id: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+        (id.len() == 64 && rest[64..].starts_with('/')).then_some(id)
     })
 }
 
@@ -691,6 +722,22 @@ mod tests {
         assert!(
             !owner_is_gone("another-host:1"),
             "other hosts' helpers are left alone"
+        );
+    }
+
+    #[test]
+    fn the_own_container_is_found_in_mountinfo() {
+        let id = "a".repeat(64);
+        let line = format!(
+            "677 660 254:0 /var/lib/docker/containers/{id}/hostname /etc/hostname rw,relatime - ext4 /dev/vda rw"
+        );
+        assert_eq!(
+            container_id_from_mountinfo(&format!("1 2 3 / / rw\n{line}\n")),
+            Some(id)
+        );
+        assert_eq!(
+            container_id_from_mountinfo("22 1 0:21 / /proc rw - proc proc rw\n"),
+            None
         );
     }
 

@@ -7,7 +7,45 @@ use clap::Parser;
 use lifeboat::error::{ExitClass, class_of};
 use std::process::ExitCode;
 
+/// Secrets that may be given as files (Docker secrets): `NAME_FILE=/run/secrets/x` sets `NAME`
+/// to the file's content when `NAME` itself is unset.
+const SECRET_FILE_VARIABLES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_CLIENT_SECRET",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+];
+
+fn load_secret_files() -> Result<(), String> {
+    for name in SECRET_FILE_VARIABLES {
+        let Some(path) = std::env::var_os(format!("{name}_FILE")) else {
+            continue;
+        };
+        if std::env::var_os(name).is_some() {
+            return Err(format!("both {name} and {name}_FILE are set; keep one"));
+        }
+        let value = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "{name}_FILE: cannot read {}: {e}",
+                std::path::Path::new(&path).display()
+            )
+        })?;
+        // SAFETY: called first thing in main, before the runtime or any other thread exists,
+        // so nothing reads the environment concurrently.
+        unsafe { std::env::set_var(name, value.trim()) };
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
+    if let Err(message) = load_secret_files() {
+        eprintln!("error: {message}");
+        return ExitClass::Usage.code();
+    }
     let cli = commands::Cli::parse();
     commands::init_logging(&cli.global);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

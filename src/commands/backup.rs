@@ -8,7 +8,7 @@ use lifeboat::pipeline::compress::CompressionSettings;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BackupArgs {
     #[command(flatten)]
     pub app: AppOptions,
@@ -19,6 +19,16 @@ pub struct BackupArgs {
 }
 
 pub async fn run(args: BackupArgs, file: ConfigFile, verbose: bool) -> anyhow::Result<ExitCode> {
+    run_with(args, file, verbose, lifeboat::shutdown::cancel_on_signals()).await
+}
+
+/// One backup, cancelled by `cancel`.
+pub async fn run_with(
+    args: BackupArgs,
+    file: ConfigFile,
+    verbose: bool,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<ExitCode> {
     let retention = file.retention.clone();
     let app = args.app.or(file.app);
     let store_options = args.store.or(file.store);
@@ -62,7 +72,6 @@ pub async fn run(args: BackupArgs, file: ConfigFile, verbose: bool) -> anyhow::R
     };
     let store = lifeboat::store::open(&store_options).await?;
     let docker = lifeboat::docker::connect().await?;
-    let cancel = lifeboat::shutdown::cancel_on_signals();
     let manifest = lifeboat::backup::run(&docker, &store, &plan, &cancel).await?;
     if verbose || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         println!(

@@ -6,6 +6,7 @@ mod keygen;
 mod list;
 mod prune;
 mod restore;
+mod schedule;
 mod show;
 mod unlock;
 mod verify;
@@ -61,6 +62,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Stop the app, stream its volumes to the store, start it again, write the manifest
     Backup(backup::BackupArgs),
+    /// Run backups on a cron schedule in the foreground (the sidecar's command); a failed run
+    /// is logged and the schedule goes on
+    Schedule(schedule::ScheduleArgs),
     /// Verify a backup, then stream it back into the app's volumes
     Restore(restore::RestoreArgs),
     /// List the complete backups in a store
@@ -83,6 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbose = cli.global.verbose > 0;
     match cli.command {
         Command::Backup(args) => backup::run(args, file, verbose).await,
+        Command::Schedule(args) => schedule::run(args, file, verbose).await,
         Command::Restore(args) => restore::run(args, file, verbose).await,
         Command::List(args) => list::run(args, file).await,
         Command::Show(args) => show::run(args, file).await,
