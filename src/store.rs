@@ -72,7 +72,11 @@ async fn open_url(url: &str, options: &StoreOptions) -> Result<(Arc<dyn ObjectSt
             if bucket.is_empty() {
                 return Err(bad("has no container"));
             }
-            let store = MicrosoftAzureBuilder::from_env()
+            let mut builder = MicrosoftAzureBuilder::from_env();
+            if let Ok(connection) = std::env::var("AZURE_STORAGE_CONNECTION_STRING") {
+                builder = apply_connection_string(builder, &connection)?;
+            }
+            let store = builder
                 .with_container_name(&bucket)
                 .with_client_options(client_options())
                 .with_retry(retry_config())
@@ -94,6 +98,53 @@ async fn open_url(url: &str, options: &StoreOptions) -> Result<(Arc<dyn ObjectSt
         }
         other => Err(bad(&format!("has an unknown scheme '{other}'"))),
     }
+}
+
+/// Applies an Azure Storage connection string (`AccountName=…;AccountKey=…`, or
+/// `BlobEndpoint=…;SharedAccessSignature=…`, as the Azure portal shows them).
+fn apply_connection_string(
+    mut builder: MicrosoftAzureBuilder,
+    connection: &str,
+) -> Result<MicrosoftAzureBuilder> {
+    use object_store::azure::AzureConfigKey;
+    let mut known = false;
+    for part in connection
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = part.split_once('=').ok_or_else(|| {
+            crate::error::usage(
+                "AZURE_STORAGE_CONNECTION_STRING is not a list of Key=Value pairs separated by ';'",
+            )
+        })?;
+        builder = match key {
+            "AccountName" => builder.with_account(value),
+            "AccountKey" => builder.with_access_key(value),
+            "SharedAccessSignature" => builder.with_config(AzureConfigKey::SasKey, value),
+            "BlobEndpoint" => builder
+                .with_endpoint(value.to_string())
+                .with_allow_http(value.starts_with("http://")),
+            "UseDevelopmentStorage" if value == "true" => builder.with_use_emulator(true),
+            "DefaultEndpointsProtocol"
+            | "EndpointSuffix"
+            | "QueueEndpoint"
+            | "TableEndpoint"
+            | "FileEndpoint" => builder,
+            other => {
+                return Err(crate::error::usage(format!(
+                    "AZURE_STORAGE_CONNECTION_STRING has an unknown key '{other}'"
+                )));
+            }
+        };
+        known = true;
+    }
+    if !known {
+        return Err(crate::error::usage(
+            "AZURE_STORAGE_CONNECTION_STRING is empty",
+        ));
+    }
+    Ok(builder)
 }
 
 fn local(dir: &std::path::Path) -> Result<(Arc<dyn ObjectStore>, Path)> {
@@ -269,6 +320,29 @@ mod tests {
                 assert_eq!(provider.get_credential().await.unwrap().key_id, "AKID");
             }
             assert_eq!(calls.load(Ordering::SeqCst), expected_calls, "{expiry:?}");
+        }
+    }
+
+    #[test]
+    fn azure_connection_strings_are_read() {
+        let builder = MicrosoftAzureBuilder::new().with_container_name("c");
+        let with_key = apply_connection_string(
+            builder,
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.windows.net",
+        )
+        .unwrap();
+        assert!(with_key.build().is_ok());
+        let sas = apply_connection_string(
+            MicrosoftAzureBuilder::new().with_container_name("c"),
+            "BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=sv=2021-08-06&sig=abc",
+        )
+        .unwrap();
+        assert!(sas.with_account("acct").build().is_ok());
+        for bad in ["", "nonsense", "AccountName=a;Bogus=1"] {
+            assert!(
+                apply_connection_string(MicrosoftAzureBuilder::new(), bad).is_err(),
+                "{bad}"
+            );
         }
     }
 

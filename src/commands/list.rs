@@ -38,7 +38,7 @@ pub async fn run(args: ListArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<18} {:<16} {:<24} {:>7} {:>10} {:>8}",
+        "{:<22} {:<16} {:<24} {:>7} {:>10} {:>8}",
         "ID", "APP", "VERSION", "VOLUMES", "STORED", "AGE"
     );
     let now = chrono::Utc::now();
@@ -64,7 +64,7 @@ pub async fn run(args: ListArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
         });
         println!(
-            "{:<18} {:<16} {:<24} {:>7} {:>10} {:>8}",
+            "{:<22} {:<16} {:<24} {:>7} {:>10} {:>8}",
             m.backup_id,
             m.app,
             version,

@@ -451,3 +451,114 @@ pub fn list_json(s3: &S3Server, store: &str) -> Vec<serde_json::Value> {
     assert!(output.status.success());
     serde_json::from_slice(&output.stdout).unwrap()
 }
+
+/// Azurite's blob service on 127.0.0.1, its data in a temporary folder; killed on drop.
+pub struct AzuriteServer {
+    child: Child,
+    _root: tempfile::TempDir,
+    pub endpoint: String,
+}
+
+impl AzuriteServer {
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("azurite-blob")
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--location"])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start azurite-blob ({e}): run the tests through .ci/test, which installs it"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "azurite did not listen on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            child,
+            _root: root,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Creates a container and returns a store URL in it.
+    pub fn container(&self, name: &str) -> String {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/images/azurite-create-container.py"
+        );
+        let output = run(Command::new("python3").args([script, &self.endpoint, name]));
+        assert!(output.status.success(), "{}", stderr(&output));
+        format!("az://{name}/lifeboat")
+    }
+
+    pub fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("AZURE_STORAGE_USE_EMULATOR", "true")
+            .env("AZURITE_BLOB_STORAGE_URL", &self.endpoint)
+    }
+}
+
+impl Drop for AzuriteServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every backend that runs here, behind one interface for the parameterized suite.
+pub enum Backend {
+    S3(S3Server),
+    Azure(AzuriteServer),
+    Folder(tempfile::TempDir),
+}
+
+impl Backend {
+    pub fn all() -> Vec<Backend> {
+        vec![
+            Backend::S3(S3Server::start()),
+            Backend::Azure(AzuriteServer::start()),
+            Backend::Folder(tempfile::tempdir().unwrap()),
+        ]
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::S3(_) => "s3",
+            Backend::Azure(_) => "azure",
+            Backend::Folder(_) => "file",
+        }
+    }
+
+    /// A fresh store URL (bucket, container or folder).
+    pub fn store(&self, name: &str) -> String {
+        match self {
+            Backend::S3(s3) => s3.bucket(name),
+            Backend::Azure(az) => az.container(name),
+            Backend::Folder(dir) => format!("file://{}/{name}", dir.path().display()),
+        }
+    }
+
+    pub fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        match self {
+            Backend::S3(s3) => s3.env(cmd),
+            Backend::Azure(az) => az.env(cmd),
+            Backend::Folder(_) => cmd,
+        }
+    }
+
+    pub fn list(&self, store: &str) -> Vec<serde_json::Value> {
+        let output = run(self
+            .env(&mut lifeboat())
+            .args(["list", "--json", "--store", store]));
+        assert!(output.status.success());
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}

@@ -1,0 +1,260 @@
+//! The same end-to-end suite against every backend that runs here (S3 via s3s-fs, Azure via
+//! Azurite, a local folder), plus what is particular to S3: credentials from a profile file,
+//! part sizes growing past a small part limit on a large stream, and a server restarted in the
+//! middle of an upload.
+
+mod common;
+
+use common::*;
+use std::time::Instant;
+
+#[test]
+fn every_backend_backs_up_verifies_locks_prunes_and_restores() {
+    let mut app = TestApp::new("backends");
+    let data = app.volume("data");
+    app.in_volume(&data, &fill_script(40));
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let before = app.snapshot(&data);
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    for backend in Backend::all() {
+        let name = backend.name();
+        let store = backend.store(&format!("suite-{name}"));
+        let started = Instant::now();
+        for _ in 0..2 {
+            let output = run(backend.env(&mut lifeboat()).args([
+                "backup",
+                "-p",
+                &app.project,
+                "--store",
+                &store,
+                "-r",
+                &recipient,
+            ]));
+            assert!(output.status.success(), "{name}: {}", stderr(&output));
+            assert!(
+                !stderr(&output).contains("ignores conditional writes"),
+                "{name}: the lock works"
+            );
+        }
+        eprintln!(
+            "BACKENDS: {name}: two backups of {} MiB in {:.2} s",
+            45,
+            started.elapsed().as_secs_f64()
+        );
+        assert_eq!(backend.list(&store).len(), 2, "{name}");
+        let output = run(backend
+            .env(&mut lifeboat())
+            .args([
+                "verify",
+                "--all",
+                "-p",
+                &app.project,
+                "--store",
+                &store,
+                "-i",
+            ])
+            .arg(&key));
+        assert!(output.status.success(), "{name}");
+        let output = run(backend.env(&mut lifeboat()).args([
+            "prune",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "--keep-last",
+            "1",
+        ]));
+        assert!(output.status.success(), "{name}");
+        assert_eq!(backend.list(&store).len(), 1, "{name}");
+        app.wipe(&data);
+        let output = run(backend
+            .env(&mut lifeboat())
+            .args(["restore", "-p", &app.project, "--store", &store, "-i"])
+            .arg(&key));
+        assert!(output.status.success(), "{name}");
+        assert_eq!(app.snapshot(&data), before, "{name}");
+    }
+}
+
+#[test]
+fn s3_credentials_and_endpoint_come_from_a_profile_file() {
+    let mut app = TestApp::new("profile");
+    let data = app.volume("data");
+    app.in_volume(&data, "echo profile > /v/f");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("profile");
+    let work = tempfile::tempdir().unwrap();
+    let (_, recipient) = keygen(work.path());
+    let config = work.path().join("config");
+    let credentials = work.path().join("credentials");
+    std::fs::write(
+        &config,
+        format!(
+            "[profile backups]\nregion = us-east-1\nendpoint_url = {}\n",
+            s3.endpoint
+        ),
+    )
+    .unwrap();
+    std::fs::write(&credentials, format!("[backups]\naws_access_key_id = {S3_ACCESS_KEY}\naws_secret_access_key = {S3_SECRET_KEY}\n")).unwrap();
+    // No AWS_* credential variables at all: everything from the profile.
+    let output = run(lifeboat()
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+        .env_remove("AWS_REGION")
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+            "--profile",
+            "backups",
+        ]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(list_json(&s3, &store).len(), 1);
+
+    // A wrong profile name is an error that names the way out.
+    let output = run(lifeboat()
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+        .env("AWS_ENDPOINT_URL", &s3.endpoint)
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+            "--profile",
+            "nope",
+        ]));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("AWS_PROFILE"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(app.running().values().all(|r| *r));
+}
+
+#[test]
+fn part_sizes_grow_past_a_small_part_limit_and_too_small_a_limit_aborts_cleanly() {
+    let mut app = TestApp::new("parts");
+    let data = app.volume("data");
+    app.in_volume(&data, "head -c 1100000000 /dev/urandom > /v/big");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let before = app.snapshot(&data);
+    let s3 = S3Server::start();
+    let store = s3.bucket("parts");
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+
+    // 5 MiB parts, at most 4 parts: too small for 1 GiB. Refused, and nothing remains.
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+        "--compression",
+        "none",
+        "--part-size-mib",
+        "5",
+        "--max-parts",
+        "4",
+    ]));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("raise part_size_mib or max_parts"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        s3.open_uploads().is_empty(),
+        "aborted: {:?}",
+        s3.open_uploads()
+    );
+    assert!(s3.files("parts").is_empty());
+    assert!(app.running().values().all(|r| *r));
+
+    // 5 MiB parts, at most 12: sizes double after every part (5, 10, 20, … MiB) and fit.
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+        "--compression",
+        "none",
+        "--part-size-mib",
+        "5",
+        "--max-parts",
+        "12",
+    ]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    app.wipe(&data);
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&key));
+    assert!(output.status.success());
+    assert_eq!(app.snapshot(&data), before);
+}
+
+#[test]
+fn an_s3_server_restarted_mid_upload_is_ridden_out_by_retries() {
+    let mut app = TestApp::new("s3restart");
+    let data = app.volume("data");
+    app.in_volume(&data, "head -c 400000000 /dev/urandom > /v/big");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let before = app.snapshot(&data);
+    let mut s3 = S3Server::start();
+    let store = s3.bucket("restart");
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    let child = s3
+        .env(&mut lifeboat())
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+            "--part-size-mib",
+            "5",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while s3.open_uploads().is_empty() {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    s3.kill();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let s3 = s3.restart();
+    let output = child.wait_with_output().unwrap();
+    eprintln!("{}", stderr(&output));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(app.running().values().all(|r| *r));
+    app.wipe(&data);
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&key));
+    assert!(output.status.success());
+    assert_eq!(app.snapshot(&data), before);
+}
