@@ -464,7 +464,16 @@ async fn stream_volume(
         compression,
         pipe_writer,
     ));
-    let parts = match upload_parts(&store.objects, location, pipe_reader, policy, cancel).await {
+    let parts = match upload_parts(
+        &store.objects,
+        location,
+        store.upload_attributes.clone(),
+        pipe_reader,
+        policy,
+        cancel,
+    )
+    .await
+    {
         Ok(parts) => parts,
         Err(upload_error) => {
             producer.abort();

@@ -47,6 +47,15 @@ pub struct StoreOptions {
     /// S3: virtual-hosted-style requests instead of path-style
     #[arg(long, env = "LIFEBOAT_S3_VIRTUAL_HOSTED")]
     pub virtual_hosted_style: bool,
+    /// S3: storage class of the volume objects (STANDARD_IA, GLACIER_IR, …) [default: the bucket's]
+    #[arg(long, env = "LIFEBOAT_S3_STORAGE_CLASS", value_name = "CLASS")]
+    pub storage_class: Option<String>,
+    /// S3: server-side encryption: AES256 (SSE-S3), aws:kms (SSE-KMS) or aws:kms:dsse
+    #[arg(long, env = "LIFEBOAT_S3_SSE", value_name = "KIND")]
+    pub sse: Option<String>,
+    /// S3: the KMS key for aws:kms / aws:kms:dsse [default: the bucket's]
+    #[arg(long, env = "LIFEBOAT_S3_SSE_KMS_KEY_ID", value_name = "KEY")]
+    pub sse_kms_key_id: Option<String>,
     /// Size of the first upload parts in MiB; later parts grow [default: 8]
     #[arg(long, env = "LIFEBOAT_PART_SIZE_MIB", value_name = "MIB")]
     pub part_size_mib: Option<usize>,
@@ -57,7 +66,7 @@ pub struct StoreOptions {
     #[arg(long, env = "LIFEBOAT_PARTS_IN_FLIGHT")]
     pub parts_in_flight: Option<usize>,
 }
-merge_options!(StoreOptions { url, endpoint, region, profile, part_size_mib, max_parts, parts_in_flight } bools { virtual_hosted_style });
+merge_options!(StoreOptions { url, endpoint, region, profile, storage_class, sse, sse_kms_key_id, part_size_mib, max_parts, parts_in_flight } bools { virtual_hosted_style });
 
 impl StoreOptions {
     pub fn part_policy(&self) -> Result<PartPolicy> {

@@ -219,6 +219,7 @@ mod tests {
                 prefix: Path::from("p"),
             },
             url: "memory://".into(),
+            upload_attributes: Default::default(),
         }
     }
 

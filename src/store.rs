@@ -10,12 +10,16 @@ use crate::config::StoreOptions;
 use crate::manifest::Layout;
 use anyhow::{Context, Result};
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use object_store::aws::{AmazonS3Builder, AwsCredential};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsCredential};
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{BackoffConfig, ClientOptions, CredentialProvider, ObjectStore, RetryConfig};
+use object_store::{
+    Attribute, Attributes, BackoffConfig, ClientOptions, CredentialProvider, ObjectStore,
+    RetryConfig,
+};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +28,8 @@ use std::time::{Duration, SystemTime};
 pub struct Store {
     pub objects: Arc<dyn ObjectStore>,
     pub layout: Layout,
+    /// Attributes every volume object is uploaded with (S3 storage class).
+    pub upload_attributes: Attributes,
     /// The URL as given, for messages.
     pub url: String,
 }
@@ -32,10 +38,20 @@ pub struct Store {
 pub async fn open(options: &StoreOptions) -> Result<Store> {
     let url = options.url_or_default();
     let (objects, prefix) = open_url(&url, options).await?;
+    let mut upload_attributes = Attributes::new();
+    if let Some(class) = &options.storage_class {
+        if !url.starts_with("s3") {
+            return Err(crate::error::usage(
+                "--storage-class applies to s3:// stores only",
+            ));
+        }
+        upload_attributes.insert(Attribute::StorageClass, class.clone().into());
+    }
     Ok(Store {
         objects,
         layout: Layout { prefix },
         url,
+        upload_attributes,
     })
 }
 
@@ -203,6 +219,27 @@ async fn s3(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>
             .with_allow_http(endpoint.starts_with("http://"))
             .with_endpoint(endpoint);
     }
+    match (options.sse.as_deref(), &options.sse_kms_key_id) {
+        (None, None) => {}
+        (Some("AES256"), None) => builder = builder.with_config(sse_key(), "AES256"),
+        (Some("aws:kms") | None, key) => {
+            builder = builder.with_config(sse_key(), "aws:kms");
+            if let Some(key) = key {
+                builder = builder.with_sse_kms_encryption(key);
+            }
+        }
+        (Some("aws:kms:dsse"), key) => {
+            builder = builder.with_config(sse_key(), "aws:kms:dsse");
+            if let Some(key) = key {
+                builder = builder.with_dsse_kms_encryption(key);
+            }
+        }
+        (Some(other), _) => {
+            return Err(crate::error::usage(format!(
+                "--sse '{other}' is not AES256, aws:kms or aws:kms:dsse (a KMS key needs aws:kms)"
+            )));
+        }
+    }
     if let Some(provider) = sdk.credentials_provider() {
         builder = builder.with_credentials(Arc::new(AwsChainCredentials::new(provider)));
     }
@@ -210,6 +247,12 @@ async fn s3(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>
         .build()
         .map_err(|e| crate::error::usage(format!("S3 bucket '{bucket}': {e}")))?;
     Ok(Arc::new(store))
+}
+
+/// The builder key of S3 server-side encryption (`aws_server_side_encryption`).
+fn sse_key() -> AmazonS3ConfigKey {
+    AmazonS3ConfigKey::from_str("aws_server_side_encryption")
+        .expect("a documented object_store key")
 }
 
 /// aws-config's credential chain as an object_store credential provider, cached until five

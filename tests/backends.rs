@@ -258,3 +258,148 @@ fn an_s3_server_restarted_mid_upload_is_ridden_out_by_retries() {
     assert!(output.status.success());
     assert_eq!(app.snapshot(&data), before);
 }
+
+#[test]
+fn s3_storage_class_and_sse_are_sent_and_a_broken_download_resumes() {
+    let mut app = TestApp::new("s3opts");
+    let data = app.volume("data");
+    app.in_volume(
+        &data,
+        "head -c 60000000 /dev/urandom > /v/big; echo x > /v/small",
+    );
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let before = app.snapshot(&data);
+    let s3 = S3Server::start();
+    let store = s3.bucket("s3opts");
+    let proxy = FaultProxy::start(s3.port);
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    let output = run(s3
+        .env(&mut lifeboat())
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+            "--storage-class",
+            "STANDARD_IA",
+            "--sse",
+            "AES256",
+        ]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let requests = proxy.requests().to_lowercase();
+    assert!(
+        requests.contains("x-amz-storage-class: standard_ia"),
+        "storage class sent"
+    );
+    assert!(
+        requests.contains("x-amz-server-side-encryption: aes256"),
+        "SSE sent"
+    );
+
+    // The first long download is cut after 5 MB; object_store resumes it with a ranged GET.
+    app.wipe(&data);
+    proxy.cut_once_after(5_000_000);
+    let output = run(s3
+        .env(&mut lifeboat())
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&key));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(proxy.was_cut(), "a download was cut");
+    assert!(
+        proxy.requests().to_lowercase().contains("range: bytes="),
+        "the rest was fetched with a ranged GET"
+    );
+    assert_eq!(app.snapshot(&data), before);
+
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+        "--sse",
+        "rot13",
+    ]));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--sse 'rot13'"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn an_s3_server_that_dies_mid_upload_fails_the_backup_cleanly() {
+    let mut app = TestApp::new("s3dies");
+    let data = app.volume("data");
+    app.in_volume(&data, "head -c 400000000 /dev/urandom > /v/big");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let mut s3 = S3Server::start();
+    let store = s3.bucket("dies");
+    let (_, recipient) = keygen(tempfile::tempdir().unwrap().path());
+    let child = s3
+        .env(&mut lifeboat())
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+            "--part-size-mib",
+            "5",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while s3.open_uploads().is_empty() {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    s3.kill(); // and it stays dead
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("uploading volume"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(app.running().values().all(|r| *r), "the app runs again");
+    // No manifest was written: the bucket folder holds no manifest.json.
+    assert!(
+        !s3.files("dies")
+            .iter()
+            .any(|f| f.ends_with("manifest.json"))
+    );
+}
+
+#[test]
+fn gcs_configuration_errors_name_the_problem() {
+    ensure_docker();
+    let output = run(lifeboat()
+        .env("GOOGLE_SERVICE_ACCOUNT", "/nonexistent/gcs-key.json")
+        .args(["list", "--store", "gs://some-bucket/lifeboat"]));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("GCS store gs://some-bucket/lifeboat"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(lifeboat().args(["list", "--store", "gs:///lifeboat"]));
+    assert!(
+        stderr(&output).contains("has no bucket"),
+        "{}",
+        stderr(&output)
+    );
+}

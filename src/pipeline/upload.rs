@@ -13,7 +13,7 @@
 use super::PipelineError;
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{Attributes, MultipartUpload, ObjectStore, PutMultipartOptions, PutPayload};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -114,6 +114,7 @@ async fn abort_logged(mut upload: Box<dyn MultipartUpload>, location: &Path) {
 pub async fn upload_parts<R>(
     store: &Arc<dyn ObjectStore>,
     location: &Path,
+    attributes: Attributes,
     mut reader: R,
     policy: &PartPolicy,
     cancel: &CancellationToken,
@@ -121,7 +122,11 @@ pub async fn upload_parts<R>(
 where
     R: AsyncRead + Unpin,
 {
-    let mut upload = store.put_multipart(location).await?;
+    let options = PutMultipartOptions {
+        attributes,
+        ..Default::default()
+    };
+    let mut upload = store.put_multipart_opts(location, options).await?;
     let mut in_flight: JoinSet<object_store::Result<()>> = JoinSet::new();
     let mut hasher = Sha256::new();
     let mut size = 0u64;
@@ -213,6 +218,7 @@ async fn wait_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object_store::ObjectStoreExt;
     use object_store::memory::InMemory;
 
     fn small_policy() -> PartPolicy {
@@ -245,6 +251,7 @@ mod tests {
         let parts = upload_parts(
             &store,
             &location,
+            Attributes::new(),
             &data[..],
             &small_policy(),
             &CancellationToken::new(),
@@ -277,6 +284,7 @@ mod tests {
         let err = upload_parts(
             &store,
             &location,
+            Attributes::new(),
             &data[..],
             &policy,
             &CancellationToken::new(),
@@ -294,10 +302,17 @@ mod tests {
         let cancel = CancellationToken::new();
         cancel.cancel();
         let (_writer, reader) = tokio::io::duplex(16);
-        let err = upload_parts(&store, &Path::from("x"), reader, &small_policy(), &cancel)
-            .await
-            .err()
-            .unwrap();
+        let err = upload_parts(
+            &store,
+            &Path::from("x"),
+            Attributes::new(),
+            reader,
+            &small_policy(),
+            &cancel,
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(matches!(err, PipelineError::Cancelled));
     }
 
@@ -307,6 +322,7 @@ mod tests {
         let parts = upload_parts(
             &store,
             &Path::from("e"),
+            Attributes::new(),
             &b""[..],
             &small_policy(),
             &CancellationToken::new(),

@@ -562,3 +562,91 @@ impl Backend {
         serde_json::from_slice(&output.stdout).unwrap()
     }
 }
+
+/// A TCP relay on 127.0.0.1 in front of a server: records the start of every request and can
+/// cut one connection after it has relayed a number of response bytes (a broken download).
+pub struct FaultProxy {
+    pub port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<String>>,
+    cut_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl FaultProxy {
+    pub fn start(upstream_port: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let cut_after = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (log, cut) = (requests.clone(), cut_after.clone());
+        runtime.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (log, cut) = (log.clone(), cut.clone());
+                tokio::spawn(async move {
+                    let Ok(server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let upstream = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = client_read.read(&mut buf).await {
+                            if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            let head = String::from_utf8_lossy(&buf[..n.min(2048)]).into_owned();
+                            if head.contains("HTTP/1.1") {
+                                log.lock().unwrap().push_str(&head);
+                            }
+                        }
+                        let _ = server_write.shutdown().await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut relayed = 0u64;
+                    while let Ok(n) = server_read.read(&mut buf).await {
+                        if n == 0 || client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        relayed += n as u64;
+                        let limit = cut.load(Ordering::SeqCst);
+                        if limit > 0 && relayed >= limit && cut.swap(0, Ordering::SeqCst) > 0 {
+                            break; // drop both halves: the client sees the body end early
+                        }
+                    }
+                    upstream.abort();
+                });
+            }
+        });
+        Self {
+            port,
+            requests,
+            cut_after,
+            _runtime: runtime,
+        }
+    }
+
+    /// Cuts the next connection that relays more than `bytes` response bytes, once.
+    pub fn cut_once_after(&self, bytes: u64) {
+        self.cut_after
+            .store(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn was_cut(&self) -> bool {
+        self.cut_after.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    pub fn requests(&self) -> String {
+        self.requests.lock().unwrap().clone()
+    }
+}
