@@ -68,6 +68,14 @@ fn body(info: &LockInfo) -> object_store::PutPayload {
         .into()
 }
 
+/// Whether the holder is a process of this host that no longer exists (killed, power loss):
+/// its lock is stale at once, not only when it expires.
+fn holder_died_here(held: &LockInfo) -> bool {
+    held.host == gethostname::gethostname().to_string_lossy()
+        && held.pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{}", held.pid)).exists()
+}
+
 /// Reads the current lock, if any.
 pub async fn read(store: &Store, app: &str) -> Result<Option<LockInfo>> {
     match store.objects.get(&lock_key(store, app)).await {
@@ -99,7 +107,7 @@ pub async fn acquire(store: &Store, app: &str, operation: &str) -> Result<Lock> 
             Err(object_store::Error::AlreadyExists { .. }) if attempt == 0 => {
                 let current = read(store, app).await?;
                 match current {
-                    Some(held) if held.expires_at > Utc::now() => {
+                    Some(held) if held.expires_at > Utc::now() && !holder_died_here(&held) => {
                         return Err(LockHeld {
                             app: app.to_string(),
                             info: held,
@@ -108,11 +116,11 @@ pub async fn acquire(store: &Store, app: &str, operation: &str) -> Result<Lock> 
                     }
                     held => {
                         tracing::warn!(
-                            "taking over the expired lock of '{app}' ({})",
+                            "taking over the stale lock of '{app}' ({})",
                             held.map_or_else(
                                 || "unreadable".to_string(),
                                 |h| format!(
-                                    "{} by {} pid {}, expired {}",
+                                    "{} by {} pid {}, valid until {}",
                                     h.operation, h.host, h.pid, h.expires_at
                                 )
                             )
@@ -243,6 +251,43 @@ mod tests {
             .release()
             .await;
         assert!(read(&store, "cvat").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_lock_of_a_dead_process_on_this_host_is_taken_over_at_once() {
+        let store = store();
+        let now = Utc::now();
+        let dead = LockInfo {
+            holder: "dead".into(),
+            operation: "backup".into(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            pid: 4_194_303,
+            acquired_at: now,
+            expires_at: now + Duration::minutes(10),
+        };
+        store
+            .objects
+            .put(&lock_key(&store, "cvat"), body(&dead))
+            .await
+            .unwrap();
+        acquire(&store, "cvat", "backup")
+            .await
+            .unwrap()
+            .release()
+            .await;
+        let elsewhere = LockInfo {
+            host: "another-host".into(),
+            ..dead
+        };
+        store
+            .objects
+            .put(&lock_key(&store, "cvat"), body(&elsewhere))
+            .await
+            .unwrap();
+        assert!(
+            acquire(&store, "cvat", "backup").await.is_err(),
+            "another host's live lock holds"
+        );
     }
 
     #[tokio::test]

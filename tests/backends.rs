@@ -146,7 +146,7 @@ fn s3_credentials_and_endpoint_come_from_a_profile_file() {
 fn part_sizes_grow_past_a_small_part_limit_and_too_small_a_limit_aborts_cleanly() {
     let mut app = TestApp::new("parts");
     let data = app.volume("data");
-    app.in_volume(&data, "head -c 1100000000 /dev/urandom > /v/big");
+    app.in_volume(&data, "head -c 2200000000 /dev/urandom > /v/big"); // 2.05 GiB
     app.service("app", IMAGE, &[("data", "/data")], &[], true);
     let before = app.snapshot(&data);
     let s3 = S3Server::start();
