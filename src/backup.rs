@@ -325,7 +325,7 @@ fn finish_manifest(
 }
 
 /// Fails before anything is stopped when the store cannot be listed.
-async fn check_store_reachable(store: &Store, app: &str) -> Result<()> {
+pub async fn check_store_reachable(store: &Store, app: &str) -> Result<()> {
     let dir = store.layout.app_dir(app);
     store.objects.list_with_delimiter(Some(&dir)).await.map_err(|e| {
         anyhow!(

@@ -450,6 +450,11 @@ fn after_sigkill_mid_backup_the_next_run_starts_the_app_again_and_says_so() {
         "{}",
         stderr(&output)
     );
+    assert!(
+        stderr(&output).contains("taking over the stale lock"),
+        "the dead run's lock is taken over: {}",
+        stderr(&output)
+    );
     assert!(app.running().values().all(|r| *r));
     assert_eq!(list_json(&s3, &store).len(), 1);
     let helpers = docker(&["ps", "-aq", "--filter", "label=io.lifeboat.helper=1"]);

@@ -2,7 +2,9 @@
 
 use super::human_bytes;
 use lifeboat::backup::{BackupPlan, VolumeSelection};
-use lifeboat::config::{AppOptions, BackupOptions, ConfigFile, Merge, StoreOptions};
+use lifeboat::config::{
+    AppOptions, BackupOptions, ConfigFile, Merge, RetentionOptions, StoreOptions,
+};
 use lifeboat::keys;
 use lifeboat::pipeline::compress::CompressionSettings;
 use std::process::ExitCode;
@@ -22,13 +24,12 @@ pub async fn run(args: BackupArgs, file: ConfigFile, verbose: bool) -> anyhow::R
     run_with(args, file, verbose, lifeboat::shutdown::cancel_on_signals()).await
 }
 
-/// One backup, cancelled by `cancel`.
-pub async fn run_with(
+/// Validates the backup settings and turns them into a plan, the store options and the
+/// retention settings.
+pub fn build_plan(
     args: BackupArgs,
     file: ConfigFile,
-    verbose: bool,
-    cancel: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<(BackupPlan, StoreOptions, RetentionOptions)> {
     let retention = file.retention.clone();
     let app = args.app.or(file.app);
     let store_options = args.store.or(file.store);
@@ -70,6 +71,17 @@ pub async fn run_with(
         stop_timeout_secs: app.stop_timeout(),
         version_from: options.version_from,
     };
+    Ok((plan, store_options, retention))
+}
+
+/// One backup, cancelled by `cancel`.
+pub async fn run_with(
+    args: BackupArgs,
+    file: ConfigFile,
+    verbose: bool,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let (plan, store_options, retention) = build_plan(args, file)?;
     let store = lifeboat::store::open(&store_options).await?;
     let docker = lifeboat::docker::connect().await?;
     let manifest = lifeboat::backup::run(&docker, &store, &plan, &cancel).await?;

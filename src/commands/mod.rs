@@ -2,6 +2,8 @@
 //! `--help` text. Settings come from flags, `LIFEBOAT_*` variables and the `--config` file.
 
 mod backup;
+mod check_config;
+mod generate;
 mod keygen;
 mod list;
 mod prune;
@@ -78,6 +80,16 @@ pub enum Command {
     /// Remove the lock a dead run left behind (a live run renews it; an abandoned one expires
     /// after 10 minutes by itself)
     Unlock(unlock::UnlockArgs),
+    /// Check the settings, reach the store and Docker, list what a backup would take; changes
+    /// nothing
+    CheckConfig(backup::BackupArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff)
+    Man,
     /// Create an age identity: the secret key on stdout (or --output), the public key on stderr
     Keygen(keygen::KeygenArgs),
 }
@@ -95,6 +107,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => verify::run(args, file).await,
         Command::Unlock(args) => unlock::run(args, file).await,
         Command::Keygen(args) => keygen::run(args),
+        Command::CheckConfig(args) => check_config::run(args, file).await,
+        Command::Completions { shell } => generate::completions(shell),
+        Command::Man => generate::man(),
     }
 }
 

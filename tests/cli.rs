@@ -1,0 +1,209 @@
+//! The command line as an operator meets it: check-config, clear errors for bad input (exit
+//! 2), and secrets that never show up in output.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn check_config_reaches_the_store_and_docker_and_lists_what_a_backup_takes() {
+    let mut app = TestApp::new("checkcfg");
+    app.volume("data");
+    app.service("web", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("checkcfg");
+    let (_, recipient) = keygen(tempfile::tempdir().unwrap().path());
+    let output = run(s3.env(&mut lifeboat()).args([
+        "check-config",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+    ]));
+    assert!(output.status.success());
+    let text = stdout(&output);
+    assert!(
+        text.contains("is reachable") && text.contains(&format!("volume {}_data", app.project)),
+        "{text}"
+    );
+    assert!(
+        app.running().values().all(|r| *r),
+        "check-config stops nothing"
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("bad.toml");
+    std::fs::write(&config, "[backup]\ncompresion = \"zstd\"\n").unwrap();
+    let output =
+        run(lifeboat()
+            .arg("--config")
+            .arg(&config)
+            .args(["check-config", "-p", &app.project]));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("compresion") && stderr(&output).contains("compression"),
+        "{}",
+        stderr(&output)
+    );
+
+    for (args, needle) in [
+        (
+            vec![
+                "backup",
+                "-p",
+                "x",
+                "--store",
+                "ftp://nope/x",
+                "-r",
+                &recipient,
+            ],
+            "unknown scheme 'ftp'",
+        ),
+        (vec!["backup", "-p", "x", "-r", "age1bogus"], "age1bogus"),
+        (
+            vec!["backup", "-p", "x", "--store", "file:///tmp/x"],
+            "no recipient",
+        ),
+        (
+            vec!["restore", "-p", "x", "-i", "/nonexistent/key.txt"],
+            "/nonexistent/key.txt",
+        ),
+        (
+            vec!["backup", "--store", "file:///tmp/x", "-r", &recipient],
+            "--project",
+        ),
+        (
+            vec![
+                "backup",
+                "-p",
+                "x",
+                "-r",
+                &recipient,
+                "--compression",
+                "zstd",
+                "--level",
+                "42",
+            ],
+            "out of range",
+        ),
+    ] {
+        let output = run(lifeboat().args(&args));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(needle),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_output() {
+    let mut app = TestApp::new("secrets");
+    app.volume("data");
+    app.service("web", IMAGE, &[("data", "/data")], &[], true);
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    let secret = "SuperSecretValue-do-not-print-8d1f";
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = run(lifeboat()
+        .env("AWS_ACCESS_KEY_ID", "AKIDLIFEBOATTEST")
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}"))
+        .env("AWS_REGION", "us-east-1")
+        .args([
+            "-vv",
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            "s3://secrets-bucket/x",
+            "-r",
+            &recipient,
+        ]));
+    assert!(!output.status.success());
+    let all = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(!all.contains(secret), "the AWS secret leaked");
+
+    // The S3 server with the secret as its key: a full backup and restore at debug level.
+    let s3 = S3Server::start();
+    let store = s3.bucket("secrets");
+    let output = run(s3.env(&mut lifeboat()).args([
+        "-vv",
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+    ]));
+    assert!(output.status.success());
+    let identity = std::fs::read_to_string(&key).unwrap();
+    let secret_key = identity.lines().last().unwrap();
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args([
+            "-vv",
+            "restore",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-i",
+        ])
+        .arg(&key));
+    assert!(output.status.success());
+    let all = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(
+        !all.contains(S3_SECRET_KEY) && !all.contains(secret_key),
+        "a secret leaked into restore output"
+    );
+
+    // A damaged identity file: the error names the file, never the key material.
+    let broken = work.path().join("broken.txt");
+    std::fs::write(
+        &broken,
+        format!("{}XYZ\n", &secret_key[..secret_key.len() - 3]),
+    )
+    .unwrap();
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&broken));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("broken.txt"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !stderr(&output).contains(&secret_key[20..40]),
+        "key material leaked: {}",
+        stderr(&output)
+    );
+
+    // An identity file others can read gets a warning.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["verify", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&key));
+    assert!(output.status.success());
+    assert!(stderr(&output).contains("chmod 600"), "{}", stderr(&output));
+
+    let output = run(lifeboat().arg("--help"));
+    assert!(!stdout(&output).contains(secret));
+}
