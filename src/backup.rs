@@ -236,46 +236,19 @@ pub async fn run(
         docker::remove_stale_helpers(docker).await;
         tracing::info!(app = %plan.app_name, backup = %backup_id, volumes = sources.len(), store = %store.url, "starting backup");
 
-        let to_stop = app
-            .containers
-            .iter()
-            .filter(|c| c.running)
-            .map(|c| (c.id.clone(), c.name.clone()))
-            .collect();
-        let record = crate::state::write(
-            &crate::state::state_dir(),
-            &plan.app_name,
-            "backup",
-            to_stop,
-        )?;
-        let stopped_at = Instant::now();
-        let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
-        let outcome = match stop_result {
-            Ok(()) if cancel.is_cancelled() => Err(crate::error::interrupted()),
-            Ok(()) => {
-                let task = tokio::spawn(back_up_volumes(
-                    docker.clone(),
-                    store.clone(),
-                    plan.app_name.clone(),
-                    backup_id.clone(),
-                    sources,
-                    Arc::clone(&plan.recipients),
-                    plan.compression,
-                    plan.part_policy,
-                    cancel.clone(),
-                ));
-                match task.await {
-                    Ok(result) => result,
-                    Err(join_error) => Err(anyhow!("the backup task failed: {join_error}")),
-                }
-            }
-            Err(stop_error) => Err(stop_error),
-        };
-        let restarted = docker::start_again(docker, &stopped).await;
-        let downtime = stopped_at.elapsed();
-        if restarted.is_ok() {
-            record.clear();
-        }
+        let work = back_up_volumes(
+            docker.clone(),
+            store.clone(),
+            plan.app_name.clone(),
+            backup_id.clone(),
+            sources,
+            Arc::clone(&plan.recipients),
+            plan.compression,
+            plan.part_policy,
+            cancel.clone(),
+        );
+        let window = crate::stopped::while_stopped(docker, &app, &plan.app_name, "backup", plan.stop_timeout_secs, cancel, work).await?;
+        let (outcome, restarted, downtime) = (window.outcome, window.restarted, window.downtime);
         let volumes = match (outcome, restarted) {
             (Ok(volumes), Ok(())) => volumes,
             (Ok(volumes), Err(restart_error)) => {

@@ -17,6 +17,7 @@
 //! - [`backup`], [`restore`], [`verify`]: the operations the subcommands run.
 //! - [`retention`]: which backups a keep policy keeps (`lifeboat prune`).
 //! - [`shutdown`]: SIGINT/SIGTERM turned into a cancellation token.
+//! - [`stopped`]: the downtime window that always starts the app again.
 //! - [`state`]: the local record that restarts an app a killed run left stopped.
 //! - [`error`]: error classes and the exit codes they map to.
 
@@ -32,5 +33,6 @@ pub mod restore;
 pub mod retention;
 pub mod shutdown;
 pub mod state;
+pub mod stopped;
 pub mod store;
 pub mod verify;

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
 use futures::TryStreamExt;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -197,7 +198,7 @@ pub struct RestorePlan {
     pub app_name: String,
     pub selector: AppSelector,
     pub backup_id: Option<String>,
-    pub identities: Vec<BoxIdentity>,
+    pub identities: Arc<Vec<BoxIdentity>>,
     pub allow_version_mismatch: bool,
     pub verify_first: bool,
     pub map_volumes: BTreeMap<String, String>,
@@ -281,49 +282,23 @@ pub async fn run(
             tracing::warn!("--no-verify: volumes are replaced without verifying the backup first");
         }
 
-        let to_stop = app
-            .containers
-            .iter()
-            .filter(|c| c.running)
-            .map(|c| (c.id.clone(), c.name.clone()))
-            .collect();
-        let record = crate::state::write(
-            &crate::state::state_dir(),
-            &plan.app_name,
-            "restore",
-            to_stop,
-        )?;
-        let stopped_at = Instant::now();
-        let (stopped, stop_result) = docker::stop_running(docker, &app, plan.stop_timeout_secs).await;
-        let outcome = match stop_result {
-            Ok(()) => {
-                let mut result = Ok(());
+        let work = {
+            let (docker, store, manifest) = (docker.clone(), store.clone(), manifest.clone());
+            let (targets, identities, cancel) = (targets.clone(), Arc::clone(&plan.identities), cancel.clone());
+            async move {
                 for target in &targets {
                     if cancel.is_cancelled() {
-                        result = Err(crate::error::interrupted());
-                        break;
+                        return Err(crate::error::interrupted());
                     }
-                    result = restore_volume(docker, store, &manifest, target, &plan.identities)
+                    restore_volume(&docker, &store, &manifest, target, &identities)
                         .await
-                        .with_context(|| {
-                            format!(
-                                "restoring volume {} into {}",
-                                target.record.name, target.destination
-                            )
-                        });
-                    if result.is_err() {
-                        break;
-                    }
+                        .with_context(|| format!("restoring volume {} into {}", target.record.name, target.destination))?;
                 }
-                result
+                Ok(())
             }
-            Err(e) => Err(e),
         };
-        let restarted = docker::start_again(docker, &stopped).await;
-        let downtime = stopped_at.elapsed();
-        if restarted.is_ok() {
-            record.clear();
-        }
+        let window = crate::stopped::while_stopped(docker, &app, &plan.app_name, "restore", plan.stop_timeout_secs, cancel, work).await?;
+        let (outcome, restarted, downtime) = (window.outcome, window.restarted, window.downtime);
         match (outcome, restarted) {
             (Ok(()), Ok(())) => Ok(RestoreReport {
                 manifest,

@@ -221,9 +221,9 @@ fn an_s3_server_restarted_mid_upload_is_ridden_out_by_retries() {
     let store = s3.bucket("restart");
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
-    let child = s3
-        .env(&mut lifeboat())
-        .args([
+    let child = spawn_until_uploading(
+        &s3,
+        s3.env(&mut lifeboat()).args([
             "backup",
             "-p",
             &app.project,
@@ -233,15 +233,8 @@ fn an_s3_server_restarted_mid_upload_is_ridden_out_by_retries() {
             &recipient,
             "--part-size-mib",
             "5",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    while s3.open_uploads().is_empty() {
-        assert!(Instant::now() < deadline, "the upload never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        ]),
+    );
     std::thread::sleep(std::time::Duration::from_millis(500));
     s3.kill();
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -346,9 +339,9 @@ fn an_s3_server_that_dies_mid_upload_fails_the_backup_cleanly() {
     let mut s3 = S3Server::start();
     let store = s3.bucket("dies");
     let (_, recipient) = keygen(tempfile::tempdir().unwrap().path());
-    let child = s3
-        .env(&mut lifeboat())
-        .args([
+    let child = spawn_until_uploading(
+        &s3,
+        s3.env(&mut lifeboat()).args([
             "backup",
             "-p",
             &app.project,
@@ -358,15 +351,8 @@ fn an_s3_server_that_dies_mid_upload_fails_the_backup_cleanly() {
             &recipient,
             "--part-size-mib",
             "5",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    while s3.open_uploads().is_empty() {
-        assert!(Instant::now() < deadline, "the upload never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        ]),
+    );
     s3.kill(); // and it stays dead
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));

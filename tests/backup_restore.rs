@@ -343,9 +343,9 @@ fn sigterm_mid_backup_aborts_the_upload_and_starts_the_app_again() {
     let s3 = S3Server::start();
     let store = s3.bucket("sigterm");
     let (_, recipient) = keygen(tempfile::tempdir().unwrap().path());
-    let child = s3
-        .env(&mut lifeboat())
-        .args([
+    let child = spawn_until_uploading(
+        &s3,
+        s3.env(&mut lifeboat()).args([
             "backup",
             "-p",
             &app.project,
@@ -355,18 +355,8 @@ fn sigterm_mid_backup_aborts_the_upload_and_starts_the_app_again() {
             &recipient,
             "--part-size-mib",
             "5",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while s3.open_uploads().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upload never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        ]),
+    );
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(
         !app.running().values().any(|r| *r),
@@ -406,9 +396,9 @@ fn after_sigkill_mid_backup_the_next_run_starts_the_app_again_and_says_so() {
     let s3 = S3Server::start();
     let store = s3.bucket("sigkill");
     let (_, recipient) = keygen(tempfile::tempdir().unwrap().path());
-    let mut child = s3
-        .env(&mut lifeboat())
-        .args([
+    let mut child = spawn_until_uploading(
+        &s3,
+        s3.env(&mut lifeboat()).args([
             "backup",
             "-p",
             &app.project,
@@ -416,17 +406,8 @@ fn after_sigkill_mid_backup_the_next_run_starts_the_app_again_and_says_so() {
             &store,
             "-r",
             &recipient,
-        ])
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while s3.open_uploads().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upload never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        ]),
+    );
     child.kill().unwrap(); // SIGKILL: no cleanup at all
     child.wait().unwrap();
     assert!(
@@ -478,9 +459,9 @@ fn a_second_run_of_the_same_app_waits_its_turn() {
     let store = s3.bucket("lockbucket");
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
-    let first = s3
-        .env(&mut lifeboat())
-        .args([
+    let first = spawn_until_uploading(
+        &s3,
+        s3.env(&mut lifeboat()).args([
             "backup",
             "-p",
             &app.project,
@@ -488,18 +469,8 @@ fn a_second_run_of_the_same_app_waits_its_turn() {
             &store,
             "-r",
             &recipient,
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while s3.open_uploads().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the upload never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        ]),
+    );
     let second = run(s3.env(&mut lifeboat()).args([
         "backup",
         "-p",

@@ -18,7 +18,10 @@ pub struct ListArgs {
 
 pub async fn run(args: ListArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store);
-    let project = args.project.or(file.app.name).or(file.app.project);
+    let project = args
+        .project
+        .or_else(|| file.app.name.clone())
+        .or_else(|| file.app.project.clone());
     let store = lifeboat::store::open(&store_options).await?;
     let listed =
         lifeboat::manifest::list(&store.objects, &store.layout, project.as_deref()).await?;

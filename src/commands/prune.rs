@@ -20,11 +20,7 @@ pub struct PruneArgs {
 pub async fn run(args: PruneArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store);
     let retention = args.retention.or(file.retention);
-    let app = args
-        .project
-        .or(file.app.name)
-        .or(file.app.project)
-        .ok_or_else(|| lifeboat::error::usage("which app? pass --project NAME"))?;
+    let app = super::app_name(args.project, &file.app)?;
     let (policy, grace) = (retention.policy()?, retention.grace()?);
     let store = lifeboat::store::open(&store_options).await?;
     let lock = if args.dry_run {

@@ -56,7 +56,7 @@ pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::
         app_name: app.app_name()?,
         selector: app.selector()?,
         backup_id: args.backup,
-        identities: lifeboat::keys::read_identities(&identity)?,
+        identities: std::sync::Arc::new(lifeboat::keys::read_identities(&identity)?),
         allow_version_mismatch: args.allow_version_mismatch,
         verify_first: !args.no_verify,
         map_volumes,

@@ -20,11 +20,7 @@ pub struct ShowArgs {
 
 pub async fn run(args: ShowArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store);
-    let app = args
-        .project
-        .or(file.app.name)
-        .or(file.app.project)
-        .ok_or_else(|| lifeboat::error::usage("which app? pass --project NAME"))?;
+    let app = super::app_name(args.project, &file.app)?;
     let store = lifeboat::store::open(&store_options).await?;
     let m = lifeboat::manifest::read(&store.objects, &store.layout, &app, args.backup.as_deref())
         .await?;

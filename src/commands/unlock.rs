@@ -14,11 +14,7 @@ pub struct UnlockArgs {
 
 pub async fn run(args: UnlockArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store);
-    let app = args
-        .project
-        .or(file.app.name)
-        .or(file.app.project)
-        .ok_or_else(|| lifeboat::error::usage("which app? pass --project NAME"))?;
+    let app = super::app_name(args.project, &file.app)?;
     let store = lifeboat::store::open(&store_options).await?;
     match lifeboat::lock::unlock(&store, &app).await? {
         Some(held) => eprintln!(

@@ -24,11 +24,7 @@ pub struct VerifyArgs {
 
 pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store);
-    let app = args
-        .project
-        .or(file.app.name)
-        .or(file.app.project)
-        .ok_or_else(|| lifeboat::error::usage("which app? pass --project NAME"))?;
+    let app = super::app_name(args.project, &file.app)?;
     let identity = args.identity.or(file.restore.identity);
     let identities = identity
         .as_deref()
