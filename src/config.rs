@@ -56,6 +56,10 @@ pub struct StoreOptions {
     /// S3: the KMS key for aws:kms / aws:kms:dsse [default: the bucket's]
     #[arg(long, env = "LIFEBOAT_S3_SSE_KMS_KEY_ID", value_name = "KEY")]
     pub sse_kms_key_id: Option<String>,
+    /// Seconds a connection to the store may stay silent before the request is retried (a
+    /// download resumes where it stopped) [default: 120]
+    #[arg(long, env = "LIFEBOAT_IO_TIMEOUT", value_name = "SECONDS")]
+    pub io_timeout: Option<u64>,
     /// Size of the first upload parts in MiB; later parts grow [default: 8]
     #[arg(long, env = "LIFEBOAT_PART_SIZE_MIB", value_name = "MIB")]
     pub part_size_mib: Option<usize>,
@@ -66,7 +70,7 @@ pub struct StoreOptions {
     #[arg(long, env = "LIFEBOAT_PARTS_IN_FLIGHT")]
     pub parts_in_flight: Option<usize>,
 }
-merge_options!(StoreOptions { url, endpoint, region, profile, storage_class, sse, sse_kms_key_id, part_size_mib, max_parts, parts_in_flight } bools { virtual_hosted_style });
+merge_options!(StoreOptions { url, endpoint, region, profile, storage_class, sse, sse_kms_key_id, io_timeout, part_size_mib, max_parts, parts_in_flight } bools { virtual_hosted_style });
 
 impl StoreOptions {
     pub fn part_policy(&self) -> Result<PartPolicy> {

@@ -94,7 +94,7 @@ async fn open_url(url: &str, options: &StoreOptions) -> Result<(Arc<dyn ObjectSt
             }
             let store = builder
                 .with_container_name(&bucket)
-                .with_client_options(client_options())
+                .with_client_options(client_options(options))
                 .with_retry(retry_config())
                 .build()
                 .map_err(|e| crate::error::usage(format!("Azure store {url}: {e}")))?;
@@ -106,7 +106,7 @@ async fn open_url(url: &str, options: &StoreOptions) -> Result<(Arc<dyn ObjectSt
             }
             let store = GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(&bucket)
-                .with_client_options(client_options())
+                .with_client_options(client_options(options))
                 .with_retry(retry_config())
                 .build()
                 .map_err(|e| crate::error::usage(format!("GCS store {url}: {e}")))?;
@@ -172,11 +172,13 @@ fn local(dir: &std::path::Path) -> Result<(Arc<dyn ObjectStore>, Path)> {
 }
 
 /// Streaming-friendly HTTP settings: a body may take hours, a silent connection may not.
-fn client_options() -> ClientOptions {
+fn client_options(options: &StoreOptions) -> ClientOptions {
     ClientOptions::new()
         .with_timeout_disabled()
         .with_connect_timeout(Duration::from_secs(10))
-        .with_read_timeout(Duration::from_secs(120))
+        .with_read_timeout(Duration::from_secs(
+            options.io_timeout.unwrap_or(120).max(1),
+        ))
 }
 
 fn retry_config() -> RetryConfig {
@@ -212,7 +214,7 @@ async fn s3(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>
         .with_bucket_name(bucket)
         .with_region(region)
         .with_virtual_hosted_style_request(options.virtual_hosted_style)
-        .with_client_options(client_options())
+        .with_client_options(client_options(options))
         .with_retry(retry_config());
     if let Some(endpoint) = endpoint {
         builder = builder

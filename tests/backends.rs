@@ -389,3 +389,52 @@ fn gcs_configuration_errors_name_the_problem() {
         stderr(&output)
     );
 }
+
+#[test]
+fn a_download_that_stalls_times_out_and_resumes() {
+    let mut app = TestApp::new("stall");
+    let data = app.volume("data");
+    app.in_volume(&data, "head -c 30000000 /dev/urandom > /v/big");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let before = app.snapshot(&data);
+    let s3 = S3Server::start();
+    let store = s3.bucket("stall");
+    let proxy = FaultProxy::start(s3.port);
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+    ]));
+    assert!(output.status.success());
+    app.wipe(&data);
+    proxy.stall_once_after(4_000_000);
+    let started = Instant::now();
+    let output = run(s3
+        .env(&mut lifeboat())
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .args([
+            "restore",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "--io-timeout",
+            "3",
+            "-i",
+        ])
+        .arg(&key));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(proxy.has_stalled(), "a download stalled");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(120),
+        "resumed after the 3 s timeout, not hung"
+    );
+    assert_eq!(app.snapshot(&data), before);
+}

@@ -569,6 +569,7 @@ pub struct FaultProxy {
     pub port: u16,
     requests: std::sync::Arc<std::sync::Mutex<String>>,
     cut_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stall_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -587,10 +588,11 @@ impl FaultProxy {
         let port = listener.local_addr().unwrap().port();
         let requests = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let cut_after = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (log, cut) = (requests.clone(), cut_after.clone());
+        let stall_after = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (log, cut, stall) = (requests.clone(), cut_after.clone(), stall_after.clone());
         runtime.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let (log, cut) = (log.clone(), cut.clone());
+                let (log, cut, stall) = (log.clone(), cut.clone(), stall.clone());
                 tokio::spawn(async move {
                     let Ok(server) =
                         tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
@@ -623,6 +625,11 @@ impl FaultProxy {
                         if limit > 0 && relayed >= limit && cut.swap(0, Ordering::SeqCst) > 0 {
                             break; // drop both halves: the client sees the body end early
                         }
+                        let limit = stall.load(Ordering::SeqCst);
+                        if limit > 0 && relayed >= limit && stall.swap(0, Ordering::SeqCst) > 0 {
+                            // Keep the connection open and silent, like a dead middlebox.
+                            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                        }
                     }
                     upstream.abort();
                 });
@@ -632,8 +639,20 @@ impl FaultProxy {
             port,
             requests,
             cut_after,
+            stall_after,
             _runtime: runtime,
         }
+    }
+
+    /// Stops relaying (but keeps open) the next connection that relays more than `bytes`
+    /// response bytes, once.
+    pub fn stall_once_after(&self, bytes: u64) {
+        self.stall_after
+            .store(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn has_stalled(&self) -> bool {
+        self.stall_after.load(std::sync::atomic::Ordering::SeqCst) == 0
     }
 
     /// Cuts the next connection that relays more than `bytes` response bytes, once.
