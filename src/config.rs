@@ -57,7 +57,8 @@ pub struct StoreOptions {
     #[arg(long, env = "LIFEBOAT_S3_SSE_KMS_KEY_ID", value_name = "KEY")]
     pub sse_kms_key_id: Option<String>,
     /// Seconds a connection to the store may stay silent before the request is retried (a
-    /// download resumes where it stopped) [default: 120]
+    /// download resumes where it stopped); an upload part must also move 8 MiB per this many
+    /// seconds or the upload is aborted [default: 120]
     #[arg(long, env = "LIFEBOAT_IO_TIMEOUT", value_name = "SECONDS")]
     pub io_timeout: Option<u64>,
     /// Size of the first upload parts in MiB; later parts grow [default: 8]
@@ -81,6 +82,9 @@ impl StoreOptions {
                 .map_or(default.first_part_size, |m| m << 20),
             max_parts: self.max_parts.unwrap_or(default.max_parts),
             parts_in_flight: self.parts_in_flight.unwrap_or(default.parts_in_flight),
+            stall_timeout: self.io_timeout.map_or(default.stall_timeout, |s| {
+                std::time::Duration::from_secs(s.max(1))
+            }),
         };
         if policy.first_part_size == 0 || policy.max_parts == 0 || policy.parts_in_flight == 0 {
             return Err(crate::error::usage(

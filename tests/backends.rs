@@ -438,3 +438,57 @@ fn a_download_that_stalls_times_out_and_resumes() {
     );
     assert_eq!(app.snapshot(&data), before);
 }
+
+#[test]
+fn an_upload_that_stalls_is_aborted_and_the_app_started_again() {
+    let mut app = TestApp::new("upstall");
+    let data = app.volume("data");
+    app.in_volume(&data, "head -c 60000000 /dev/urandom > /v/big");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("upstall");
+    let proxy = FaultProxy::start(s3.port);
+    let (_, recipient) = keygen(tempfile::tempdir().unwrap().path());
+    proxy.stall_upload_once_after(12_000_000);
+    let started = Instant::now();
+    let output = run(s3
+        .env(&mut lifeboat())
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", proxy.port),
+        )
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+            "--part-size-mib",
+            "5",
+            "--io-timeout",
+            "3",
+        ]));
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("stalled connection"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(90),
+        "failed in time, not hung"
+    );
+    assert!(app.running().values().all(|r| *r), "the app runs again");
+    assert!(
+        s3.open_uploads().is_empty(),
+        "the multipart upload was aborted: {:?}",
+        s3.open_uploads()
+    );
+    assert!(
+        !s3.files("upstall")
+            .iter()
+            .any(|f| f.ends_with("manifest.json"))
+    );
+}

@@ -29,6 +29,10 @@ pub struct PartPolicy {
     pub max_parts: usize,
     /// Parts uploading at once.
     pub parts_in_flight: usize,
+    /// Each 8 MiB of a part must be stored within this long, retries included; a part that
+    /// misses its deadline (a stalled connection that no read timeout sees while the body is
+    /// being sent) aborts the upload.
+    pub stall_timeout: std::time::Duration,
 }
 
 impl Default for PartPolicy {
@@ -37,6 +41,7 @@ impl Default for PartPolicy {
             first_part_size: 8 << 20,
             max_parts: 10_000,
             parts_in_flight: 4,
+            stall_timeout: std::time::Duration::from_secs(120),
         }
     }
 }
@@ -47,6 +52,12 @@ impl PartPolicy {
         let step = (self.max_parts / 10).max(1);
         let doublings = (index / step).min(16) as u32;
         self.first_part_size.saturating_mul(1usize << doublings)
+    }
+
+    /// How long a part of `size` bytes may take.
+    pub fn part_deadline(&self, size: usize) -> std::time::Duration {
+        let chunks = size.div_ceil(8 << 20).max(1) as u32;
+        self.stall_timeout.saturating_mul(chunks)
     }
 
     /// The largest stream this policy can upload.
@@ -150,7 +161,20 @@ where
             while in_flight.len() >= policy.parts_in_flight.max(1) {
                 wait_one(&mut in_flight, cancel).await?;
             }
-            in_flight.spawn(upload.put_part(PutPayload::from(part)));
+            let deadline = policy.part_deadline(part.len());
+            let put = upload.put_part(PutPayload::from(part));
+            in_flight.spawn(async move {
+                tokio::time::timeout(deadline, put).await.unwrap_or_else(|_| {
+                    Err(object_store::Error::Generic {
+                        store: "upload",
+                        source: format!(
+                            "a part made no progress for {} s (stalled connection); the upload is aborted",
+                            deadline.as_secs()
+                        )
+                        .into(),
+                    })
+                })
+            });
             parts += 1;
             if last {
                 break;
@@ -226,6 +250,7 @@ mod tests {
             first_part_size: 1000,
             max_parts: 20,
             parts_in_flight: 3,
+            ..Default::default()
         }
     }
 
@@ -241,6 +266,9 @@ mod tests {
             ..s3
         };
         assert!(small.max_bytes() >= 500 << 30);
+        assert_eq!(s3.part_deadline(8 << 20).as_secs(), 120);
+        assert_eq!(s3.part_deadline(1).as_secs(), 120);
+        assert_eq!(s3.part_deadline(64 << 20).as_secs(), 960);
     }
 
     #[tokio::test]
@@ -278,6 +306,7 @@ mod tests {
             first_part_size: 10,
             max_parts: 3,
             parts_in_flight: 2,
+            ..Default::default()
         };
         let data = vec![0u8; 1000];
         let location = Path::from("big");

@@ -570,6 +570,7 @@ pub struct FaultProxy {
     requests: std::sync::Arc<std::sync::Mutex<String>>,
     cut_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stall_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stall_upload_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -589,10 +590,13 @@ impl FaultProxy {
         let requests = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let cut_after = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let stall_after = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stall_upload_after = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (log, cut, stall) = (requests.clone(), cut_after.clone(), stall_after.clone());
+        let stall_up = stall_upload_after.clone();
         runtime.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let (log, cut, stall) = (log.clone(), cut.clone(), stall.clone());
+                let stall_up = stall_up.clone();
                 tokio::spawn(async move {
                     let Ok(server) =
                         tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
@@ -603,9 +607,17 @@ impl FaultProxy {
                     let (mut server_read, mut server_write) = server.into_split();
                     let upstream = tokio::spawn(async move {
                         let mut buf = vec![0u8; 64 * 1024];
+                        let mut sent = 0u64;
                         while let Ok(n) = client_read.read(&mut buf).await {
                             if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
                                 break;
+                            }
+                            sent += n as u64;
+                            let limit = stall_up.load(Ordering::SeqCst);
+                            if limit > 0 && sent >= limit && stall_up.swap(0, Ordering::SeqCst) > 0
+                            {
+                                // Stop reading from the client: its request body stalls.
+                                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
                             }
                             let head = String::from_utf8_lossy(&buf[..n.min(2048)]).into_owned();
                             if head.contains("HTTP/1.1") {
@@ -640,6 +652,7 @@ impl FaultProxy {
             requests,
             cut_after,
             stall_after,
+            stall_upload_after,
             _runtime: runtime,
         }
     }
@@ -648,6 +661,13 @@ impl FaultProxy {
     /// response bytes, once.
     pub fn stall_once_after(&self, bytes: u64) {
         self.stall_after
+            .store(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops reading requests (the client's upload stalls) on the next connection that sends
+    /// more than `bytes`, once.
+    pub fn stall_upload_once_after(&self, bytes: u64) {
+        self.stall_upload_after
             .store(bytes, std::sync::atomic::Ordering::SeqCst);
     }
 
