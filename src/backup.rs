@@ -86,7 +86,7 @@ pub async fn plan_sources(
                 ("volume", Some(name)) if !sources.iter().any(|s| &s.name == name) => {
                     if is_anonymous(name) && !selection.only.contains(name) {
                         tracing::info!(volume = %name, container = %container.name, path = %mount.destination,
-                            "skipping an anonymous volume; name it in the compose file to back it up");
+                            "leaving out an anonymous volume; name it in the compose file to back it up");
                         continue;
                     }
                     let (driver, labels) = docker::volume_info(docker, name).await?;

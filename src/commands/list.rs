@@ -29,7 +29,7 @@ pub async fn run(args: ListArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     for entry in listed {
         match entry.manifest {
             Ok(manifest) => manifests.push(manifest),
-            Err(why) => tracing::warn!("skipping {}: {why}", entry.key),
+            Err(why) => tracing::warn!("ignoring {}: {why}", entry.key),
         }
     }
     if args.json {
