@@ -202,10 +202,7 @@ fn part_sizes_grow_past_a_small_part_limit_and_too_small_a_limit_aborts_cleanly(
     ]));
     assert!(output.status.success(), "{}", stderr(&output));
     app.wipe(&data);
-    let output = run(s3
-        .env(&mut lifeboat())
-        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
-        .arg(&key));
+    let output = restore(&s3, &app.project, &store, &key);
     assert!(output.status.success());
     assert_eq!(app.snapshot(&data), before);
 }
@@ -244,10 +241,7 @@ fn an_s3_server_restarted_mid_upload_is_ridden_out_by_retries() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(app.running().values().all(|r| *r));
     app.wipe(&data);
-    let output = run(s3
-        .env(&mut lifeboat())
-        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
-        .arg(&key));
+    let output = restore(&s3, &app.project, &store, &key);
     assert!(output.status.success());
     assert_eq!(app.snapshot(&data), before);
 }
@@ -403,16 +397,7 @@ fn a_download_that_stalls_times_out_and_resumes() {
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
-        &app.project,
-        "--store",
-        &store,
-        "-r",
-        &recipient,
-    ]));
-    assert!(output.status.success());
+    backup_ok(&s3, &app.project, &store, &recipient);
     app.wipe(&data);
     proxy.stall_once_after(4_000_000);
     let started = Instant::now();

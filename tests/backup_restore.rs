@@ -110,16 +110,7 @@ fn a_different_app_version_is_refused_before_any_volume_is_touched() {
     let store = s3.bucket("mismatch");
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
-        &app.project,
-        "--store",
-        &store,
-        "-r",
-        &recipient,
-    ]));
-    assert!(output.status.success());
+    backup_ok(&s3, &app.project, &store, &recipient);
 
     // The app is "upgraded": same service, another image.
     let container = app.containers.pop().unwrap();
@@ -127,10 +118,7 @@ fn a_different_app_version_is_refused_before_any_volume_is_touched() {
     app.service("app", IMAGE_V2, &[("data", "/data")], &[], true);
     app.in_volume(&data, "echo v2 > /v/state");
 
-    let output = run(s3
-        .env(&mut lifeboat())
-        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
-        .arg(&key));
+    let output = restore(&s3, &app.project, &store, &key);
     assert_eq!(output.status.code(), Some(3));
     let message = stderr(&output);
     assert!(
@@ -172,16 +160,7 @@ fn wrong_key_and_corrupted_or_truncated_objects_fail_verification_and_touch_noth
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
     let (other_key, _) = keygen(work.path());
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
-        &app.project,
-        "--store",
-        &store,
-        "-r",
-        &recipient,
-    ]));
-    assert!(output.status.success());
+    backup_ok(&s3, &app.project, &store, &recipient);
     app.in_volume(&data, "echo after-backup > /v/marker");
     let snapshot = app.snapshot(&data);
 
@@ -207,19 +186,13 @@ fn wrong_key_and_corrupted_or_truncated_objects_fail_verification_and_touch_noth
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x01;
     std::fs::write(&object, &flipped).unwrap();
-    let output = run(s3
-        .env(&mut lifeboat())
-        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
-        .arg(&key));
+    let output = restore(&s3, &app.project, &store, &key);
     assert_eq!(output.status.code(), Some(4), "bit flip");
     assert!(stderr(&output).contains("damaged"), "{}", stderr(&output));
     assert_eq!(app.snapshot(&data), snapshot);
 
     std::fs::write(&object, &original[..original.len() - 1000]).unwrap();
-    let output = run(s3
-        .env(&mut lifeboat())
-        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
-        .arg(&key));
+    let output = restore(&s3, &app.project, &store, &key);
     assert_eq!(output.status.code(), Some(4), "truncated");
     assert!(stderr(&output).contains("truncated"), "{}", stderr(&output));
     assert_eq!(app.snapshot(&data), snapshot);
@@ -505,14 +478,5 @@ fn a_second_run_of_the_same_app_waits_its_turn() {
         "{}",
         stderr(&output)
     );
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
-        &app.project,
-        "--store",
-        &store,
-        "-r",
-        &recipient,
-    ]));
-    assert!(output.status.success());
+    backup_ok(&s3, &app.project, &store, &recipient);
 }

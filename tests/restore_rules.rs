@@ -6,19 +6,6 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn backup(s3: &S3Server, app: &TestApp, store: &str, recipient: &str) {
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
-        &app.project,
-        "--store",
-        store,
-        "-r",
-        recipient,
-    ]));
-    assert!(output.status.success());
-}
-
 #[test]
 fn a_fresh_host_gets_its_volumes_created_with_compose_labels() {
     let mut app = TestApp::new("fresh");
@@ -31,7 +18,7 @@ fn a_fresh_host_gets_its_volumes_created_with_compose_labels() {
     let store = s3.bucket("fresh");
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
-    backup(&s3, &app, &store, &recipient);
+    backup_ok(&s3, &app.project, &store, &recipient);
 
     // The server burned: no container, no volume.
     for c in &app.containers {
@@ -40,10 +27,7 @@ fn a_fresh_host_gets_its_volumes_created_with_compose_labels() {
     docker(&["volume", "rm", &db]);
 
     // Without containers the version check cannot pass; it says what to do.
-    let output = run(s3
-        .env(&mut lifeboat())
-        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
-        .arg(&key));
+    let output = restore(&s3, &app.project, &store, &key);
     assert_eq!(output.status.code(), Some(3));
     assert!(
         stderr(&output).contains("No container of the app exists here"),
@@ -90,7 +74,7 @@ fn a_renamed_project_and_a_mapped_volume_restore_by_compose_name() {
     let store = s3.bucket("rename");
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
-    backup(&s3, &old, &store, &recipient);
+    backup_ok(&s3, &old.project, &store, &recipient);
 
     // New hardware, new project name; the "extra" volume is now called "more".
     let mut new = TestApp::new("renamenew");
@@ -136,7 +120,7 @@ fn a_hostile_archive_is_refused_before_any_volume_is_written() {
     let store = s3.bucket("hostile");
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
-    backup(&s3, &app, &store, &recipient);
+    backup_ok(&s3, &app.project, &store, &recipient);
 
     let tar_path = work.path().join("evil.tar");
     let mut tar = Vec::new();
@@ -203,10 +187,7 @@ fn a_hostile_archive_is_refused_before_any_volume_is_written() {
         }
     }
 
-    let output = run(s3
-        .env(&mut lifeboat())
-        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
-        .arg(&key));
+    let output = restore(&s3, &app.project, &store, &key);
     assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("bad tar entry") && stderr(&output).contains(".."),
@@ -372,10 +353,7 @@ fn bind_mounts_and_the_app_version_string_are_backed_up_on_request() {
 
     std::fs::write(host_dir.path().join("gitlab.rb"), "broken\n").unwrap();
     std::fs::write(host_dir.path().join("stale.rb"), "x").unwrap();
-    let output = run(s3
-        .env(&mut lifeboat())
-        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
-        .arg(&key));
+    let output = restore(&s3, &app.project, &store, &key);
     assert!(output.status.success());
     assert_eq!(
         std::fs::read_to_string(host_dir.path().join("gitlab.rb")).unwrap(),

@@ -16,16 +16,7 @@ fn a_volume_comes_back_with_aws_age_zstd_and_tar_alone() {
     let store = s3.bucket("stocktools");
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
-        &app.project,
-        "--store",
-        &store,
-        "-r",
-        &recipient,
-    ]));
-    assert!(output.status.success());
+    backup_ok(&s3, &app.project, &store, &recipient);
     let manifest = &list_json(&s3, &store)[0];
     let object = format!(
         "s3://stocktools/lifeboat/{}/{}/{}",

@@ -700,3 +700,23 @@ pub fn spawn_until_uploading(s3: &S3Server, cmd: &mut Command) -> Child {
     }
     child
 }
+
+/// `lifeboat backup -p PROJECT --store STORE -r RECIPIENT` against `s3`; it must succeed.
+pub fn backup_ok(s3: &S3Server, project: &str, store: &str, recipient: &str) {
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["backup", "-p", project, "--store", store, "-r", recipient]));
+    assert!(
+        output.status.success(),
+        "backup failed: {}",
+        stderr(&output)
+    );
+}
+
+/// `lifeboat restore -p PROJECT --store STORE -i KEY` against `s3`.
+pub fn restore(s3: &S3Server, project: &str, store: &str, key: &Path) -> Output {
+    run(s3
+        .env(&mut lifeboat())
+        .args(["restore", "-p", project, "--store", store, "-i"])
+        .arg(key))
+}
