@@ -449,20 +449,15 @@ async fn stream_volume(
     {
         Ok(parts) => parts,
         Err(upload_error) => {
+            // The upload failing is the cause: a producer that fails first closes the pipe,
+            // the upload then ends normally, and the producer's error is reported below.
             producer.abort();
-            let upload_error = match upload_error {
-                PipelineError::Cancelled => return Err(crate::error::interrupted()),
-                other => other,
-            };
-            // A broken pipe in the upload is the producer's failure: report that instead.
-            if let Ok(Ok(Err(produce_error))) =
-                tokio::time::timeout(std::time::Duration::from_secs(1), producer).await
-            {
-                return Err(anyhow::Error::new(produce_error).context(format!("backing up {what}")));
-            }
-            return Err(
-                anyhow::Error::new(upload_error).context(format!("uploading {what} to {location}"))
-            );
+            return Err(match upload_error {
+                PipelineError::Cancelled => crate::error::interrupted(),
+                other => {
+                    anyhow::Error::new(other).context(format!("uploading {what} to {location}"))
+                }
+            });
         }
     };
     let (tar_size, root) = match producer.await {

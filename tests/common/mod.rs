@@ -337,20 +337,8 @@ impl S3Server {
             .arg(root.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start s3s-fs ({e}): run the tests through .ci/test, which installs it"
-                )
-            });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "s3s-fs did not listen on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            .spawn();
+        let child = listening(child, "s3s-fs", port);
         Self {
             child,
             root,
@@ -468,20 +456,21 @@ impl AzuriteServer {
             .unwrap()
             .port();
         let child = Command::new("azurite-blob")
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--location"])
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--skipApiVersionCheck",
+                "--loose",
+                "--disableTelemetry",
+                "--location",
+            ])
             .arg(root.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start azurite-blob ({e}): run the tests through .ci/test, which installs it"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "azurite did not listen on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            .spawn();
+        let child = listening(child, "azurite-blob", port);
         Self {
             child,
             _root: root,
@@ -719,4 +708,21 @@ pub fn restore(s3: &S3Server, project: &str, store: &str, key: &Path) -> Output 
         .env(&mut lifeboat())
         .args(["restore", "-p", project, "--store", store, "-i"])
         .arg(key))
+}
+
+/// A server process the tests started, once it accepts connections on `port`; a server that
+/// is not installed or does not come up fails the test with what to do.
+fn listening(spawned: std::io::Result<Child>, name: &str, port: u16) -> Child {
+    let mut child = spawned.unwrap_or_else(|e| {
+        panic!("cannot start {name} ({e}): run the tests through .ci/test, which installs it")
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline || child.try_wait().is_ok_and(|status| status.is_some()) {
+            let _ = child.kill();
+            panic!("{name} did not listen on 127.0.0.1:{port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
