@@ -7,6 +7,7 @@
 //! objects it had completed, so it leaves neither a manifest nor stray volume objects.
 
 use crate::docker::{self, App, AppContainer, Helper, HelperMount, VOLUME_LABEL};
+use crate::hooks::{HookContext, HookEvent, Hooks};
 use crate::keys::Recipient;
 use crate::manifest::{self, AppVersion, Encryption, Manifest, SourceKind, VolumeRecord};
 use crate::pipeline::PipelineError;
@@ -15,6 +16,7 @@ use crate::pipeline::encrypt::encrypting_writer;
 use crate::pipeline::tally::TallyReader;
 use crate::pipeline::tar_check::RootMeta;
 use crate::pipeline::upload::{PartPolicy, upload_parts};
+use crate::progress::{Progress, VolumeProgress};
 use crate::store::Store;
 use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
@@ -46,6 +48,9 @@ pub struct BackupPlan {
     pub part_policy: PartPolicy,
     pub stop_timeout_secs: u32,
     pub version_from: Option<String>,
+    pub hooks: Arc<Hooks>,
+    /// Bars on a terminal, or hidden.
+    pub progress: Progress,
 }
 
 /// Where one volume's data is read from.
@@ -60,6 +65,8 @@ pub struct Source {
     pub mount: HelperMount,
     pub service: String,
     pub container_path: String,
+    /// Where the data lives on the Docker host (for the progress bar's size estimate).
+    pub host_dir: Option<std::path::PathBuf>,
 }
 
 impl Source {
@@ -89,13 +96,14 @@ pub async fn plan_sources(
                             "leaving out an anonymous volume; name it in the compose file to back it up");
                         continue;
                     }
-                    let (driver, labels) = docker::volume_info(docker, name).await?;
+                    let info = docker::volume_info(docker, name).await?;
                     sources.push(Source {
                         name: name.clone(),
                         kind: SourceKind::Volume,
-                        compose_volume: labels.get(VOLUME_LABEL).cloned(),
-                        driver: Some(driver),
-                        labels,
+                        compose_volume: info.labels.get(VOLUME_LABEL).cloned(),
+                        driver: Some(info.driver),
+                        labels: info.labels,
+                        host_dir: Some(info.mountpoint.into()),
                         mount: HelperMount::Volume(name.clone()),
                         service: container.key().to_string(),
                         container_path: mount.destination.clone(),
@@ -157,6 +165,7 @@ fn bind_source(container: &AppContainer, path: &str, host_path: &str) -> Source 
         mount: HelperMount::HostPath(host_path.to_string()),
         service: container.key().to_string(),
         container_path: path.to_string(),
+        host_dir: Some(host_path.into()),
     }
 }
 
@@ -198,7 +207,8 @@ pub async fn read_version(docker: &Docker, app: &App, source: &str) -> Result<St
     found.ok_or_else(|| anyhow!("version source '{source}' found nothing in the app's containers"))
 }
 
-/// Runs a backup; returns its manifest.
+/// Runs a backup; returns its manifest. `after-backup` hooks run after every attempt that got
+/// as far as finding the app; when only they fail, the backup is stored and the error says so.
 pub async fn run(
     docker: &Docker,
     store: &Store,
@@ -209,19 +219,55 @@ pub async fn run(
     let backup_id = manifest::new_backup_id(started_at);
     crate::state::recover(docker, &crate::state::state_dir(), &plan.app_name).await?;
     let app = App::discover(docker, &plan.selector).await?;
-    let sources = plan_sources(docker, &app, &plan.selection).await?;
+    let mut context = HookContext {
+        app: plan.app_name.clone(),
+        backup_id: backup_id.clone(),
+        ..Default::default()
+    };
+    let result = attempt(docker, store, plan, cancel, &app, started_at, &backup_id).await;
+    context.failure = Some(result.as_ref().err().map(|e| format!("{e:#}")));
+    let after_hooks = plan
+        .hooks
+        .run(docker, Some(&app), HookEvent::AfterBackup, &context)
+        .await;
+    let (manifest, mut hook_failures) = result?;
+    if let Err(error) = after_hooks {
+        hook_failures.push(format!("{error:#}"));
+    }
+    if !hook_failures.is_empty() {
+        return Err(anyhow!(
+            "backup {} is complete and stored, but hooks failed: {}",
+            manifest.backup_id,
+            hook_failures.join("; ")
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Everything between finding the app and the after-backup hooks: the manifest, and the
+/// after-volume hooks that failed.
+async fn attempt(
+    docker: &Docker,
+    store: &Store,
+    plan: &BackupPlan,
+    cancel: &CancellationToken,
+    app: &App,
+    started_at: chrono::DateTime<Utc>,
+    backup_id: &str,
+) -> Result<(Manifest, Vec<String>)> {
+    let sources = plan_sources(docker, app, &plan.selection).await?;
     let mut app_version = AppVersion {
         services: app.images(),
         ..Default::default()
     };
     if let Some(source) = &plan.version_from {
-        app_version.version = Some(read_version(docker, &app, source).await?);
+        app_version.version = Some(read_version(docker, app, source).await?);
         app_version.version_source = Some(source.clone());
     }
     check_store_reachable(store, &plan.app_name).await?;
     let lock = crate::lock::acquire(store, &plan.app_name, "backup").await?;
-    let result: Result<Manifest> = async {
-        let backup_dir = store.layout.backup_dir(&plan.app_name, &backup_id);
+    let result: Result<(Manifest, Vec<String>)> = async {
+        let backup_dir = store.layout.backup_dir(&plan.app_name, backup_id);
         if !store
             .objects
             .list_with_delimiter(Some(&backup_dir))
@@ -233,28 +279,42 @@ pub async fn run(
                 "{backup_dir} exists already (two backups started in the same millisecond?); nothing was stopped, run the backup again"
             ));
         }
+        let context = HookContext {
+            app: plan.app_name.clone(),
+            backup_id: backup_id.to_string(),
+            ..Default::default()
+        };
+        plan.hooks
+            .run(docker, Some(app), HookEvent::BeforeBackup, &context)
+            .await
+            .context("nothing was stopped and no backup was made")?;
         docker::remove_stale_helpers(docker).await;
         tracing::info!(app = %plan.app_name, backup = %backup_id, volumes = sources.len(), store = %store.url, "starting backup");
 
         let work = back_up_volumes(
-            docker.clone(),
-            store.clone(),
-            plan.app_name.clone(),
-            backup_id.clone(),
+            VolumeJob {
+                docker: docker.clone(),
+                store: store.clone(),
+                app: app.clone(),
+                app_name: plan.app_name.clone(),
+                backup_id: backup_id.to_string(),
+                recipients: Arc::clone(&plan.recipients),
+                compression: plan.compression,
+                policy: plan.part_policy,
+                hooks: Arc::clone(&plan.hooks),
+                progress: plan.progress.clone(),
+                cancel: cancel.clone(),
+            },
             sources,
-            Arc::clone(&plan.recipients),
-            plan.compression,
-            plan.part_policy,
-            cancel.clone(),
         );
-        let window = crate::stopped::while_stopped(docker, &app, &plan.app_name, "backup", plan.stop_timeout_secs, cancel, work).await?;
+        let window = crate::stopped::while_stopped(docker, app, &plan.app_name, "backup", plan.stop_timeout_secs, cancel, work).await?;
         let (outcome, restarted, downtime) = (window.outcome, window.restarted, window.downtime);
-        let volumes = match (outcome, restarted) {
-            (Ok(volumes), Ok(())) => volumes,
-            (Ok(volumes), Err(restart_error)) => {
+        let (volumes, hook_failures) = match (outcome, restarted) {
+            (Ok(done), Ok(())) => done,
+            (Ok((volumes, _)), Err(restart_error)) => {
                 // The data is safe: record it, then report the restart failure.
                 let manifest =
-                    finish_manifest(plan, &backup_id, started_at, downtime, app_version, volumes);
+                    finish_manifest(plan, backup_id, started_at, downtime, app_version, volumes);
                 manifest::write(&store.objects, &store.layout, &manifest).await?;
                 return Err(restart_error.context(format!(
                     "backup {backup_id} is complete, but the app is not fully running"
@@ -265,9 +325,9 @@ pub async fn run(
                 return Err(error.context(format!("and also: {restart_error:#}")));
             }
         };
-        let manifest = finish_manifest(plan, &backup_id, started_at, downtime, app_version, volumes);
+        let manifest = finish_manifest(plan, backup_id, started_at, downtime, app_version, volumes);
         manifest::write(&store.objects, &store.layout, &manifest).await?;
-        Ok(manifest)
+        Ok((manifest, hook_failures))
     }
     .await;
     lock.release().await;
@@ -309,33 +369,64 @@ pub async fn check_store_reachable(store: &Store, app: &str) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn back_up_volumes(
+/// What the volume task needs; owned, because it runs as its own task.
+struct VolumeJob {
     docker: Docker,
     store: Store,
-    app: String,
+    app: App,
+    app_name: String,
     backup_id: String,
-    sources: Vec<Source>,
     recipients: Arc<Vec<Recipient>>,
     compression: CompressionSettings,
     policy: PartPolicy,
+    hooks: Arc<Hooks>,
+    progress: Progress,
     cancel: CancellationToken,
-) -> Result<Vec<VolumeRecord>> {
+}
+
+/// Backs up the sources one after another, each between its volume hooks. Returns the records
+/// and the after-volume hooks that failed; on an error, deletes the objects already stored.
+async fn back_up_volumes(
+    job: VolumeJob,
+    sources: Vec<Source>,
+) -> Result<(Vec<VolumeRecord>, Vec<String>)> {
     let mut records = Vec::with_capacity(sources.len());
+    let mut hook_failures = Vec::new();
     for source in &sources {
         let started = Instant::now();
-        let result = back_up_volume(
-            &docker,
-            &store,
-            &app,
-            &backup_id,
-            source,
-            &recipients,
-            compression,
-            &policy,
-            &cancel,
-        )
-        .await;
+        let mut context = HookContext {
+            app: job.app_name.clone(),
+            backup_id: job.backup_id.clone(),
+            volume: Some(source.name.clone()),
+            compose_volume: source.compose_volume.clone(),
+            failure: None,
+        };
+        let result = match job
+            .hooks
+            .run(
+                &job.docker,
+                Some(&job.app),
+                HookEvent::BeforeVolume,
+                &context,
+            )
+            .await
+        {
+            Ok(()) => back_up_volume(&job, source).await,
+            Err(error) => Err(error),
+        };
+        context.failure = Some(result.as_ref().err().map(|e| format!("{e:#}")));
+        if let Err(error) = job
+            .hooks
+            .run(
+                &job.docker,
+                Some(&job.app),
+                HookEvent::AfterVolume,
+                &context,
+            )
+            .await
+        {
+            hook_failures.push(format!("{error:#}"));
+        }
         match result {
             Ok(record) => {
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
@@ -350,8 +441,11 @@ async fn back_up_volumes(
             }
             Err(error) => {
                 for done in &records {
-                    let key = store.layout.object(&app, &backup_id, &done.object);
-                    if let Err(e) = store.objects.delete(&key).await {
+                    let key = job
+                        .store
+                        .layout
+                        .object(&job.app_name, &job.backup_id, &done.object);
+                    if let Err(e) = job.store.objects.delete(&key).await {
                         tracing::warn!(%key, "could not delete an object of the failed backup: {e}");
                     }
                 }
@@ -359,40 +453,24 @@ async fn back_up_volumes(
             }
         }
     }
-    Ok(records)
+    Ok((records, hook_failures))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn back_up_volume(
-    docker: &Docker,
-    store: &Store,
-    app: &str,
-    backup_id: &str,
-    source: &Source,
-    recipients: &Arc<Vec<Recipient>>,
-    compression: CompressionSettings,
-    policy: &PartPolicy,
-    cancel: &CancellationToken,
-) -> Result<VolumeRecord> {
+async fn back_up_volume(job: &VolumeJob, source: &Source) -> Result<VolumeRecord> {
+    let (docker, store, compression) = (&job.docker, &job.store, job.compression);
     let object = manifest::object_name(&source.name, compression.kind);
-    let location = store.layout.object(app, backup_id, &object);
+    let location = store.layout.object(&job.app_name, &job.backup_id, &object);
     let what = format!(
         "volume {} (read through {} at {})",
         source.name, source.service, source.container_path
     );
     let helper = Helper::create(docker, &source.mount, true).await?;
-    let result = stream_volume(
-        docker,
-        store,
-        &helper,
-        &location,
-        &what,
-        recipients,
-        compression,
-        policy,
-        cancel,
-    )
-    .await;
+    let progress = job.progress.volume(
+        source.compose_volume.as_deref().unwrap_or(&source.name),
+        source.host_dir.clone(),
+    );
+    let result = stream_volume(job, &helper, &location, &what, &progress).await;
+    drop(progress);
     helper.remove(docker).await;
     let (tar_size, root, stored_size, sha256) = result?;
     Ok(VolumeRecord {
@@ -410,40 +488,36 @@ async fn back_up_volume(
         compression: compression.kind,
         encryption: Encryption {
             scheme: "age".into(),
-            recipients: recipients.iter().map(|r| r.text.clone()).collect(),
+            recipients: job.recipients.iter().map(|r| r.text.clone()).collect(),
         },
         root,
     })
 }
 
 /// Streams the helper's volume into a completed object: (tar size, root, stored size, sha256).
-#[allow(clippy::too_many_arguments)]
 async fn stream_volume(
-    docker: &Docker,
-    store: &Store,
+    job: &VolumeJob,
     helper: &Helper,
     location: &object_store::path::Path,
     what: &str,
-    recipients: &Arc<Vec<Recipient>>,
-    compression: CompressionSettings,
-    policy: &PartPolicy,
-    cancel: &CancellationToken,
+    progress: &VolumeProgress,
 ) -> Result<(u64, Option<RootMeta>, u64, String)> {
+    let (docker, store) = (&job.docker, &job.store);
     let (pipe_writer, pipe_reader) = tokio::io::duplex(1 << 20);
     let tar = docker::tar_of(docker, &helper.id, docker::HELPER_PATH);
     let producer = tokio::spawn(produce(
-        tar,
-        Arc::clone(recipients),
-        compression,
-        pipe_writer,
+        progress.count_read(tokio_util::io::StreamReader::new(tar)),
+        Arc::clone(&job.recipients),
+        job.compression,
+        progress.count_stored(pipe_writer),
     ));
     let parts = match upload_parts(
         &store.objects,
         location,
         store.upload_attributes.clone(),
         pipe_reader,
-        policy,
-        cancel,
+        &job.policy,
+        &job.cancel,
     )
     .await
     {
@@ -483,12 +557,12 @@ async fn stream_volume(
 
 /// Docker's tar stream → tally → compress → encrypt → the pipe to the uploader.
 async fn produce(
-    tar: impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin,
+    tar: impl tokio::io::AsyncRead + Send + Unpin,
     recipients: Arc<Vec<Recipient>>,
     compression: CompressionSettings,
-    pipe: tokio::io::DuplexStream,
+    pipe: impl tokio::io::AsyncWrite + Send + Unpin,
 ) -> Result<(u64, Option<RootMeta>), PipelineError> {
-    let (tar, tally) = TallyReader::new(tokio_util::io::StreamReader::new(tar));
+    let (tar, tally) = TallyReader::new(tar);
     let encrypted = encrypting_writer(&recipients, pipe).await?;
     let mut compressed = compressing_writer(encrypted, compression);
     tokio::io::copy_buf(

@@ -280,6 +280,42 @@ impl RetentionOptions {
     }
 }
 
+/// Who hears about each backup.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyOptions {
+    /// POST a JSON report to this URL (Slack-compatible `text` field included); a secret:
+    /// LIFEBOAT_WEBHOOK_URL_FILE reads it from a file
+    #[arg(long, env = "LIFEBOAT_WEBHOOK_URL", value_name = "URL")]
+    pub webhook: Option<String>,
+    /// Which events go to the webhook [default: success,failure]
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "EVENTS")]
+    pub webhook_on: Option<Vec<crate::notify::Event>>,
+    /// healthchecks.io-style check URL: pinged at URL/start, URL and URL/fail; a secret:
+    /// LIFEBOAT_HEALTHCHECKS_URL_FILE reads it from a file
+    #[arg(long, env = "LIFEBOAT_HEALTHCHECKS_URL", value_name = "URL")]
+    pub healthchecks: Option<String>,
+    /// Which events are pinged [default: start,success,failure]
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "EVENTS")]
+    pub healthchecks_on: Option<Vec<crate::notify::Event>>,
+    /// Seconds each notification request may take (3 attempts) [default: 10]
+    #[arg(long = "notify-timeout", value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+}
+merge_options!(NotifyOptions { webhook, webhook_on, healthchecks, healthchecks_on, timeout } bools {});
+
+impl NotifyOptions {
+    pub fn notifier(&self) -> Result<crate::notify::Notifier> {
+        crate::notify::Notifier::new(
+            self.webhook.as_deref(),
+            self.webhook_on.clone(),
+            self.healthchecks.as_deref(),
+            self.healthchecks_on.clone(),
+            std::time::Duration::from_secs(self.timeout.unwrap_or(10).max(1)),
+        )
+    }
+}
+
 /// The config file: one section per option struct.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -289,6 +325,9 @@ pub struct ConfigFile {
     pub backup: BackupOptions,
     pub restore: RestoreOptions,
     pub retention: RetentionOptions,
+    pub notify: NotifyOptions,
+    /// `[[hook]]` tables.
+    pub hook: Vec<crate::hooks::HookConfig>,
 }
 
 impl ConfigFile {
@@ -304,8 +343,33 @@ impl ConfigFile {
     }
 
     pub fn parse(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| crate::error::usage(e.to_string()))
+        toml::from_str(text).map_err(|e| {
+            let message = e.to_string();
+            match nearest_valid_name(&message) {
+                Some(name) => crate::error::usage(format!("{message}did you mean `{name}`?")),
+                None => crate::error::usage(message),
+            }
+        })
     }
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`" (and "unknown variant"): the valid
+/// name closest to the wrong one, when one is close.
+fn nearest_valid_name(message: &str) -> Option<String> {
+    let rest = message
+        .split_once("unknown field `")
+        .or_else(|| message.split_once("unknown variant `"))?
+        .1;
+    let (wrong, rest) = rest.split_once('`')?;
+    let expected = rest.split_once("expected")?.1;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|name| (strsim::damerau_levenshtein(wrong, name), name))
+        .filter(|(distance, name)| *distance <= 2.max(name.len() / 3))
+        .min()
+        .map(|(_, name)| name.to_string())
 }
 
 #[cfg(test)]
@@ -336,7 +400,15 @@ mod tests {
         let err = ConfigFile::parse("[store]\nurll = \"x\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("urll") && err.contains("url"), "{err}");
+        assert!(err.contains("did you mean `url`?"), "{err}");
+        let err = ConfigFile::parse("[retention]\nkeep_dayly = 7\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `keep_daily`?"), "{err}");
+        let err = ConfigFile::parse("[[hook]]\non = \"befor-backup\"\ncommand = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `before-backup`?"), "{err}");
         let err = ConfigFile::parse("[stor]\n").unwrap_err().to_string();
         assert!(err.contains("stor"), "{err}");
     }
@@ -350,7 +422,7 @@ mod tests {
             .lines()
             .map(|l| {
                 l.strip_prefix("# ")
-                    .filter(|rest| rest.contains(" = "))
+                    .filter(|rest| rest.contains(" = ") || rest.starts_with('['))
                     .unwrap_or(l)
             })
             .collect::<Vec<_>>()

@@ -296,8 +296,15 @@ pub async fn stop_running(docker: &Docker, app: &App, timeout_secs: u32) -> (Sto
             t: Some(timeout_secs as i32),
             ..Default::default()
         };
+        let asked = std::time::Instant::now();
         match docker.stop_container(&container.id, Some(options)).await {
-            Ok(()) => stopped.push((container.id.clone(), container.name.clone())),
+            Ok(()) => {
+                if asked.elapsed() >= Duration::from_secs(timeout_secs.into()) {
+                    tracing::warn!(container = %container.name,
+                        "did not stop within {timeout_secs} s of SIGTERM and was killed; raise --stop-timeout if it needs longer to shut down cleanly");
+                }
+                stopped.push((container.id.clone(), container.name.clone()))
+            }
             Err(e) => {
                 // It may have stopped anyway; starting it again later is then still right.
                 stopped.push((container.id.clone(), container.name.clone()));
@@ -341,6 +348,54 @@ pub async fn start_again(docker: &Docker, stopped: &Stopped) -> Result<()> {
             failures.join("; ")
         ))
     }
+}
+
+/// Runs `argv` in a running container (`docker exec`), waits for it, and returns its exit code
+/// and its output lines (stdout and stderr interleaved).
+pub async fn exec(
+    docker: &Docker,
+    container: &str,
+    argv: Vec<String>,
+    env: Vec<String>,
+    user: Option<String>,
+) -> Result<(i64, Vec<String>)> {
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    let created = docker
+        .create_exec(
+            container,
+            CreateExecOptions {
+                cmd: Some(argv),
+                env: Some(env),
+                user,
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow!("docker exec in {container}: {e}"))?;
+    let mut text = Vec::new();
+    if let StartExecResults::Attached { mut output, .. } = docker
+        .start_exec(&created.id, None)
+        .await
+        .map_err(|e| anyhow!("docker exec in {container}: {e}"))?
+    {
+        while let Some(chunk) = output.next().await {
+            let chunk = chunk.map_err(|e| anyhow!("docker exec in {container}: {e}"))?;
+            text.extend_from_slice(&chunk.into_bytes());
+        }
+    }
+    let code = docker
+        .inspect_exec(&created.id)
+        .await
+        .map_err(|e| anyhow!("docker exec in {container}: {e}"))?
+        .exit_code
+        .unwrap_or(-1);
+    let lines = String::from_utf8_lossy(&text)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    Ok((code, lines))
 }
 
 /// An error from Docker in the middle of an archive stream.
@@ -684,15 +739,24 @@ pub async fn create_volume(
 }
 
 /// Driver and labels of a volume.
-pub async fn volume_info(
-    docker: &Docker,
-    name: &str,
-) -> Result<(String, BTreeMap<String, String>)> {
+pub async fn volume_info(docker: &Docker, name: &str) -> Result<VolumeInfo> {
     let volume = docker
         .inspect_volume(name)
         .await
         .with_context(|| format!("cannot inspect volume {name}"))?;
-    Ok((volume.driver, volume.labels.into_iter().collect()))
+    Ok(VolumeInfo {
+        driver: volume.driver,
+        labels: volume.labels.into_iter().collect(),
+        mountpoint: volume.mountpoint,
+    })
+}
+
+/// What `docker volume inspect` says about a volume.
+pub struct VolumeInfo {
+    pub driver: String,
+    pub labels: BTreeMap<String, String>,
+    /// The volume's directory on the Docker host.
+    pub mountpoint: String,
 }
 
 #[cfg(test)]

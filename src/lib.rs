@@ -15,6 +15,9 @@
 //! - [`keys`]: age recipients and identities.
 //! - [`lock`]: one run per app and store at a time.
 //! - [`backup`], [`restore`], [`verify`]: the operations the subcommands run.
+//! - [`hooks`]: the operator's commands around a backup, each volume and a restore.
+//! - [`notify`]: webhook and healthchecks pings about each backup.
+//! - [`progress`]: per-volume progress bars on a terminal.
 //! - [`retention`]: which backups a keep policy keeps (`lifeboat prune`).
 //! - [`shutdown`]: SIGINT/SIGTERM turned into a cancellation token.
 //! - [`stopped`]: the downtime window that always starts the app again.
@@ -25,10 +28,13 @@ pub mod backup;
 pub mod config;
 pub mod docker;
 pub mod error;
+pub mod hooks;
 pub mod keys;
 pub mod lock;
 pub mod manifest;
+pub mod notify;
 pub mod pipeline;
+pub mod progress;
 pub mod restore;
 pub mod retention;
 pub mod shutdown;

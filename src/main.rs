@@ -18,6 +18,8 @@ const SECRET_FILE_VARIABLES: &[&str] = &[
     "AZURE_STORAGE_CONNECTION_STRING",
     "AZURE_CLIENT_SECRET",
     "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "LIFEBOAT_WEBHOOK_URL",
+    "LIFEBOAT_HEALTHCHECKS_URL",
 ];
 
 fn load_secret_files() -> Result<(), String> {

@@ -3,6 +3,7 @@
 //! then stop the app, stream each volume back in, and start again what was running.
 
 use crate::docker::{self, App, AppSelector, Helper, HelperMount, VOLUME_LABEL};
+use crate::hooks::{HookContext, HookEvent};
 use crate::keys::BoxIdentity;
 use crate::manifest::{self, AppVersion, Manifest, ServiceImage, SourceKind, VolumeRecord};
 use crate::pipeline::PipelineError;
@@ -118,7 +119,7 @@ pub async fn plan_targets(
     for container in &app.containers {
         for mount in container.mounts.iter().filter(|m| m.kind == "volume") {
             if let Some(name) = &mount.name {
-                let (_, labels) = docker::volume_info(docker, name).await?;
+                let labels = docker::volume_info(docker, name).await?.labels;
                 mounted.push((name.clone(), labels.get(VOLUME_LABEL).cloned()));
             }
         }
@@ -204,6 +205,7 @@ pub struct RestorePlan {
     pub map_volumes: BTreeMap<String, String>,
     pub stop_timeout_secs: u32,
     pub version_from: Option<String>,
+    pub hooks: Arc<crate::hooks::Hooks>,
 }
 
 /// What a restore did.
@@ -297,9 +299,18 @@ pub async fn run(
                 Ok(())
             }
         };
+        let mut context = HookContext {
+            app: plan.app_name.clone(),
+            backup_id: manifest.backup_id.clone(),
+            ..Default::default()
+        };
+        plan.hooks
+            .run(docker, Some(&app), HookEvent::BeforeRestore, &context)
+            .await
+            .context("nothing was stopped or changed")?;
         let window = crate::stopped::while_stopped(docker, &app, &plan.app_name, "restore", plan.stop_timeout_secs, cancel, work).await?;
         let (outcome, restarted, downtime) = (window.outcome, window.restarted, window.downtime);
-        match (outcome, restarted) {
+        let result = match (outcome, restarted) {
             (Ok(()), Ok(())) => Ok(RestoreReport {
                 manifest,
                 targets,
@@ -310,6 +321,15 @@ pub async fn run(
             }
             (Err(e), Ok(())) => Err(e),
             (Err(e), Err(restart)) => Err(e.context(format!("and also: {restart:#}"))),
+        };
+        context.failure = Some(result.as_ref().err().map(|e| format!("{e:#}")));
+        let after = plan.hooks.run(docker, Some(&app), HookEvent::AfterRestore, &context).await;
+        match (result, after) {
+            (Ok(report), Err(hook_error)) => Err(hook_error.context(format!(
+                "backup {} is restored, but an after-restore hook failed",
+                report.manifest.backup_id
+            ))),
+            (result, _) => result,
         }
     }
     .await;

@@ -115,6 +115,7 @@ pub async fn recover(docker: &Docker, dir: &Path, app: &str) -> Result<Vec<Strin
         return Ok(vec![]);
     }
     let mut started = Vec::new();
+    let mut failed = Vec::new();
     for (id, name) in &record.containers {
         let running = docker
             .inspect_container(
@@ -126,17 +127,25 @@ pub async fn recover(docker: &Docker, dir: &Path, app: &str) -> Result<Vec<Strin
             .and_then(|c| c.state)
             .and_then(|s| s.running);
         if running == Some(false) {
-            docker
+            // One container that cannot start must not keep every later backup from running:
+            // it is reported, and the operator starts it once its problem is fixed.
+            match docker
                 .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
                 .await
-                .with_context(|| {
-                    format!("cannot start {name}, which an interrupted lifeboat run left stopped")
-                })?;
-            started.push(name.clone());
+            {
+                Ok(()) => started.push(name.clone()),
+                Err(e) => failed.push(format!("{name} ({e})")),
+            }
         }
     }
+    if !failed.is_empty() {
+        tracing::error!(
+            "containers an earlier lifeboat run left stopped still cannot start: {}; fix them and `docker start` them by hand",
+            failed.join("; ")
+        );
+    }
     tracing::warn!(
-        "an earlier lifeboat {} of {} (pid {}, since {}) was interrupted before it started the app again; started again: {}",
+        "an earlier lifeboat {} of {} (pid {}, since {}) ended without starting the app again; started again: {}",
         record.operation,
         record.app,
         record.pid,

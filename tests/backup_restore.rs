@@ -400,7 +400,7 @@ fn after_sigkill_mid_backup_the_next_run_starts_the_app_again_and_says_so() {
     ]));
     assert!(output.status.success());
     assert!(
-        stderr(&output).contains("was interrupted before it started the app again"),
+        stderr(&output).contains("ended without starting the app again"),
         "{}",
         stderr(&output)
     );

@@ -3,9 +3,10 @@
 use super::human_bytes;
 use lifeboat::backup::{BackupPlan, VolumeSelection};
 use lifeboat::config::{
-    AppOptions, BackupOptions, ConfigFile, Merge, RetentionOptions, StoreOptions,
+    AppOptions, BackupOptions, ConfigFile, Merge, NotifyOptions, RetentionOptions, StoreOptions,
 };
 use lifeboat::keys;
+use lifeboat::notify::{Event, Report};
 use lifeboat::pipeline::compress::CompressionSettings;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ pub struct BackupArgs {
     pub store: StoreOptions,
     #[command(flatten)]
     pub backup: BackupOptions,
+    #[command(flatten)]
+    pub notify: NotifyOptions,
 }
 
 pub async fn run(args: BackupArgs, file: ConfigFile, verbose: bool) -> anyhow::Result<ExitCode> {
@@ -31,6 +34,7 @@ pub fn build_plan(
     file: ConfigFile,
 ) -> anyhow::Result<(BackupPlan, StoreOptions, RetentionOptions)> {
     let retention = file.retention.clone();
+    let hooks = lifeboat::hooks::Hooks::from_config(&file.hook)?;
     let app = args.app.or(file.app);
     let store_options = args.store.or(file.store);
     let options = args.backup.or(file.backup);
@@ -70,32 +74,86 @@ pub fn build_plan(
         part_policy: store_options.part_policy()?,
         stop_timeout_secs: app.stop_timeout(),
         version_from: options.version_from,
+        hooks: Arc::new(hooks),
+        progress: lifeboat::progress::Progress::hidden(),
     };
     Ok((plan, store_options, retention))
 }
 
-/// One backup, cancelled by `cancel`.
+/// One backup, cancelled by `cancel`, with its notifications.
 pub async fn run_with(
     args: BackupArgs,
     file: ConfigFile,
     verbose: bool,
     cancel: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let (plan, store_options, retention) = build_plan(args, file)?;
+    let notifier = args.notify.clone().or(file.notify.clone()).notifier()?;
+    let app = args.app.clone().or(file.app.clone()).app_name()?;
+    notifier
+        .send(Event::Start, &Report::new(Event::Start, &app))
+        .await;
+    let started = std::time::Instant::now();
+    let result = back_up(args, file, verbose, cancel).await;
+    let event = if result.is_ok() {
+        Event::Success
+    } else {
+        Event::Failure
+    };
+    let mut report = Report::new(event, &app);
+    report.duration_seconds = Some(started.elapsed().as_secs_f64());
+    match &result {
+        Ok((manifest, store)) => {
+            report.text = format!("lifeboat: {}", summary(manifest, store, started.elapsed()));
+            report.backup_id = Some(manifest.backup_id.clone());
+            report.volumes = Some(manifest.volumes.len());
+            report.bytes_read = Some(manifest.total_tar());
+            report.bytes_stored = Some(manifest.total_stored());
+            report.downtime_seconds = Some(manifest.downtime_seconds);
+            report.store = Some(store.clone());
+        }
+        Err(error) => {
+            report.text = format!("lifeboat: backup of {app} on {} FAILED", report.host);
+            report.error = Some(format!("{error:#}"));
+        }
+    }
+    notifier.send(event, &report).await;
+    result.map(|_| ExitCode::SUCCESS)
+}
+
+/// The one summary line of a run.
+fn summary(
+    manifest: &lifeboat::manifest::Manifest,
+    store: &str,
+    took: std::time::Duration,
+) -> String {
+    format!(
+        "backup {} of {}: {} volumes, {} read, {} stored, took {:.1} s, downtime {:.1} s, in {}",
+        manifest.backup_id,
+        manifest.app,
+        manifest.volumes.len(),
+        human_bytes(manifest.total_tar()),
+        human_bytes(manifest.total_stored()),
+        took.as_secs_f64(),
+        manifest.downtime_seconds,
+        store
+    )
+}
+
+/// One backup and its retention; the manifest and the store's URL.
+async fn back_up(
+    args: BackupArgs,
+    file: ConfigFile,
+    verbose: bool,
+    cancel: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(lifeboat::manifest::Manifest, String)> {
+    let started = std::time::Instant::now();
+    let (mut plan, store_options, retention) = build_plan(args, file)?;
+    plan.progress = lifeboat::progress::Progress::on_terminal();
     let store = lifeboat::store::open(&store_options).await?;
     let docker = lifeboat::docker::connect().await?;
     let manifest = lifeboat::backup::run(&docker, &store, &plan, &cancel).await?;
-    if verbose || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        println!(
-            "backup {} of {}: {} volumes, {} read, {} stored, downtime {:.1} s, in {}",
-            manifest.backup_id,
-            manifest.app,
-            manifest.volumes.len(),
-            human_bytes(manifest.total_tar()),
-            human_bytes(manifest.total_stored()),
-            manifest.downtime_seconds,
-            store.url
-        );
+    if verbose || plan.progress.is_shown() {
+        println!("{}", summary(&manifest, &store.url, started.elapsed()));
     }
     // [retention] in the config file: prune after a good backup. A failed prune is reported but
     // does not fail the backup, which is safe in the store.
@@ -126,5 +184,5 @@ pub async fn run_with(
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok((manifest, store.url.to_string()))
 }

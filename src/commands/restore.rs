@@ -62,6 +62,7 @@ pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::
         map_volumes,
         stop_timeout_secs: app.stop_timeout(),
         version_from: args.version_from,
+        hooks: std::sync::Arc::new(lifeboat::hooks::Hooks::from_config(&file.hook)?),
     };
     let store = lifeboat::store::open(&store_options).await?;
     let docker = lifeboat::docker::connect().await?;

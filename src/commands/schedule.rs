@@ -35,10 +35,13 @@ pub async fn run(args: ScheduleArgs, file: ConfigFile, verbose: bool) -> anyhow:
     let jitter = args
         .jitter
         .as_deref()
-        .map(lifeboat::retention::parse_duration)
+        .map(humantime::parse_duration)
         .transpose()
-        .map_err(|e| lifeboat::error::usage(format!("--jitter: {e}")))?
-        .and_then(|j| j.to_std().ok())
+        .map_err(|e| {
+            lifeboat::error::usage(format!(
+                "--jitter: {e}; give a duration like 90s, 10m or 1h"
+            ))
+        })?
         .unwrap_or_default();
     let cancel = lifeboat::shutdown::cancel_on_signals();
     let mut done = 0u64;

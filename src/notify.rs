@@ -1,0 +1,262 @@
+//! Telling people how a backup went: a generic webhook (a JSON body; its `text` field also
+//! makes it a Slack/Mattermost incoming webhook) and healthchecks.io-style pings (`URL/start`,
+//! `URL` on success, `URL/fail`), each configured for the events it wants.
+//!
+//! A notification never changes a backup's outcome: every failure to deliver one (after a few
+//! retries, each with a short timeout) is logged and otherwise ignored. The URLs are secrets
+//! (a ping URL is enough to fake a success), so they are never logged; only their host is.
+
+use anyhow::Result;
+use serde::Serialize;
+use std::time::Duration;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    Start,
+    Success,
+    Failure,
+}
+
+impl Event {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+}
+
+/// The JSON body of a webhook, and what a ping's body says.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// `backup.start`, `backup.success` or `backup.failure`.
+    pub event: String,
+    /// One line for people (and for Slack-compatible webhooks).
+    pub text: String,
+    pub app: String,
+    pub host: String,
+    pub backup_id: Option<String>,
+    pub error: Option<String>,
+    pub volumes: Option<usize>,
+    pub bytes_read: Option<u64>,
+    pub bytes_stored: Option<u64>,
+    pub duration_seconds: Option<f64>,
+    pub downtime_seconds: Option<f64>,
+    pub store: Option<String>,
+    pub lifeboat_version: String,
+}
+
+impl Report {
+    pub fn new(event: Event, app: &str) -> Self {
+        Self {
+            event: format!("backup.{}", event.name()),
+            app: app.to_string(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            lifeboat_version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        }
+    }
+}
+
+struct Target {
+    url: reqwest::Url,
+    events: Vec<Event>,
+}
+
+/// The configured notification targets.
+pub struct Notifier {
+    client: reqwest::Client,
+    webhook: Option<Target>,
+    healthchecks: Option<Target>,
+}
+
+const ATTEMPTS: u32 = 3;
+
+impl Notifier {
+    /// `webhook_events` defaults to success and failure, `ping_events` to all three.
+    pub fn new(
+        webhook: Option<&str>,
+        webhook_events: Option<Vec<Event>>,
+        healthchecks: Option<&str>,
+        ping_events: Option<Vec<Event>>,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let parse = |what: &str, text: &str| -> Result<reqwest::Url> {
+            let url = reqwest::Url::parse(text).map_err(|e| {
+                crate::error::usage(format!("{what}: not a URL ({e}); give http(s)://…"))
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(crate::error::usage(format!(
+                    "{what}: only http:// and https:// URLs can be notified"
+                )));
+            }
+            Ok(url)
+        };
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .user_agent(concat!("lifeboat/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            client,
+            webhook: webhook
+                .map(|u| parse("--webhook", u))
+                .transpose()?
+                .map(|url| Target {
+                    url,
+                    events: webhook_events.unwrap_or(vec![Event::Success, Event::Failure]),
+                }),
+            healthchecks: healthchecks
+                .map(|u| parse("--healthchecks", u))
+                .transpose()?
+                .map(|url| Target {
+                    url,
+                    events: ping_events.unwrap_or(vec![
+                        Event::Start,
+                        Event::Success,
+                        Event::Failure,
+                    ]),
+                }),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.webhook.is_none() && self.healthchecks.is_none()
+    }
+
+    /// Sends `report` as `event` to every target that wants it. Never fails.
+    pub async fn send(&self, event: Event, report: &Report) {
+        if let Some(target) = self.webhook.as_ref().filter(|t| t.events.contains(&event)) {
+            match serde_json::to_vec(report) {
+                Ok(body) => {
+                    self.deliver("webhook", &target.url, body, "application/json")
+                        .await
+                }
+                Err(e) => tracing::warn!("cannot encode the webhook body: {e}"),
+            }
+        }
+        if let Some(target) = self
+            .healthchecks
+            .as_ref()
+            .filter(|t| t.events.contains(&event))
+        {
+            let url = ping_url(&target.url, event);
+            let body = match &report.error {
+                Some(error) => format!("{}\n{error}", report.text),
+                None => report.text.clone(),
+            };
+            self.deliver("healthchecks ping", &url, body.into_bytes(), "text/plain")
+                .await;
+        }
+    }
+
+    async fn deliver(&self, what: &str, url: &reqwest::Url, body: Vec<u8>, content_type: &str) {
+        let host = url.host_str().unwrap_or("?").to_string();
+        for attempt in 1..=ATTEMPTS {
+            let sent = self
+                .client
+                .post(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body.clone())
+                .send()
+                .await;
+            let problem = match sent {
+                Ok(response) if response.status().is_success() => return,
+                Ok(response) => format!("HTTP {}", response.status()),
+                // Without the URL: it is a secret.
+                Err(e) => describe(&e),
+            };
+            if attempt == ATTEMPTS {
+                tracing::warn!(%host, "could not deliver the {what} ({problem}); the backup's outcome is unchanged");
+            } else {
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+            }
+        }
+    }
+}
+
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(error);
+    let mut detail = String::new();
+    while let Some(cause) = source {
+        detail = cause.to_string();
+        source = cause.source();
+    }
+    if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {detail}")
+    }
+}
+
+/// healthchecks.io's convention: `/start` and `/fail` appended to the check's URL.
+fn ping_url(base: &reqwest::Url, event: Event) -> reqwest::Url {
+    let suffix = match event {
+        Event::Start => "/start",
+        Event::Success => "",
+        Event::Failure => "/fail",
+    };
+    let mut url = base.clone();
+    let path = format!("{}{suffix}", base.path().trim_end_matches('/'));
+    url.set_path(&path);
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ping_urls_follow_healthchecks_conventions() {
+        let base = reqwest::Url::parse("https://hc-ping.com/abc-123/").unwrap();
+        assert_eq!(
+            ping_url(&base, Event::Start).as_str(),
+            "https://hc-ping.com/abc-123/start"
+        );
+        assert_eq!(
+            ping_url(&base, Event::Success).as_str(),
+            "https://hc-ping.com/abc-123"
+        );
+        assert_eq!(
+            ping_url(&base, Event::Failure).as_str(),
+            "https://hc-ping.com/abc-123/fail"
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_usage_errors() {
+        let err = Notifier::new(Some("ftp://x"), None, None, None, Duration::from_secs(1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("--webhook"), "{err}");
+        assert!(
+            Notifier::new(None, None, Some("not a url"), None, Duration::from_secs(1)).is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_target_is_logged_not_fatal() {
+        let notifier = Notifier::new(
+            Some("http://127.0.0.1:9/hook"),
+            None,
+            None,
+            None,
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        // Returns (after its retries) instead of failing or hanging.
+        notifier
+            .send(Event::Failure, &Report::new(Event::Failure, "app"))
+            .await;
+    }
+}
