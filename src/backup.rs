@@ -15,6 +15,7 @@ use crate::pipeline::compress::{CompressionSettings, compressing_writer};
 use crate::pipeline::encrypt::encrypting_writer;
 use crate::pipeline::tally::TallyReader;
 use crate::pipeline::tar_check::RootMeta;
+use crate::pipeline::tar_end::TarEndCheck;
 use crate::pipeline::upload::{PartPolicy, upload_parts};
 use crate::progress::{Progress, VolumeProgress};
 use crate::store::Store;
@@ -562,7 +563,7 @@ async fn produce(
     compression: CompressionSettings,
     pipe: impl tokio::io::AsyncWrite + Send + Unpin,
 ) -> Result<(u64, Option<RootMeta>), PipelineError> {
-    let (tar, tally) = TallyReader::new(tar);
+    let (tar, tally) = TallyReader::new(TarEndCheck::new(tar));
     let encrypted = encrypting_writer(&recipients, pipe).await?;
     let mut compressed = compressing_writer(encrypted, compression);
     tokio::io::copy_buf(

@@ -333,10 +333,7 @@ pub async fn start_again(docker: &Docker, stopped: &Stopped) -> Result<()> {
     let mut failures = Vec::new();
     for (id, name) in &stopped.containers {
         tracing::info!(container = %name, "starting");
-        if let Err(e) = docker
-            .start_container(id, None::<StartContainerOptions>)
-            .await
-        {
+        if let Err(e) = start_retrying(docker, id, name).await {
             failures.push(format!("{name}: {e}"));
         }
     }
@@ -396,6 +393,50 @@ pub async fn exec(
         .map(str::to_string)
         .collect();
     Ok((code, lines))
+}
+
+/// How long a start keeps retrying while the Docker engine does not answer (restarting).
+const ENGINE_RETURN_WAIT: Duration = Duration::from_secs(120);
+
+/// Starts one container; while the engine cannot be reached (dockerd restarting), retries for
+/// up to [`ENGINE_RETURN_WAIT`]. An answer from the engine (even an error) is final.
+async fn start_retrying(
+    docker: &Docker,
+    id: &str,
+    name: &str,
+) -> Result<(), bollard::errors::Error> {
+    let deadline = std::time::Instant::now() + ENGINE_RETURN_WAIT;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if engine_unreachable(&e) && std::time::Instant::now() < deadline => {
+                tracing::warn!(container = %name, "the Docker engine does not answer ({e}); retrying the start");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether an error means the engine did not answer at all (as opposed to refusing).
+pub fn engine_unreachable(error: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error;
+    match error {
+        Error::DockerResponseServerError { message, .. } => {
+            // dockerd answers this while it is shutting down or coming back.
+            message.contains("is restarting") || message.contains("shutting down")
+        }
+        Error::IOError { .. }
+        | Error::HyperResponseError { .. }
+        | Error::RequestTimeoutError
+        | Error::HyperLegacyError { .. } => true,
+        _ => false,
+    }
 }
 
 /// An error from Docker in the middle of an archive stream.

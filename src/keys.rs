@@ -113,8 +113,15 @@ pub fn read_identities(path: &Path) -> Result<Vec<BoxIdentity>> {
             ))),
         };
     }
+    if data.starts_with(b"age-encryption.org/v1") || text.contains("BEGIN AGE ENCRYPTED FILE") {
+        return Err(crate::error::usage(format!(
+            "identity file {} is itself age-encrypted (a passphrase-protected key), which lifeboat cannot prompt for; decrypt it first, e.g. `--identity <(age -d {})`",
+            path.display(),
+            path.display()
+        )));
+    }
     Err(crate::error::usage(format!(
-        "{} holds no identity: expected an age identity (AGE-SECRET-KEY-…) or an SSH private key",
+        "{} holds no identity: expected an age identity (AGE-SECRET-KEY-…) or an SSH private key; lifeboat decrypts with keys, not passphrases",
         path.display()
     )))
 }
@@ -172,6 +179,41 @@ mod tests {
         std::fs::write(&recipients, format!("# ops team\n\n{recipient}\n")).unwrap();
         let parsed = read_recipients_file(&recipients).unwrap();
         assert_eq!(parsed[0].text, recipient);
+    }
+
+    #[test]
+    fn passphrases_and_passphrase_protected_keys_are_explained() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let passphrase = dir.path().join("passphrase.txt");
+        std::fs::write(&passphrase, "correct horse battery staple\n").unwrap();
+        let err = read_identities(&passphrase).err().unwrap().to_string();
+        assert!(err.contains("not passphrases"), "{err}");
+        assert!(!err.contains("correct horse"), "{err}");
+
+        // `age -p` over a key file, made with the age crate.
+        let (identity, _) = generate();
+        let encryptor = age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from(
+            "pw".to_string(),
+        ));
+        let mut encrypted = Vec::new();
+        let mut writer = encryptor.wrap_output(&mut encrypted).unwrap();
+        writer.write_all(identity.as_bytes()).unwrap();
+        writer.finish().unwrap();
+        let protected = dir.path().join("key.txt.age");
+        std::fs::write(&protected, &encrypted).unwrap();
+        let err = read_identities(&protected).err().unwrap().to_string();
+        assert!(err.contains("age -d"), "{err}");
+        assert_eq!(
+            crate::error::class_of(&read_identities(&protected).err().unwrap()),
+            crate::error::ExitClass::Usage
+        );
+
+        let err = read_identities(&dir.path().join("missing.txt"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cannot read identity file"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The streaming stages a volume passes through, each small and tested alone.
 //!
-//! Backup:  Docker tar stream → [`tally`] (tar size, root entry) → [`compress`] → [`encrypt`]
+//! Backup:  Docker tar stream → [`tar_end`] (ended properly?) → [`tally`] (tar size, root
+//!          entry) → [`compress`] → [`encrypt`]
 //!          → pipe → [`upload`] (parts, sha256 of the stored object, abort on failure).
 //! Restore: [`download`] → [`tally`] (size and sha256 against the manifest) → [`encrypt`]
 //!          (decrypt) → [`compress`] (decompress) → [`tar_check`] or the Docker archive upload.
@@ -13,6 +14,7 @@ pub mod download;
 pub mod encrypt;
 pub mod tally;
 pub mod tar_check;
+pub mod tar_end;
 pub mod upload;
 
 use crate::error::ExitClass;

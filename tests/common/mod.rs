@@ -681,10 +681,14 @@ impl FaultProxy {
 
 /// Starts `cmd` (a backup to `s3`) and returns once its first multipart upload is open.
 pub fn spawn_until_uploading(s3: &S3Server, cmd: &mut Command) -> Child {
-    let child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while s3.open_uploads().is_empty() {
-        assert!(Instant::now() < deadline, "the upload never started");
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!("the upload never started: {}", stderr(&output));
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     child

@@ -1,0 +1,351 @@
+//! Faults outside lifeboat: the Docker engine restarting mid-backup, and a full disk where the
+//! local state record is written. Each asserts what the operator cares about: the app runs
+//! again (or was never stopped), no backup that looks complete, no multipart upload left open.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A Docker engine of the test's own (its own data root, containerd and socket), so it can be
+/// restarted without disturbing the tests that share the machine's engine.
+struct PrivateEngine {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateEngine {
+    fn start() -> Self {
+        ensure_docker();
+        let mut engine = Self {
+            dir: tempfile::tempdir_in("/tmp").unwrap(),
+            child: None,
+        };
+        engine.launch();
+        // The test image, from the machine's engine.
+        let save = Command::new("docker")
+            .args(["save", IMAGE])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let loaded = Command::new("docker")
+            .args(["-H", &engine.host(), "load"])
+            .stdin(save.stdout.unwrap())
+            .output()
+            .unwrap();
+        assert!(loaded.status.success(), "{}", stderr(&loaded));
+        engine
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.dir.path().join("sock").display())
+    }
+
+    fn launch(&mut self) {
+        let root = self.dir.path();
+        let log = std::fs::File::create(root.join("dockerd.log")).unwrap();
+        // In its own network namespace: a second dockerd in the host's would tear down the
+        // machine engine's docker0 bridge when it stops.
+        let child = Command::new("unshare")
+            .args(["--net", "dockerd"])
+            .arg("--data-root")
+            .arg(root.join("data"))
+            .arg("--exec-root")
+            .arg(root.join("exec"))
+            .arg("--pidfile")
+            .arg(root.join("dockerd.pid"))
+            .args(["--host", &self.host()])
+            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd is installed (.ci/test installs docker.io)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "the private dockerd did not start: {}",
+                std::fs::read_to_string(root.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        Command::new("docker")
+            .args(["-H", &self.host(), "info"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Stops the engine with `signal` (TERM: like `systemctl restart docker`; KILL: a crash),
+    /// then starts it again on the same data after `pause`.
+    fn restart(&mut self, signal: &str, pause: Duration) {
+        self.signal_and_wait(signal);
+        std::thread::sleep(pause);
+        self.launch();
+    }
+
+    fn stop(&mut self) {
+        self.signal_and_wait("TERM");
+    }
+
+    fn signal_and_wait(&mut self, signal: &str) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    fn docker(&self, args: &[&str]) -> String {
+        let output = Command::new("docker")
+            .args(["-H", &self.host()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "docker {args:?}: {}",
+            stderr(&output)
+        );
+        stdout(&output).trim().to_string()
+    }
+}
+
+impl Drop for PrivateEngine {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let containers = self.docker(&["ps", "-aq"]);
+            for id in containers.lines() {
+                let _ = Command::new("docker")
+                    .args(["-H", &self.host(), "rm", "-f", id])
+                    .output();
+            }
+        }
+        self.stop();
+    }
+}
+
+#[test]
+fn dockerd_restarted_or_crashed_mid_backup_leaves_the_app_running() {
+    let mut engine = PrivateEngine::start();
+    let project = format!("lbtengine{}", std::process::id());
+    let volume = format!("{project}_data");
+    engine.docker(&[
+        "volume",
+        "create",
+        "--label",
+        &format!("com.docker.compose.project={project}"),
+        "--label",
+        "com.docker.compose.volume=data",
+        &volume,
+    ]);
+    engine.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{volume}:/v"),
+        IMAGE,
+        "sh",
+        "-c",
+        "head -c 300000000 /dev/urandom > /v/big && echo keep > /v/small",
+    ]);
+    let container = format!("{project}-app-1");
+    engine.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &container,
+        "--label",
+        &format!("com.docker.compose.project={project}"),
+        "--label",
+        "com.docker.compose.service=app",
+        "-v",
+        &format!("{volume}:/data"),
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ]);
+    let s3 = S3Server::start();
+    let store = s3.bucket("engine");
+    let work = tempfile::tempdir().unwrap();
+    let (_, recipient) = keygen(work.path());
+
+    let host = engine.host();
+    let backup = || {
+        spawn_until_uploading(
+            &s3,
+            s3.env(&mut lifeboat()).env("DOCKER_HOST", &host).args([
+                "backup", "-p", &project, "--store", &store, "-r", &recipient,
+            ]),
+        )
+    };
+    let running = |engine: &PrivateEngine| {
+        engine.docker(&["inspect", "-f", "{{.State.Running}}", &container]) == "true"
+    };
+
+    // A graceful restart (SIGTERM): dockerd finishes the archive stream it is serving before it
+    // exits, so the backup completes; the start waits for the engine to come back.
+    let child = backup();
+    engine.restart("TERM", Duration::from_secs(3));
+    let output = child.wait_with_output().unwrap();
+    let err = stderr(&output);
+    assert!(output.status.success(), "{err}");
+    assert!(err.contains("retrying the start"), "{err}");
+    assert!(
+        running(&engine),
+        "the app runs again once the engine is back"
+    );
+    assert_eq!(list_json(&s3, &store).len(), 1);
+
+    // A crash (SIGKILL) mid-stream: the backup fails, nothing that looks complete is stored,
+    // and the app is started once the engine is back.
+    let objects_before = s3.files("engine");
+    let child = backup();
+    engine.restart("KILL", Duration::from_secs(3));
+    let output = child.wait_with_output().unwrap();
+    let err = stderr(&output);
+    eprintln!("{err}");
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("Docker"), "the message names Docker: {err}");
+    assert!(
+        running(&engine),
+        "the app runs again once the engine is back"
+    );
+    assert_eq!(
+        list_json(&s3, &store).len(),
+        1,
+        "no new backup looks complete"
+    );
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+    assert_eq!(
+        s3.files("engine"),
+        objects_before,
+        "no object of the failed run is left"
+    );
+    assert_eq!(
+        engine.docker(&[
+            "run",
+            "--rm",
+            "-v",
+            &format!("{volume}:/v"),
+            IMAGE,
+            "cat",
+            "/v/small"
+        ]),
+        "keep",
+        "the volume is untouched"
+    );
+
+    // The next run works, and cleans up the helper container the broken run could not remove.
+    let output = run(s3
+        .env(&mut lifeboat())
+        .env("DOCKER_HOST", engine.host())
+        .args([
+            "backup", "-p", &project, "--store", &store, "-r", &recipient,
+        ]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(list_json(&s3, &store).len(), 2);
+    assert_eq!(
+        engine.docker(&["ps", "-aq", "--filter", "label=io.lifeboat.helper"]),
+        ""
+    );
+}
+
+/// A small tmpfs, filled up, unmounted on drop.
+struct FullDisk {
+    dir: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl FullDisk {
+    fn new() -> Self {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("full");
+        std::fs::create_dir(&dir).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            mounted.status.success(),
+            "mounting a tmpfs needs root (the CI runs as root): {}",
+            stderr(&mounted)
+        );
+        let _ = std::fs::write(dir.join("filler"), vec![0u8; 64 * 1024]);
+        Self {
+            dir,
+            _parent: parent,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for FullDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+#[test]
+fn a_full_disk_for_the_state_record_stops_nothing() {
+    let mut app = TestApp::new("diskfull");
+    app.volume("data");
+    let container = app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let started_at = || docker(&["inspect", "-f", "{{.State.StartedAt}}", &container]);
+    let before = started_at();
+    let s3 = S3Server::start();
+    let store = s3.bucket("diskfull");
+    let work = tempfile::tempdir().unwrap();
+    let (_, recipient) = keygen(work.path());
+    let full = FullDisk::new();
+
+    let output = run(s3
+        .env(&mut lifeboat())
+        .env("LIFEBOAT_STATE_DIR", full.path())
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+        ]));
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("No space left on device") && err.contains(&full.path().display().to_string()),
+        "the message names the problem and the place: {err}"
+    );
+    assert_eq!(started_at(), before, "nothing was stopped");
+    assert!(list_json(&s3, &store).is_empty());
+    assert!(s3.open_uploads().is_empty());
+
+    // With room again, the same command works (and the lock was released).
+    let output = run(s3
+        .env(&mut lifeboat())
+        .env("LIFEBOAT_STATE_DIR", work.path())
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+        ]));
+    assert!(output.status.success(), "{}", stderr(&output));
+}
