@@ -25,16 +25,17 @@ impl PrivateEngine {
         };
         engine.launch();
         // The test image, from the machine's engine.
-        let save = Command::new("docker")
+        let mut save = Command::new("docker")
             .args(["save", IMAGE])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let loaded = Command::new("docker")
             .args(["-H", &engine.host(), "load"])
-            .stdin(save.stdout.unwrap())
+            .stdin(save.stdout.take().unwrap())
             .output()
             .unwrap();
+        assert!(save.wait().unwrap().success());
         assert!(loaded.status.success(), "{}", stderr(&loaded));
         engine
     }
