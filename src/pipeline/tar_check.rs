@@ -121,6 +121,20 @@ impl EntryPolicy {
     }
 }
 
+/// Sizes a PAX `size` record may legitimately override: only those the ustar field cannot hold
+/// (8 GiB and more), and then the ustar field must be 0 or agree. Anything else is the parser
+/// differential behind CVE-2025-62518: extractors that trust different fields see different
+/// entries, so the one lifeboat validated would not be the one Docker writes.
+fn size_disagreement(ustar_size: u64, effective_size: u64) -> Option<String> {
+    const USTAR_MAX: u64 = (1 << 33) - 1;
+    let agrees = ustar_size == effective_size || (effective_size > USTAR_MAX && ustar_size == 0);
+    (!agrees).then(|| {
+        format!(
+            "its PAX size ({effective_size}) disagrees with its ustar size ({ustar_size})"
+        )
+    })
+}
+
 /// The path relative to the volume root, or why it is not acceptable.
 fn normalize(path: &Path) -> Result<PathBuf, String> {
     let mut out = PathBuf::new();
@@ -169,6 +183,13 @@ where
                 .map_err(tar_error)?
                 .map(|l| l.into_owned());
             let kind = entry.header().entry_type();
+            let ustar_size = entry.header().raw_entry_size().map_err(tar_error)?;
+            if let Some(reason) = size_disagreement(ustar_size, entry.effective_size()) {
+                return Err(PipelineError::Verification(format!(
+                    "bad tar entry '{}': {reason}",
+                    path.display()
+                )));
+            }
             policy
                 .check(&path, kind, link.as_deref())
                 .map_err(|reason| {
@@ -234,6 +255,62 @@ mod tests {
     async fn check(entries: &[TestEntry<'_>]) -> Result<TarSummary, PipelineError> {
         let bytes = archive(entries).await;
         check_archive(&bytes[..]).await
+    }
+
+    /// A PAX header block carrying `records`, as a hostile archive would write it.
+    fn pax_block(records: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (key, value) in records {
+            let line_len = key.len() + value.len() + 3;
+            let mut len = line_len + line_len.to_string().len();
+            if len.to_string().len() != line_len.to_string().len() {
+                len += 1;
+            }
+            body.extend_from_slice(format!("{len} {key}={value}\n").as_bytes());
+        }
+        let mut h = Header::new_ustar();
+        h.set_path("PaxHeaders/x").unwrap();
+        h.set_entry_type(EntryType::XHeader);
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    #[tokio::test]
+    async fn pax_headers_that_disagree_with_ustar_are_refused() {
+        // TARmageddon: ustar says 0 bytes, PAX says 1024 — a parser that trusts the ustar
+        // field would read the file's data as the next header.
+        let mut bytes = pax_block(&[("size", "1024")]);
+        bytes.extend_from_slice(header("./f", EntryType::Regular, 0, None).as_bytes());
+        bytes.extend_from_slice(&[b'x'; 1024]);
+        bytes.extend_from_slice(&[0u8; 1024]);
+        let err = check_archive(&bytes[..]).await.unwrap_err().to_string();
+        assert!(err.contains("disagrees with its ustar size"), "{err}");
+
+        // A PAX path is what Docker (Go) extracts too, so it is the one validated.
+        let mut bytes = pax_block(&[("path", "../../etc/cron.d/x")]);
+        bytes.extend_from_slice(header("./harmless", EntryType::Regular, 1, None).as_bytes());
+        bytes.extend_from_slice(&[b'x'; 512]);
+        bytes.extend_from_slice(&[0u8; 1024]);
+        let err = check_archive(&bytes[..]).await.unwrap_err().to_string();
+        assert!(err.contains("contains '..'"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn huge_or_negative_sizes_are_refused() {
+        for size_field in [*b"77777777777\0", [0xff; 12]] {
+            let mut h = header("./f", EntryType::Regular, 0, None);
+            h.as_old_mut().size = size_field;
+            h.set_cksum();
+            let mut bytes = h.as_bytes().to_vec();
+            bytes.extend_from_slice(&[b'x'; 512]);
+            bytes.extend_from_slice(&[0u8; 1024]);
+            assert!(check_archive(&bytes[..]).await.is_err());
+        }
     }
 
     #[tokio::test]
