@@ -288,15 +288,24 @@ pub async fn run(
             let (docker, store, manifest) = (docker.clone(), store.clone(), manifest.clone());
             let (targets, identities, cancel) = (targets.clone(), Arc::clone(&plan.identities), cancel.clone());
             async move {
-                for target in &targets {
-                    if cancel.is_cancelled() {
-                        return Err(crate::error::interrupted());
+                // Past this point a signal no longer stops the restore: the data is verified,
+                // and stopping between (or inside) volumes would leave the app with a mix of
+                // old and restored data. It is announced, and the restore finishes.
+                let announce = tokio::spawn(async move {
+                    cancel.cancelled().await;
+                    tracing::warn!("finishing the restore before stopping: the volumes are being replaced, and stopping now would leave the app with a mix of old and restored data");
+                });
+                let result = async {
+                    for target in &targets {
+                        restore_volume(&docker, &store, &manifest, target, &identities)
+                            .await
+                            .with_context(|| format!("restoring volume {} into {}", target.record.name, target.destination))?;
                     }
-                    restore_volume(&docker, &store, &manifest, target, &identities)
-                        .await
-                        .with_context(|| format!("restoring volume {} into {}", target.record.name, target.destination))?;
+                    Ok(())
                 }
-                Ok(())
+                .await;
+                announce.abort();
+                result
             }
         };
         let mut context = HookContext {

@@ -350,3 +350,93 @@ fn a_full_disk_for_the_state_record_stops_nothing() {
         ]));
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn sigint_mid_backup_and_signals_mid_restore() {
+    let mut app = TestApp::new("signals");
+    let data = app.volume("data");
+    app.in_volume(
+        &data,
+        "head -c 300000000 /dev/urandom > /v/big && echo backed-up > /v/marker",
+    );
+    let container = app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let started_at = || docker(&["inspect", "-f", "{{.State.StartedAt}}", &container]);
+    let s3 = S3Server::start();
+    let store = s3.bucket("signals");
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+
+    // SIGINT (Ctrl-C) mid-backup: exit 130, upload aborted, the app runs again.
+    let child = spawn_until_uploading(
+        &s3,
+        s3.env(&mut lifeboat()).args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+        ]),
+    );
+    signal(&child, "INT");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    assert!(app.running().values().all(|r| *r));
+    assert!(s3.open_uploads().is_empty());
+    assert!(list_json(&s3, &store).is_empty());
+
+    backup_ok(&s3, &app.project, &store, &recipient);
+    let backed_up = app.snapshot(&data);
+    app.in_volume(&data, "echo changed > /v/marker");
+    let changed = app.snapshot(&data);
+    let restore = || {
+        s3.env(&mut lifeboat())
+            .args(["restore", "-p", &app.project, "--store", &store, "-i"])
+            .arg(&key)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // SIGINT while the backup is being verified: nothing changed, nothing stopped.
+    let before = started_at();
+    let child = restore();
+    std::thread::sleep(Duration::from_millis(700));
+    signal(&child, "INT");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
+    assert_eq!(app.snapshot(&data), changed, "the volume is untouched");
+    assert_eq!(started_at(), before, "the app was never stopped");
+
+    // SIGTERM once the volumes are being replaced: the restore finishes (a half-replaced app
+    // is worse than a late exit), says so, and the app runs again.
+    let child = restore();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while docker(&["inspect", "-f", "{{.State.Running}}", &container]) == "true" {
+        assert!(
+            Instant::now() < deadline,
+            "the restore never stopped the app"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, "TERM");
+    let output = child.wait_with_output().unwrap();
+    let err = stderr(&output);
+    assert!(output.status.success(), "{err}");
+    assert!(err.contains("finishing the restore"), "{err}");
+    assert_eq!(
+        app.snapshot(&data),
+        backed_up,
+        "the volume holds the backup"
+    );
+    assert!(app.running().values().all(|r| *r));
+}

@@ -129,9 +129,7 @@ fn size_disagreement(ustar_size: u64, effective_size: u64) -> Option<String> {
     const USTAR_MAX: u64 = (1 << 33) - 1;
     let agrees = ustar_size == effective_size || (effective_size > USTAR_MAX && ustar_size == 0);
     (!agrees).then(|| {
-        format!(
-            "its PAX size ({effective_size}) disagrees with its ustar size ({ustar_size})"
-        )
+        format!("its PAX size ({effective_size}) disagrees with its ustar size ({ustar_size})")
     })
 }
 
