@@ -43,12 +43,21 @@ fn check_config_reaches_the_store_and_docker_and_lists_what_a_backup_takes() {
             .args(["check-config", "-p", &app.project]));
     assert_eq!(output.status.code(), Some(2));
     assert!(
-        stderr(&output).contains("compresion") && stderr(&output).contains("compression"),
+        stderr(&output).contains("compresion")
+            && stderr(&output).contains("did you mean `compression`?"),
         "{}",
         stderr(&output)
     );
 
+    let passphrase = work.path().join("passphrase.txt");
+    std::fs::write(&passphrase, "correct horse battery staple\n").unwrap();
+    let passphrase = passphrase.display().to_string();
     for (args, needle) in [
+        (vec!["restore", "-p", "x"], "needs the identity"),
+        (
+            vec!["restore", "-p", "x", "-i", &passphrase],
+            "keys, not passphrases",
+        ),
         (
             vec![
                 "backup",
