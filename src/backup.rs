@@ -13,10 +13,11 @@ use crate::manifest::{self, AppVersion, Encryption, Manifest, SourceKind, Volume
 use crate::pipeline::PipelineError;
 use crate::pipeline::compress::{CompressionSettings, compressing_writer};
 use crate::pipeline::encrypt::encrypting_writer;
+use crate::pipeline::spool::{self, SpoolBudget};
 use crate::pipeline::tally::TallyReader;
 use crate::pipeline::tar_check::RootMeta;
 use crate::pipeline::tar_end::TarEndCheck;
-use crate::pipeline::upload::{PartPolicy, upload_parts};
+use crate::pipeline::upload::{PartPolicy, UploadedParts, upload_parts};
 use crate::progress::{Progress, VolumeProgress};
 use crate::store::Store;
 use anyhow::{Context, Result, anyhow};
@@ -52,6 +53,29 @@ pub struct BackupPlan {
     pub hooks: Arc<Hooks>,
     /// Bars on a terminal, or hidden.
     pub progress: Progress,
+    /// Where encrypted output the uplink cannot take yet waits, and how much of it (0: no
+    /// spool; the app then stays stopped until the uploads finish).
+    pub spool_dir: std::path::PathBuf,
+    pub spool_limit: u64,
+}
+
+impl BackupPlan {
+    /// The spool for this run, or none (size 0, or its directory cannot be made).
+    fn spool_budget(&self) -> Option<Arc<SpoolBudget>> {
+        if self.spool_limit < spool::MIN_BUDGET {
+            return None;
+        }
+        match SpoolBudget::new(self.spool_dir.clone(), self.spool_limit) {
+            Ok(budget) => Some(budget),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot use {} for the spool ({e}); backing up without one, so the app stays stopped until the uploads finish",
+                    self.spool_dir.display()
+                );
+                None
+            }
+        }
+    }
 }
 
 /// Where one volume's data is read from.
@@ -292,7 +316,8 @@ async fn attempt(
         docker::remove_stale_helpers(docker).await;
         tracing::info!(app = %plan.app_name, backup = %backup_id, volumes = sources.len(), store = %store.url, "starting backup");
 
-        let work = back_up_volumes(
+        let spool = plan.spool_budget();
+        let work = read_volumes(
             VolumeJob {
                 docker: docker.clone(),
                 store: store.clone(),
@@ -304,30 +329,40 @@ async fn attempt(
                 policy: plan.part_policy,
                 hooks: Arc::clone(&plan.hooks),
                 progress: plan.progress.clone(),
+                spool: spool.clone(),
                 cancel: cancel.clone(),
             },
             sources,
         );
         let window = crate::stopped::while_stopped(docker, app, &plan.app_name, "backup", plan.stop_timeout_secs, cancel, work).await?;
         let (outcome, restarted, downtime) = (window.outcome, window.restarted, window.downtime);
-        let (volumes, hook_failures) = match (outcome, restarted) {
-            (Ok(done), Ok(())) => done,
-            (Ok((volumes, _)), Err(restart_error)) => {
-                // The data is safe: record it, then report the restart failure.
-                let manifest =
-                    finish_manifest(plan, backup_id, started_at, downtime, app_version, volumes);
-                manifest::write(&store.objects, &store.layout, &manifest).await?;
-                return Err(restart_error.context(format!(
-                    "backup {backup_id} is complete, but the app is not fully running"
-                )));
-            }
+        let (read, hook_failures) = match (outcome, &restarted) {
+            (Ok(done), _) => done,
             (Err(error), Ok(())) => return Err(error),
             (Err(error), Err(restart_error)) => {
                 return Err(error.context(format!("and also: {restart_error:#}")));
             }
         };
+        if spool.is_some() {
+            tracing::info!(downtime_s = format!("{:.1}", downtime.as_secs_f64()), "every volume is read and the app started again; finishing the uploads from the spool");
+        }
+        let volumes = match finish_uploads(store, &plan.app_name, backup_id, read).await {
+            Ok(volumes) => volumes,
+            Err(error) => {
+                return Err(match restarted {
+                    Ok(()) => error,
+                    Err(restart_error) => error.context(format!("and also: {restart_error:#}")),
+                });
+            }
+        };
         let manifest = finish_manifest(plan, backup_id, started_at, downtime, app_version, volumes);
         manifest::write(&store.objects, &store.layout, &manifest).await?;
+        if let Err(restart_error) = restarted {
+            // The data is safe and recorded; the restart failure is what to report.
+            return Err(restart_error.context(format!(
+                "backup {backup_id} is complete, but the app is not fully running"
+            )));
+        }
         Ok((manifest, hook_failures))
     }
     .await;
@@ -382,16 +417,45 @@ struct VolumeJob {
     policy: PartPolicy,
     hooks: Arc<Hooks>,
     progress: Progress,
+    spool: Option<Arc<SpoolBudget>>,
     cancel: CancellationToken,
 }
 
-/// Backs up the sources one after another, each between its volume hooks. Returns the records
-/// and the after-volume hooks that failed; on an error, deletes the objects already stored.
-async fn back_up_volumes(
+/// A volume read to its end, its upload still going on (from the spool, or done already).
+struct ReadVolume {
+    /// The record, without the stored size and hash the upload will give.
+    record: VolumeRecord,
+    location: object_store::path::Path,
+    what: String,
+    upload: tokio::task::JoinHandle<Result<UploadedParts, PipelineError>>,
+    /// Cancels this upload alone.
+    cancel: CancellationToken,
+}
+
+impl ReadVolume {
+    /// Stops the upload and aborts its multipart upload.
+    async fn abandon(self) {
+        self.cancel.cancel();
+        if let Ok(Ok(parts)) = self.upload.await {
+            parts.abort().await;
+        }
+    }
+}
+
+async fn abandon_all(read: impl IntoIterator<Item = ReadVolume>) {
+    for volume in read {
+        volume.abandon().await;
+    }
+}
+
+/// The downtime part of a backup: reads the sources one after another, each between its volume
+/// hooks, into uploads that may still be draining the spool when this returns. Returns them
+/// and the after-volume hooks that failed; on an error, abandons every upload.
+async fn read_volumes(
     job: VolumeJob,
     sources: Vec<Source>,
-) -> Result<(Vec<VolumeRecord>, Vec<String>)> {
-    let mut records = Vec::with_capacity(sources.len());
+) -> Result<(Vec<ReadVolume>, Vec<String>)> {
+    let mut read = Vec::with_capacity(sources.len());
     let mut hook_failures = Vec::new();
     for source in &sources {
         let started = Instant::now();
@@ -412,7 +476,7 @@ async fn back_up_volumes(
             )
             .await
         {
-            Ok(()) => back_up_volume(&job, source).await,
+            Ok(()) => read_volume(&job, source).await,
             Err(error) => Err(error),
         };
         context.failure = Some(result.as_ref().err().map(|e| format!("{e:#}")));
@@ -429,24 +493,73 @@ async fn back_up_volumes(
             hook_failures.push(format!("{error:#}"));
         }
         match result {
-            Ok(record) => {
+            Ok(volume) => {
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
                 tracing::info!(
-                    volume = %record.name,
-                    tar_bytes = record.tar_size,
-                    stored_bytes = record.stored_size,
-                    mib_per_s = format!("{:.1}", record.tar_size as f64 / secs / 1048576.0),
-                    "volume stored"
+                    volume = %volume.record.name,
+                    tar_bytes = volume.record.tar_size,
+                    mib_per_s = format!("{:.1}", volume.record.tar_size as f64 / secs / 1048576.0),
+                    "volume read"
                 );
+                read.push(volume);
+            }
+            Err(error) => {
+                abandon_all(read).await;
+                return Err(error);
+            }
+        }
+    }
+    Ok((read, hook_failures))
+}
+
+/// Waits for the uploads in order and completes each; on an error, abandons the rest and
+/// deletes the objects already completed.
+async fn finish_uploads(
+    store: &Store,
+    app: &str,
+    backup_id: &str,
+    read: Vec<ReadVolume>,
+) -> Result<Vec<VolumeRecord>> {
+    let mut records: Vec<VolumeRecord> = Vec::with_capacity(read.len());
+    let mut pending = read.into_iter();
+    while let Some(volume) = pending.next() {
+        let ReadVolume {
+            mut record,
+            location,
+            what,
+            upload,
+            cancel: _,
+        } = volume;
+        let stored = match upload.await {
+            Ok(Ok(parts)) => {
+                let (size, sha256) = (parts.size, parts.sha256.clone());
+                parts
+                    .complete()
+                    .await
+                    .map(|()| (size, sha256))
+                    .map_err(|e| {
+                        anyhow::Error::new(e)
+                            .context(format!("completing the upload of {location}"))
+                    })
+            }
+            Ok(Err(PipelineError::Cancelled)) => Err(crate::error::interrupted()),
+            Ok(Err(e)) => {
+                Err(anyhow::Error::new(e).context(format!("uploading {what} to {location}")))
+            }
+            Err(join_error) => Err(anyhow!("the upload of {what} failed: {join_error}")),
+        };
+        match stored {
+            Ok((size, sha256)) => {
+                record.stored_size = size;
+                record.sha256 = sha256;
+                tracing::info!(volume = %record.name, stored_bytes = size, "volume stored");
                 records.push(record);
             }
             Err(error) => {
+                abandon_all(pending).await;
                 for done in &records {
-                    let key = job
-                        .store
-                        .layout
-                        .object(&job.app_name, &job.backup_id, &done.object);
-                    if let Err(e) = job.store.objects.delete(&key).await {
+                    let key = store.layout.object(app, backup_id, &done.object);
+                    if let Err(e) = store.objects.delete(&key).await {
                         tracing::warn!(%key, "could not delete an object of the failed backup: {e}");
                     }
                 }
@@ -454,13 +567,16 @@ async fn back_up_volumes(
             }
         }
     }
-    Ok((records, hook_failures))
+    Ok(records)
 }
 
-async fn back_up_volume(job: &VolumeJob, source: &Source) -> Result<VolumeRecord> {
-    let (docker, store, compression) = (&job.docker, &job.store, job.compression);
+async fn read_volume(job: &VolumeJob, source: &Source) -> Result<ReadVolume> {
+    let (docker, compression) = (&job.docker, job.compression);
     let object = manifest::object_name(&source.name, compression.kind);
-    let location = store.layout.object(&job.app_name, &job.backup_id, &object);
+    let location = job
+        .store
+        .layout
+        .object(&job.app_name, &job.backup_id, &object);
     let what = format!(
         "volume {} (read through {} at {})",
         source.name, source.service, source.container_path
@@ -473,87 +589,95 @@ async fn back_up_volume(job: &VolumeJob, source: &Source) -> Result<VolumeRecord
     let result = stream_volume(job, &helper, &location, &what, &progress).await;
     drop(progress);
     helper.remove(docker).await;
-    let (tar_size, root, stored_size, sha256) = result?;
-    Ok(VolumeRecord {
-        name: source.name.clone(),
-        kind: source.kind,
-        compose_volume: source.compose_volume.clone(),
-        driver: source.driver.clone(),
-        labels: source.labels.clone(),
-        service: source.service.clone(),
-        container_path: source.container_path.clone(),
-        object,
-        stored_size,
-        sha256,
-        tar_size,
-        compression: compression.kind,
-        encryption: Encryption {
-            scheme: "age".into(),
-            recipients: job.recipients.iter().map(|r| r.text.clone()).collect(),
+    let (tar_size, root, upload, cancel) = result?;
+    Ok(ReadVolume {
+        record: VolumeRecord {
+            name: source.name.clone(),
+            kind: source.kind,
+            compose_volume: source.compose_volume.clone(),
+            driver: source.driver.clone(),
+            labels: source.labels.clone(),
+            service: source.service.clone(),
+            container_path: source.container_path.clone(),
+            object,
+            stored_size: 0,
+            sha256: String::new(),
+            tar_size,
+            compression: compression.kind,
+            encryption: Encryption {
+                scheme: "age".into(),
+                recipients: job.recipients.iter().map(|r| r.text.clone()).collect(),
+            },
+            root,
         },
-        root,
+        location,
+        what,
+        upload,
+        cancel,
     })
 }
 
-/// Streams the helper's volume into a completed object: (tar size, root, stored size, sha256).
+type Upload = tokio::task::JoinHandle<Result<UploadedParts, PipelineError>>;
+
+/// Streams the helper's volume to its end into an upload task (through the spool, if any):
+/// (tar size, root, the upload, its cancellation).
 async fn stream_volume(
     job: &VolumeJob,
     helper: &Helper,
     location: &object_store::path::Path,
     what: &str,
     progress: &VolumeProgress,
-) -> Result<(u64, Option<RootMeta>, u64, String)> {
-    let (docker, store) = (&job.docker, &job.store);
-    let (pipe_writer, pipe_reader) = tokio::io::duplex(1 << 20);
-    let tar = docker::tar_of(docker, &helper.id, docker::HELPER_PATH);
-    let producer = tokio::spawn(produce(
+) -> Result<(u64, Option<RootMeta>, Upload, CancellationToken)> {
+    let (pipe_writer, pipe_reader) = spool::pipe(job.spool.as_ref())
+        .map_err(|e| anyhow!("cannot set up the spool for {what}: {e}"))?;
+    let cancel = job.cancel.child_token();
+    let upload = tokio::spawn({
+        let objects = Arc::clone(&job.store.objects);
+        let (location, attributes) = (location.clone(), job.store.upload_attributes.clone());
+        let (policy, cancel) = (job.policy, cancel.clone());
+        async move {
+            upload_parts(
+                &objects,
+                &location,
+                attributes,
+                pipe_reader,
+                &policy,
+                &cancel,
+            )
+            .await
+        }
+    });
+    let tar = docker::tar_of(&job.docker, &helper.id, docker::HELPER_PATH);
+    let produced = produce(
         progress.count_read(tokio_util::io::StreamReader::new(tar)),
         Arc::clone(&job.recipients),
         job.compression,
         progress.count_stored(pipe_writer),
-    ));
-    let parts = match upload_parts(
-        &store.objects,
-        location,
-        store.upload_attributes.clone(),
-        pipe_reader,
-        &job.policy,
-        &job.cancel,
     )
-    .await
-    {
-        Ok(parts) => parts,
-        Err(upload_error) => {
-            // The upload failing is the cause: a producer that fails first closes the pipe,
-            // the upload then ends normally, and the producer's error is reported below.
-            producer.abort();
-            return Err(match upload_error {
-                PipelineError::Cancelled => crate::error::interrupted(),
-                other => {
-                    anyhow::Error::new(other).context(format!("uploading {what} to {location}"))
+    .await;
+    match produced {
+        Ok((tar_size, root)) => Ok((tar_size, root, upload, cancel)),
+        Err(produce_error) => {
+            // An upload that failed first is the cause: the producer then only saw the pipe
+            // close. Otherwise the producer's error is, and the upload is abandoned.
+            cancel.cancel();
+            let upload_result = upload.await;
+            if job.cancel.is_cancelled() {
+                return Err(crate::error::interrupted());
+            }
+            match upload_result {
+                Ok(Err(upload_error)) if !matches!(upload_error, PipelineError::Cancelled) => {
+                    Err(anyhow::Error::new(upload_error)
+                        .context(format!("uploading {what} to {location}")))
                 }
-            });
+                Ok(Ok(parts)) => {
+                    parts.abort().await;
+                    Err(anyhow::Error::new(produce_error).context(format!("backing up {what}")))
+                }
+                _ => Err(anyhow::Error::new(produce_error).context(format!("backing up {what}"))),
+            }
         }
-    };
-    let (tar_size, root) = match producer.await {
-        Ok(Ok(done)) => done,
-        Ok(Err(produce_error)) => {
-            parts.abort().await;
-            return Err(anyhow::Error::new(produce_error).context(format!("backing up {what}")));
-        }
-        Err(join_error) => {
-            parts.abort().await;
-            return Err(anyhow!(
-                "backing up {what}: the stream task failed: {join_error}"
-            ));
-        }
-    };
-    let (stored_size, sha256) = (parts.size, parts.sha256.clone());
-    parts
-        .complete()
-        .await
-        .with_context(|| format!("completing the upload of {location}"))?;
-    Ok((tar_size, root, stored_size, sha256))
+    }
 }
 
 /// Docker's tar stream → tally → compress → encrypt → the pipe to the uploader.

@@ -206,8 +206,17 @@ pub struct BackupOptions {
     /// Where to read one app version string: label:KEY, env:NAME or file:SERVICE:/path
     #[arg(long, env = "LIFEBOAT_VERSION_FROM", value_name = "SOURCE")]
     pub version_from: Option<String>,
+    /// Disk space in MiB for encrypted output the uplink cannot take yet, so the app restarts
+    /// as soon as its volumes are read; 0 turns the spool off [default: half the free space of
+    /// the spool directory, at most 16 GiB]
+    #[arg(long, env = "LIFEBOAT_SPOOL_SIZE_MIB", value_name = "MIB")]
+    pub spool_size_mib: Option<u64>,
+    /// Directory of the spool (only ciphertext, unlinked files) [default: the state directory's
+    /// spool/]
+    #[arg(long, env = "LIFEBOAT_SPOOL_DIR", value_name = "PATH")]
+    pub spool_dir: Option<PathBuf>,
 }
-merge_options!(BackupOptions { recipients, recipients_file, compression, level, volumes, exclude_volumes, bind_paths, version_from } bools {});
+merge_options!(BackupOptions { recipients, recipients_file, compression, level, volumes, exclude_volumes, bind_paths, version_from, spool_size_mib, spool_dir } bools {});
 
 /// How a restore is done.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]

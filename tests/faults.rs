@@ -440,3 +440,152 @@ fn sigint_mid_backup_and_signals_mid_restore() {
     );
     assert!(app.running().values().all(|r| *r));
 }
+
+/// The deleted-but-open spool files of process `pid` under `dir`, read through /proc.
+fn open_spool_files(pid: u32, dir: &Path) -> Vec<Vec<u8>> {
+    let mut contents = Vec::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return contents;
+    };
+    for fd in fds.flatten() {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        if target.starts_with(dir) {
+            contents.push(std::fs::read(fd.path()).unwrap_or_default());
+        }
+    }
+    contents
+}
+
+#[test]
+fn a_slow_uplink_does_not_keep_the_app_down_and_the_spool_holds_only_ciphertext() {
+    let mut app = TestApp::new("spool");
+    let data = app.volume("data");
+    app.in_volume(
+        &data,
+        "head -c 30000000 /dev/urandom > /v/big && for i in $(seq 1 20000); do echo PLAINTEXT-MARKER-$i; done > /v/text",
+    );
+    let container = app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let running = || docker(&["inspect", "-f", "{{.State.Running}}", &container]) == "true";
+    let s3 = S3Server::start();
+    let store = s3.bucket("spool");
+    let proxy = FaultProxy::start(s3.port);
+    proxy.throttle_uploads(3_000_000);
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("spool");
+    let (key, recipient) = keygen(work.path());
+    let before = app.snapshot(&data);
+
+    let mut child = s3
+        .env(&mut lifeboat())
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", proxy.port),
+        )
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+        ])
+        // 10 MiB of parts in memory; the rest must wait in the spool.
+        .args([
+            "--part-size-mib",
+            "5",
+            "--parts-in-flight",
+            "2",
+            "--spool-dir",
+        ])
+        .arg(&spool)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while running() {
+        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Stopped: the volume is read at compression speed into the spool...
+    while !running() {
+        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ...and the app runs again while the upload goes on at the uplink's pace.
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the app ran again only once the backup had ended"
+    );
+    assert!(!s3.open_uploads().is_empty(), "the upload is still going");
+    let spooled = open_spool_files(child.id(), &spool);
+    assert!(
+        !spooled.is_empty(),
+        "the spool holds the rest of the upload"
+    );
+    let marker = b"PLAINTEXT-MARKER-1";
+    for file in &spooled {
+        assert!(
+            !file.windows(marker.len()).any(|w| w == marker),
+            "plaintext in the spool"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "spool files are unlinked: a crash leaves nothing behind"
+    );
+
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let manifest = &list_json(&s3, &store)[0];
+    assert!(manifest["downtime_seconds"].as_f64().unwrap() > 0.0);
+    app.wipe(&data);
+    let output = restore(&s3, &app.project, &store, &key);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(app.snapshot(&data), before);
+}
+
+#[test]
+fn a_full_spool_disk_fails_the_backup_cleanly() {
+    let mut app = TestApp::new("spoolfull");
+    let data = app.volume("data");
+    app.in_volume(&data, "head -c 20000000 /dev/urandom > /v/big");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("spoolfull");
+    let proxy = FaultProxy::start(s3.port);
+    proxy.throttle_uploads(2_000_000);
+    let work = tempfile::tempdir().unwrap();
+    let (_, recipient) = keygen(work.path());
+    let full = FullDisk::new();
+
+    let output = run(s3
+        .env(&mut lifeboat())
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", proxy.port),
+        )
+        .args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+        ])
+        .args(["--spool-size-mib", "64", "--spool-dir"])
+        .arg(full.path()));
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("spool") && err.contains("No space left on device"),
+        "the message names the spool and the full disk: {err}"
+    );
+    assert!(app.running().values().all(|r| *r), "the app runs again");
+    assert!(list_json(&s3, &store).is_empty());
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+}

@@ -61,6 +61,14 @@ pub fn build_plan(
             range.end()
         )));
     }
+    let spool_dir = options
+        .spool_dir
+        .clone()
+        .unwrap_or_else(|| lifeboat::state::state_dir().join("spool"));
+    let spool_limit = options.spool_size_mib.map_or_else(
+        || lifeboat::pipeline::spool::SpoolBudget::default_limit(&spool_dir),
+        |mib| mib << 20,
+    );
     let plan = BackupPlan {
         app_name: app.app_name()?,
         selector: app.selector()?,
@@ -76,6 +84,8 @@ pub fn build_plan(
         version_from: options.version_from,
         hooks: Arc::new(hooks),
         progress: lifeboat::progress::Progress::hidden(),
+        spool_dir,
+        spool_limit,
     };
     Ok((plan, store_options, retention))
 }

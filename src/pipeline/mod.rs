@@ -12,6 +12,7 @@
 pub mod compress;
 pub mod download;
 pub mod encrypt;
+pub mod spool;
 pub mod tally;
 pub mod tar_check;
 pub mod tar_end;

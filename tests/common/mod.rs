@@ -560,6 +560,7 @@ pub struct FaultProxy {
     cut_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stall_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stall_upload_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    upload_rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -582,10 +583,15 @@ impl FaultProxy {
         let stall_upload_after = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (log, cut, stall) = (requests.clone(), cut_after.clone(), stall_after.clone());
         let stall_up = stall_upload_after.clone();
+        let upload_rate = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        // One uplink for all connections: the time the next upload byte may pass.
+        let uplink_free = std::sync::Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
+        let rate = upload_rate.clone();
         runtime.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let (log, cut, stall) = (log.clone(), cut.clone(), stall.clone());
                 let stall_up = stall_up.clone();
+                let (rate, uplink_free) = (rate.clone(), uplink_free.clone());
                 tokio::spawn(async move {
                     let Ok(server) =
                         tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
@@ -598,6 +604,19 @@ impl FaultProxy {
                         let mut buf = vec![0u8; 64 * 1024];
                         let mut sent = 0u64;
                         while let Ok(n) = client_read.read(&mut buf).await {
+                            let per_second = rate.load(Ordering::SeqCst);
+                            if per_second > 0 {
+                                let pass_at = {
+                                    let mut free = uplink_free.lock().unwrap();
+                                    let start = (*free).max(tokio::time::Instant::now());
+                                    *free = start
+                                        + std::time::Duration::from_secs_f64(
+                                            n as f64 / per_second as f64,
+                                        );
+                                    *free
+                                };
+                                tokio::time::sleep_until(pass_at).await;
+                            }
                             if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
@@ -642,8 +661,16 @@ impl FaultProxy {
             cut_after,
             stall_after,
             stall_upload_after,
+            upload_rate,
             _runtime: runtime,
         }
+    }
+
+    /// Limits what all connections together send upstream to `bytes_per_second` (0: no limit):
+    /// a slow uplink.
+    pub fn throttle_uploads(&self, bytes_per_second: u64) {
+        self.upload_rate
+            .store(bytes_per_second, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Stops relaying (but keeps open) the next connection that relays more than `bytes`
