@@ -687,7 +687,7 @@ async fn produce(
     compression: CompressionSettings,
     pipe: impl tokio::io::AsyncWrite + Send + Unpin,
 ) -> Result<(u64, Option<RootMeta>), PipelineError> {
-    let (tar, tally) = TallyReader::new(TarEndCheck::new(tar));
+    let (tar, tally) = TallyReader::counting(TarEndCheck::new(tar));
     let encrypted = encrypting_writer(&recipients, pipe).await?;
     let mut compressed = compressing_writer(encrypted, compression);
     tokio::io::copy_buf(
