@@ -685,7 +685,7 @@ async fn produce(
     tar: impl tokio::io::AsyncRead + Send + Unpin,
     recipients: Arc<Vec<Recipient>>,
     compression: CompressionSettings,
-    pipe: impl tokio::io::AsyncWrite + Send + Unpin,
+    pipe: impl tokio::io::AsyncWrite + Send + Unpin + 'static,
 ) -> Result<(u64, Option<RootMeta>), PipelineError> {
     let (tar, tally) = TallyReader::counting(TarEndCheck::new(tar));
     let encrypted = encrypting_writer(&recipients, pipe).await?;

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Is lifeboat's memory flat in the volume's size? Backs up a 1 GiB and a 10 GiB volume (random
+# bytes: the worst case for buffers) to an s3s-fs server on 127.0.0.1 and prints peak RSS,
+# wall time and downtime for each, with the part settings that bound the upload buffers.
+#
+#   bash bench/rss.sh                    # 1 GiB and 10 GiB
+#   SIZES_MIB="1024 4096" bash bench/rss.sh
+#
+# Needs ~3× the largest size in free disk (volume, stored objects, spool). Not a test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZES_MIB=${SIZES_MIB:-"1024 10240"}
+[ -x /usr/bin/time ] || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null; }
+cargo build --release --quiet
+L=$PWD/target/release/lifeboat
+work=$(mktemp -d /var/tmp/lifeboat-rss.XXXXXX)
+project=lbrss$$
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work/s3/rss"
+s3s-fs --host 127.0.0.1 --port "$port" --access-key rss --secret-key rss-secret "$work/s3" >/dev/null 2>&1 &
+s3pid=$!
+cleanup() {
+  kill $s3pid 2>/dev/null || true
+  docker rm -f "$project-app-1" >/dev/null 2>&1 || true
+  docker volume rm -f "${project}_data" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export AWS_ACCESS_KEY_ID=rss AWS_SECRET_ACCESS_KEY=rss-secret AWS_REGION=us-east-1
+export AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_EC2_METADATA_DISABLED=true
+unset AWS_CA_BUNDLE
+IMAGE=lifeboat-test/busybox:1
+docker image inspect $IMAGE >/dev/null 2>&1 || cargo test --quiet --test backup_restore no_matching_containers >/dev/null
+$L keygen --output "$work/key.txt" 2> "$work/recipient.txt"
+R=$(cat "$work/recipient.txt")
+docker volume create --label com.docker.compose.project=$project --label com.docker.compose.volume=data "${project}_data" >/dev/null
+docker create --name "$project-app-1" --label com.docker.compose.project=$project --label com.docker.compose.service=app \
+  -v "${project}_data:/data" $IMAGE sh -c "trap 'exit 0' TERM; while true; do sleep 1; done" >/dev/null
+docker start "$project-app-1" >/dev/null
+
+echo "| volume | wall s | MiB/s | downtime s | peak RSS MiB |"
+echo "|---:|---:|---:|---:|---:|"
+for size in $SIZES_MIB; do
+  echo "filling the volume with $size MiB..." >&2
+  docker run --rm -v "${project}_data:/v" $IMAGE sh -c "rm -f /v/*; head -c $((size * 1048576)) /dev/urandom > /v/random.bin"
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  /usr/bin/time -f "%e %M" -o "$work/time" $L backup -p $project --store s3://rss/lifeboat -r "$R" >/dev/null
+  read -r wall rss < "$work/time"
+  downtime=$($L list --store s3://rss/lifeboat --json | python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)[-1]["downtime_seconds"])')
+  echo "| $size MiB | $wall | $(python3 -c "print(round($size / $wall))") | $downtime | $((rss / 1024)) |"
+  rm -rf "$work/s3/rss/lifeboat"
+done
+echo
+echo "Upload buffers: 4 parts in flight × 8 MiB (the defaults; parts grow only past 1,000 parts)."
