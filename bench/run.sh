@@ -12,8 +12,8 @@
 #   bash bench/run.sh            # ≈1.2 GiB dataset, 3 rounds
 #   SIZE_MIB=4096 ROUNDS=2 bash bench/run.sh
 #
-# Installs GNU time, restic and rclone when missing; needs what .ci/test installs. Not a test:
-# nothing asserts a time.
+# Installs what is missing (GNU time, restic, rclone, Docker, age, zstd, the aws CLI, s3s-fs)
+# and starts dockerd if none answers; run as root. Not a test: nothing asserts a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-1200}
@@ -24,7 +24,17 @@ missing=()
 command -v restic >/dev/null || missing+=(restic)
 command -v rclone >/dev/null || missing+=(rclone)
 command -v bc >/dev/null || missing+=(bc)
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v age >/dev/null || missing+=(age)
+command -v zstd >/dev/null || missing+=(zstd)
+[ -x /bin/busybox ] || missing+=(busybox-static)
 if [ ${#missing[@]} -gt 0 ]; then apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; fi
+command -v aws >/dev/null || python3 -m pip install --quiet awscli
+command -v s3s-fs >/dev/null || cargo install s3s-fs@0.14.1 --features binary --locked --quiet
+if ! docker info >/dev/null 2>&1; then
+  nohup dockerd >/var/log/lifeboat-bench-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+fi
 cargo build --release --quiet
 L=$PWD/target/release/lifeboat
 work=$(mktemp -d /var/tmp/lifeboat-bench.XXXXXX)

@@ -34,7 +34,17 @@ pub struct TarEndCheck<R> {
     header: Vec<u8>,
     offset: u64,
     entries: u64,
+    /// The data of a PAX extended header being read (its records may set the next entry's
+    /// size: Go's archive/tar, and so Docker, writes sizes of 8 GiB and more only there).
+    pax: Option<Vec<u8>>,
+    /// The length of that data without its padding.
+    pax_len: usize,
+    /// The size the last PAX header gave the next entry.
+    pax_size: Option<u64>,
 }
+
+/// PAX headers larger than this are skipped, not parsed (Docker's are a few hundred bytes).
+const MAX_PAX: u64 = 1 << 20;
 
 impl<R> TarEndCheck<R> {
     pub fn new(inner: R) -> Self {
@@ -44,6 +54,9 @@ impl<R> TarEndCheck<R> {
             header: Vec::with_capacity(BLOCK as usize),
             offset: 0,
             entries: 0,
+            pax: None,
+            pax_len: 0,
+            pax_size: None,
         }
     }
 
@@ -52,9 +65,15 @@ impl<R> TarEndCheck<R> {
             match self.position {
                 Position::Data(left) => {
                     let take = left.min(data.len() as u64);
+                    if let Some(pax) = &mut self.pax {
+                        pax.extend_from_slice(&data[..take as usize]);
+                    }
                     data = &data[take as usize..];
                     self.offset += take;
                     self.position = if left == take {
+                        if let Some(pax) = self.pax.take() {
+                            self.pax_size = pax_size(&pax[..self.pax_len.min(pax.len())]);
+                        }
                         Position::Header
                     } else {
                         Position::Data(left - take)
@@ -84,13 +103,27 @@ impl<R> TarEndCheck<R> {
                         self.position = Position::End(BLOCK);
                         continue;
                     }
-                    let size = entry_size(&self.header)
+                    let ustar_size = entry_size(&self.header)
                         .ok_or_else(|| malformed(format!("no valid tar header at byte {at}")))?;
+                    let kind = self.header[156];
                     self.header.clear();
                     self.entries += 1;
+                    let size = if kind == b'x' {
+                        // Its own data is records for the next entry.
+                        self.pax = (ustar_size <= MAX_PAX).then(Vec::new);
+                        self.pax_len = ustar_size as usize;
+                        self.pax_size = None;
+                        ustar_size
+                    } else if kind == b'g' {
+                        ustar_size
+                    } else {
+                        self.pax_size.take().unwrap_or(ustar_size)
+                    };
                     let padded = size.div_ceil(BLOCK) * BLOCK;
                     if padded > 0 {
                         self.position = Position::Data(padded);
+                    } else if let Some(pax) = self.pax.take() {
+                        self.pax_size = pax_size(&pax);
                     }
                 }
             }
@@ -111,6 +144,26 @@ impl<R> TarEndCheck<R> {
             )),
         }
     }
+}
+
+/// The `size` record of a PAX header's data (`"<len> size=<n>\n"` records), if any.
+fn pax_size(data: &[u8]) -> Option<u64> {
+    let mut rest = data;
+    let mut size = None;
+    while !rest.is_empty() {
+        let space = rest.iter().position(|b| *b == b' ')?;
+        let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
+        if len <= space || len > rest.len() {
+            return size;
+        }
+        let record = &rest[space + 1..len];
+        if let Some(value) = record.strip_prefix(b"size=") {
+            let value = value.strip_suffix(b"\n").unwrap_or(value);
+            size = std::str::from_utf8(value).ok()?.parse().ok();
+        }
+        rest = &rest[len..];
+    }
+    size
 }
 
 /// The archive ended early or is not a tar.
@@ -249,6 +302,46 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}");
             assert!(err.to_string().contains("ended early"), "{err}");
         }
+    }
+
+    /// A PAX header giving the next entry's size, as Go writes it for files of 8 GiB and more
+    /// (the ustar size field then holds 0).
+    fn pax_sized_entry(size: usize) -> Vec<u8> {
+        let record = format!("size={size}\n");
+        let len = record.len() + 3;
+        let body = format!("{len} {record}");
+        assert_eq!(body.len(), len);
+        let mut pax = tokio_tar::Header::new_ustar();
+        pax.set_path("PaxHeaders/f").unwrap();
+        pax.set_entry_type(tokio_tar::EntryType::XHeader);
+        pax.set_size(body.len() as u64);
+        pax.set_cksum();
+        let mut out = pax.as_bytes().to_vec();
+        out.extend_from_slice(body.as_bytes());
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        let mut file = tokio_tar::Header::new_ustar();
+        file.set_path("f").unwrap();
+        file.set_size(0);
+        file.set_cksum();
+        out.extend_from_slice(file.as_bytes());
+        out.extend_from_slice(&vec![1u8; size]);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_pax_size_is_honoured() {
+        let archive = pax_sized_entry(5000);
+        for chunk in [1, 100, 512, 10_000] {
+            check(&archive, chunk).await.unwrap();
+        }
+        let err = check(&archive[..archive.len() - 1024 - 512], 512)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(pax_size(b"11 size=42\n20 path=a/long/name\n"), Some(42));
+        assert_eq!(pax_size(b"20 path=a/long/name\n"), None);
     }
 
     #[tokio::test]
