@@ -407,10 +407,30 @@ fn sigint_mid_backup_and_signals_mid_restore() {
             .unwrap()
     };
 
-    // SIGINT while the backup is being verified: nothing changed, nothing stopped.
+    // SIGINT while the backup is being verified (its download slowed down by a proxy, and the
+    // signal sent once the object's GET went through it): nothing changed, nothing stopped.
+    let proxy = FaultProxy::start(s3.port);
+    proxy.throttle_downloads(5_000_000);
     let before = started_at();
-    let child = restore();
-    std::thread::sleep(Duration::from_millis(700));
+    let child = s3
+        .env(&mut lifeboat())
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", proxy.port),
+        )
+        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
+        .arg(&key)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !proxy.requests().contains(".tar.zst.age HTTP/1.1") {
+        assert!(
+            Instant::now() < deadline,
+            "the restore never downloaded the object"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     signal(&child, "INT");
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));

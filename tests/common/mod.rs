@@ -561,6 +561,7 @@ pub struct FaultProxy {
     stall_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stall_upload_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
     upload_rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    download_rate: std::sync::Arc<std::sync::atomic::AtomicU64>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -587,11 +588,15 @@ impl FaultProxy {
         // One uplink for all connections: the time the next upload byte may pass.
         let uplink_free = std::sync::Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
         let rate = upload_rate.clone();
+        let download_rate = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let downlink_free = std::sync::Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
+        let down_rate = download_rate.clone();
         runtime.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let (log, cut, stall) = (log.clone(), cut.clone(), stall.clone());
                 let stall_up = stall_up.clone();
                 let (rate, uplink_free) = (rate.clone(), uplink_free.clone());
+                let (down_rate, downlink_free) = (down_rate.clone(), downlink_free.clone());
                 tokio::spawn(async move {
                     let Ok(server) =
                         tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
@@ -637,6 +642,19 @@ impl FaultProxy {
                     let mut buf = vec![0u8; 64 * 1024];
                     let mut relayed = 0u64;
                     while let Ok(n) = server_read.read(&mut buf).await {
+                        let per_second = down_rate.load(Ordering::SeqCst);
+                        if per_second > 0 {
+                            let pass_at = {
+                                let mut free = downlink_free.lock().unwrap();
+                                let start = (*free).max(tokio::time::Instant::now());
+                                *free = start
+                                    + std::time::Duration::from_secs_f64(
+                                        n as f64 / per_second as f64,
+                                    );
+                                *free
+                            };
+                            tokio::time::sleep_until(pass_at).await;
+                        }
                         if n == 0 || client_write.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
@@ -662,8 +680,16 @@ impl FaultProxy {
             stall_after,
             stall_upload_after,
             upload_rate,
+            download_rate,
             _runtime: runtime,
         }
+    }
+
+    /// Limits what all connections together receive from upstream to `bytes_per_second`
+    /// (0: no limit): a slow downlink.
+    pub fn throttle_downloads(&self, bytes_per_second: u64) {
+        self.download_rate
+            .store(bytes_per_second, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Limits what all connections together send upstream to `bytes_per_second` (0: no limit):
