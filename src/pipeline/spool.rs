@@ -28,6 +28,9 @@ use tokio_util::sync::PollSender;
 
 /// Largest chunk the reader thread hands to the uploader at once.
 const READ_CHUNK: usize = 1 << 20;
+/// Largest chunk the writer hands to the spool thread: with 16 in the channel, at most 1 MiB
+/// waits there.
+const WRITE_CHUNK: usize = 64 << 10;
 /// Smallest budget worth spooling with.
 pub const MIN_BUDGET: u64 = 16 << 20;
 
@@ -302,7 +305,7 @@ impl AsyncWrite for SpoolWriter {
                 .shared
                 .error("the upload stopped reading the spool")));
         }
-        let n = buf.len().min(READ_CHUNK);
+        let n = buf.len().min(WRITE_CHUNK);
         if self
             .sender
             .send_item(Bytes::copy_from_slice(&buf[..n]))
