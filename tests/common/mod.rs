@@ -565,6 +565,26 @@ pub struct FaultProxy {
     _runtime: tokio::runtime::Runtime,
 }
 
+/// Waits until `n` bytes may pass a link shared by all connections, at `rate` bytes per second
+/// (0: at once); `free` is when the link is next idle.
+async fn pace(
+    free: &std::sync::Mutex<tokio::time::Instant>,
+    rate: &std::sync::atomic::AtomicU64,
+    n: usize,
+) {
+    let per_second = rate.load(std::sync::atomic::Ordering::SeqCst);
+    if per_second == 0 {
+        return;
+    }
+    let pass_at = {
+        let mut free = free.lock().unwrap();
+        let start = (*free).max(tokio::time::Instant::now());
+        *free = start + std::time::Duration::from_secs_f64(n as f64 / per_second as f64);
+        *free
+    };
+    tokio::time::sleep_until(pass_at).await;
+}
+
 impl FaultProxy {
     pub fn start(upstream_port: u16) -> Self {
         use std::sync::atomic::Ordering;
@@ -609,19 +629,7 @@ impl FaultProxy {
                         let mut buf = vec![0u8; 64 * 1024];
                         let mut sent = 0u64;
                         while let Ok(n) = client_read.read(&mut buf).await {
-                            let per_second = rate.load(Ordering::SeqCst);
-                            if per_second > 0 {
-                                let pass_at = {
-                                    let mut free = uplink_free.lock().unwrap();
-                                    let start = (*free).max(tokio::time::Instant::now());
-                                    *free = start
-                                        + std::time::Duration::from_secs_f64(
-                                            n as f64 / per_second as f64,
-                                        );
-                                    *free
-                                };
-                                tokio::time::sleep_until(pass_at).await;
-                            }
+                            pace(&uplink_free, &rate, n).await;
                             if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
@@ -642,19 +650,7 @@ impl FaultProxy {
                     let mut buf = vec![0u8; 64 * 1024];
                     let mut relayed = 0u64;
                     while let Ok(n) = server_read.read(&mut buf).await {
-                        let per_second = down_rate.load(Ordering::SeqCst);
-                        if per_second > 0 {
-                            let pass_at = {
-                                let mut free = downlink_free.lock().unwrap();
-                                let start = (*free).max(tokio::time::Instant::now());
-                                *free = start
-                                    + std::time::Duration::from_secs_f64(
-                                        n as f64 / per_second as f64,
-                                    );
-                                *free
-                            };
-                            tokio::time::sleep_until(pass_at).await;
-                        }
+                        pace(&downlink_free, &down_rate, n).await;
                         if n == 0 || client_write.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
