@@ -46,6 +46,8 @@ pub struct BackupPlan {
     pub selector: docker::AppSelector,
     pub selection: VolumeSelection,
     pub recipients: Arc<Vec<Recipient>>,
+    /// Signs the manifest: the backup key's signing key.
+    pub signer: Arc<crate::auth::Signer>,
     pub compression: CompressionSettings,
     pub part_policy: PartPolicy,
     pub stop_timeout_secs: u32,
@@ -194,44 +196,6 @@ fn bind_source(container: &AppContainer, path: &str, host_path: &str) -> Source 
     }
 }
 
-/// Reads the one app version string `label:KEY`, `env:NAME` or `file:SERVICE:/path` names.
-pub async fn read_version(docker: &Docker, app: &App, source: &str) -> Result<String> {
-    let bad = || {
-        crate::error::usage(format!(
-            "version source '{source}' is not one of label:KEY, env:NAME or file:SERVICE:/path"
-        ))
-    };
-    let (kind, rest) = source.split_once(':').ok_or_else(bad)?;
-    let found = match kind {
-        "label" => app
-            .containers
-            .iter()
-            .find_map(|c| c.labels.get(rest).cloned()),
-        "env" => app.containers.iter().find_map(|c| {
-            c.env.iter().find_map(|e| {
-                e.strip_prefix(rest)
-                    .and_then(|v| v.strip_prefix('='))
-                    .map(str::to_string)
-            })
-        }),
-        "file" => {
-            let (service, path) = rest.split_once(':').ok_or_else(bad)?;
-            let container = app.by_key(service).ok_or_else(|| {
-                crate::error::usage(format!(
-                    "version source '{source}': the app has no service or container '{service}'"
-                ))
-            })?;
-            Some(
-                docker::read_file(docker, &container.id, path)
-                    .await
-                    .with_context(|| format!("reading the app version from {source}"))?,
-            )
-        }
-        _ => return Err(bad()),
-    };
-    found.ok_or_else(|| anyhow!("version source '{source}' found nothing in the app's containers"))
-}
-
 /// Runs a backup; returns its manifest. `after-backup` hooks run after every attempt that got
 /// as far as finding the app; when only they fail, the backup is stored and the error says so.
 pub async fn run(
@@ -286,7 +250,7 @@ async fn attempt(
         ..Default::default()
     };
     if let Some(source) = &plan.version_from {
-        app_version.version = Some(read_version(docker, app, source).await?);
+        app_version.version = Some(docker::read_version(docker, app, source).await?);
         app_version.version_source = Some(source.clone());
     }
     check_store_reachable(store, &plan.app_name).await?;
@@ -356,7 +320,7 @@ async fn attempt(
             }
         };
         let manifest = finish_manifest(plan, backup_id, started_at, downtime, app_version, volumes);
-        manifest::write(&store.objects, &store.layout, &manifest).await?;
+        manifest::write_signed(&store.objects, &store.layout, &manifest, &plan.signer).await?;
         if let Err(restart_error) = restarted {
             // The data is safe and recorded; the restart failure is what to report.
             return Err(restart_error.context(format!(
@@ -390,6 +354,7 @@ fn finish_manifest(
         downtime_seconds: downtime.as_secs_f64(),
         app_version,
         volumes,
+        signer: Some(crate::auth::openssh(&plan.signer.public())),
     }
 }
 

@@ -171,7 +171,17 @@ impl AppOptions {
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackupOptions {
-    /// age recipient (age1… or an SSH public key) to encrypt to (repeatable)
+    /// The backup key `lifeboat keygen` wrote: encrypts to the owner and signs the backup
+    /// [default: ~/.config/lifeboat/backup.key]
+    #[arg(
+        long,
+        short = 'k',
+        env = "LIFEBOAT_BACKUP_KEY_FILE",
+        value_name = "PATH"
+    )]
+    pub backup_key: Option<PathBuf>,
+    /// An extra age recipient (age1… or an SSH public key) to encrypt to, besides the backup
+    /// key's owner (repeatable); the owner's own recipient may be given too
     #[arg(
         long = "recipient",
         short = 'r',
@@ -180,7 +190,7 @@ pub struct BackupOptions {
         value_name = "KEY"
     )]
     pub recipients: Option<Vec<String>>,
-    /// File of recipients, one per line
+    /// File of recipients, one per line (the owner's, and any extra ones)
     #[arg(
         long,
         short = 'R',
@@ -216,7 +226,7 @@ pub struct BackupOptions {
     #[arg(long, env = "LIFEBOAT_SPOOL_DIR", value_name = "PATH")]
     pub spool_dir: Option<PathBuf>,
 }
-merge_options!(BackupOptions { recipients, recipients_file, compression, level, volumes, exclude_volumes, bind_paths, version_from, spool_size_mib, spool_dir } bools {});
+merge_options!(BackupOptions { backup_key, recipients, recipients_file, compression, level, volumes, exclude_volumes, bind_paths, version_from, spool_size_mib, spool_dir } bools {});
 
 /// How a restore is done.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]

@@ -75,6 +75,8 @@ pub struct AppContainer {
     pub mounts: Vec<AppMount>,
     pub labels: HashMap<String, String>,
     pub env: Vec<String>,
+    /// The restart policy (`always` restarts a stopped container when dockerd restarts).
+    pub restart_policy: Option<bollard::models::RestartPolicy>,
 }
 
 impl AppContainer {
@@ -194,6 +196,7 @@ async fn inspect(docker: &Docker, name: &str) -> Result<AppContainer> {
             e => anyhow!("cannot inspect container '{name}': {e}"),
         })?;
     let config = info.config.unwrap_or_default();
+    let restart_policy = info.host_config.and_then(|h| h.restart_policy);
     let labels = config.labels.unwrap_or_default();
     let depends_on = labels
         .get(DEPENDS_ON_LABEL)
@@ -232,6 +235,7 @@ async fn inspect(docker: &Docker, name: &str) -> Result<AppContainer> {
         mounts,
         env: config.env.unwrap_or_default(),
         labels,
+        restart_policy,
     })
 }
 
@@ -513,6 +517,44 @@ pub async fn set_dir_meta(
     .await
 }
 
+/// Reads the one app version string `label:KEY`, `env:NAME` or `file:SERVICE:/path` names.
+pub async fn read_version(docker: &Docker, app: &App, source: &str) -> Result<String> {
+    let bad = || {
+        crate::error::usage(format!(
+            "version source '{source}' is not one of label:KEY, env:NAME or file:SERVICE:/path"
+        ))
+    };
+    let (kind, rest) = source.split_once(':').ok_or_else(bad)?;
+    let found = match kind {
+        "label" => app
+            .containers
+            .iter()
+            .find_map(|c| c.labels.get(rest).cloned()),
+        "env" => app.containers.iter().find_map(|c| {
+            c.env.iter().find_map(|e| {
+                e.strip_prefix(rest)
+                    .and_then(|v| v.strip_prefix('='))
+                    .map(str::to_string)
+            })
+        }),
+        "file" => {
+            let (service, path) = rest.split_once(':').ok_or_else(bad)?;
+            let container = app.by_key(service).ok_or_else(|| {
+                crate::error::usage(format!(
+                    "version source '{source}': the app has no service or container '{service}'"
+                ))
+            })?;
+            Some(
+                read_file(docker, &container.id, path)
+                    .await
+                    .with_context(|| format!("reading the app version from {source}"))?,
+            )
+        }
+        _ => return Err(bad()),
+    };
+    found.ok_or_else(|| anyhow!("version source '{source}' found nothing in the app's containers"))
+}
+
 /// Reads a small text file from a container (running or not) through the archive API.
 pub async fn read_file(docker: &Docker, container_id: &str, path: &str) -> Result<String> {
     let options = DownloadFromContainerOptions {
@@ -746,6 +788,65 @@ async fn list_entries(
     Ok(names)
 }
 
+/// Whether dockerd would start this container by itself when it restarts, even though it was
+/// stopped (`restart: always`).
+pub fn restarts_with_the_engine(policy: Option<&bollard::models::RestartPolicy>) -> bool {
+    policy.and_then(|p| p.name) == Some(bollard::models::RestartPolicyNameEnum::ALWAYS)
+}
+
+/// Sets a container's restart policy (`docker update --restart`).
+pub async fn set_restart_policy(
+    docker: &Docker,
+    id: &str,
+    policy: bollard::models::RestartPolicy,
+) -> Result<()> {
+    let body = bollard::models::ContainerUpdateBody {
+        restart_policy: Some(policy),
+        ..Default::default()
+    };
+    docker
+        .update_container(id, body)
+        .await
+        .map_err(|e| anyhow!("cannot change the restart policy of container {id}: {e}"))
+}
+
+/// Whether the directory the helper serves holds anything.
+pub async fn is_empty(docker: &Docker, helper_id: &str) -> Result<bool> {
+    let entries = list_entries(docker, helper_id, HELPER_PATH, 2).await?;
+    Ok(entries.iter().all(|e| e == "./" || e == "."))
+}
+
+/// Copies the tree one helper serves into the (empty) directory another serves, with owners,
+/// modes and the root directory's own metadata: a safety copy, or a safety copy put back.
+/// Returns the bytes of tar streamed.
+pub async fn copy_tree(docker: &Docker, from: &Helper, to: &Helper) -> Result<u64> {
+    let counted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let first = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let (count, head) = (counted.clone(), first.clone());
+    let stream = tar_of(docker, &from.id, HELPER_PATH).inspect_ok(move |chunk| {
+        count.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut head = head.lock().unwrap_or_else(|p| p.into_inner());
+        if head.len() < 512 {
+            let take = (512 - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..take]);
+        }
+    });
+    extract_into(docker, &to.id, HELPER_PATH, stream).await?;
+    let block = first.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(root) = RootMeta::from_first_block(&block) {
+        set_dir_meta(docker, &to.id, HELPER_PATH, &root).await?;
+    }
+    Ok(counted.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Removes a volume.
+pub async fn remove_volume(docker: &Docker, name: &str) -> Result<()> {
+    docker
+        .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+        .await
+        .map_err(|e| anyhow!("cannot remove volume {name}: {e}"))
+}
+
 /// Whether a volume exists.
 pub async fn volume_exists(docker: &Docker, name: &str) -> Result<bool> {
     match docker.inspect_volume(name).await {
@@ -816,6 +917,7 @@ mod tests {
             mounts: vec![],
             labels: HashMap::new(),
             env: vec![],
+            restart_policy: None,
         }
     }
 

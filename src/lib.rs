@@ -24,6 +24,7 @@
 //! - [`state`]: the local record that restarts an app a killed run left stopped.
 //! - [`error`]: error classes and the exit codes they map to.
 
+pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod docker;
@@ -41,4 +42,5 @@ pub mod shutdown;
 pub mod state;
 pub mod stopped;
 pub mod store;
+pub mod text;
 pub mod verify;

@@ -1,20 +1,38 @@
-//! The restore operation: pick a backup, refuse a different app version before downloading
-//! anything, map each backed-up volume to a target, verify every object end to end, and only
-//! then stop the app, stream each volume back in, and start again what was running.
+//! The restore operation, planned and then executed (as rustic's restore does).
+//!
+//! [`plan`] takes the lock's place in line, authenticates the backup ([`crate::manifest`]),
+//! compares the app's version, and decides each target: only the app's own volumes (mounted by
+//! its containers or labelled with its compose project, or named with `--map-volume`), and
+//! bind-mounted host directories only when named with `--bind-path` and mounted writable by
+//! the app. `--dry-run` prints the plan and stops there.
+//!
+//! [`execute`] then, with the app still running, downloads every object once into a spool of
+//! ciphertext while verifying it end to end; stops the app; copies what non-empty targets hold
+//! to safety-copy volumes; marks the local state record "replacing" (from here on a failure
+//! leaves the app stopped, see [`crate::state`]); replaces each target from the spool — the
+//! bytes written are the bytes verified; and starts the app again. [`rollback`] puts the
+//! safety copies back after a restore that did not finish.
 
 use crate::docker::{self, App, AppSelector, Helper, HelperMount, VOLUME_LABEL};
 use crate::hooks::{HookContext, HookEvent};
-use crate::keys::BoxIdentity;
-use crate::manifest::{self, AppVersion, Manifest, ServiceImage, SourceKind, VolumeRecord};
+use crate::keys::OwnerKey;
+use crate::manifest::{
+    self, AppVersion, Authenticated, Authenticity, ServiceImage, SourceKind, TrustPolicy,
+    VolumeRecord,
+};
 use crate::pipeline::PipelineError;
 use crate::pipeline::tally::TallyReader;
 use crate::pipeline::tar_check::RootMeta;
+use crate::state::{RestoreState, RestoreTarget, StoppedRecord};
+use crate::stopped::Downtime;
 use crate::store::Store;
-use crate::verify;
+use crate::text::Printable;
+use crate::verify::{self, Spooled};
 use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
 use futures::TryStreamExt;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -91,7 +109,30 @@ fn short_id(id: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-/// Where one volume goes.
+/// What the operator asked for: a restore's settings, validated.
+pub struct RestoreRequest {
+    pub app_name: String,
+    pub selector: AppSelector,
+    /// The backup to restore; `None`: the one an unfinished restore was restoring, else the
+    /// newest.
+    pub backup_id: Option<String>,
+    pub owner: Arc<OwnerKey>,
+    pub trust: TrustPolicy,
+    pub allow_version_mismatch: bool,
+    /// Backed-up volume (full or compose name) → the volume here it goes into.
+    pub map_volumes: BTreeMap<String, String>,
+    /// Container paths of bind mounts the operator allows this restore to write.
+    pub bind_paths: Vec<String>,
+    pub stop_timeout_secs: u32,
+    pub version_from: Option<String>,
+    pub hooks: Arc<crate::hooks::Hooks>,
+    /// Where the verified ciphertext waits between download and write.
+    pub spool_dir: PathBuf,
+    /// Copy what non-empty targets hold before replacing it.
+    pub safety_copy: bool,
+}
+
+/// Where one backed-up volume goes, and how.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub record: VolumeRecord,
@@ -100,21 +141,285 @@ pub struct Target {
     pub destination: String,
     /// Set when the volume does not exist yet: created with this driver and these labels.
     pub create: Option<(Option<String>, BTreeMap<String, String>)>,
+    /// The target holds nothing now.
+    pub empty: bool,
+    /// The volume that keeps (or, finishing an earlier restore, keeps already) what the target
+    /// held before.
+    pub safety_copy: Option<String>,
 }
 
-/// Maps every volume of the backup to a volume here: `overrides` (OLD=NEW) first, then the
-/// volume an app container mounts under the same compose volume name, then
-/// `<project>_<compose volume>`, then the backed-up name. Volumes that do not exist are created
-/// with the recorded driver and labels (the compose project label set to this project), so a
-/// later `docker compose up` adopts them. Bind mounts map to the host path the same service
-/// mounts at the same container path.
-pub async fn plan_targets(
+impl Target {
+    fn is_bind(&self) -> bool {
+        matches!(self.mount, HelperMount::HostPath(_))
+    }
+
+    fn describe(&self) -> String {
+        let what = if self.is_bind() {
+            format!("host directory {}", Printable(&self.destination))
+        } else {
+            format!("volume {}", Printable(&self.destination))
+        };
+        let action = if self.create.is_some() {
+            "create".to_string()
+        } else if self.empty {
+            "fill (empty now)".to_string()
+        } else {
+            "replace its contents".to_string()
+        };
+        let copy = match (&self.safety_copy, self.empty || self.create.is_some()) {
+            (Some(copy), _) => format!("; what it holds now is kept in volume {copy}"),
+            (None, true) => String::new(),
+            (None, false) => "; NO safety copy of what it holds now".to_string(),
+        };
+        format!(
+            "{what} ← {} (read through {}:{}): {action}, {}{copy}",
+            Printable(&self.record.name),
+            Printable(&self.record.service),
+            Printable(&self.record.container_path),
+            crate::text::human_bytes(self.record.tar_size)
+        )
+    }
+}
+
+/// What a restore will do, decided before anything is read or changed.
+pub struct RestorePlan {
+    pub backup: Authenticated,
+    pub app: App,
+    /// How the app here differs from the recorded version (empty: the same).
+    pub differences: Vec<String>,
+    pub targets: Vec<Target>,
+    /// The record of an earlier restore that did not finish, which this one finishes.
+    pub resuming: Option<StoppedRecord>,
+    /// Free space of the spool directory, when known.
+    pub spool_free: Option<u64>,
+}
+
+impl RestorePlan {
+    /// The plan for people: `--dry-run` prints it, `-v` logs it.
+    pub fn describe(&self, request: &RestoreRequest) -> String {
+        let m = &self.backup.manifest;
+        let mut lines = Vec::new();
+        let vouched = match &self.backup.authenticity {
+            Authenticity::Signed(fingerprint) => format!("authenticated: signed by {fingerprint}"),
+            Authenticity::Unsigned => {
+                "NOT authenticated: a format-1 backup, trusted because of --allow-unsigned".into()
+            }
+        };
+        lines.push(format!(
+            "backup    {} of {}, made on {} at {}; {vouched}",
+            m.backup_id,
+            Printable(&m.app),
+            Printable(&m.host),
+            m.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+        lines.push(if self.differences.is_empty() {
+            "version   the app here runs the images the backup recorded".into()
+        } else if request.allow_version_mismatch {
+            format!(
+                "version   differs, restoring anyway (--allow-version-mismatch): {}",
+                self.differences.join("; ")
+            )
+        } else {
+            format!(
+                "version   differs, so the restore would stop here (exit 3): {}",
+                self.differences.join("; ")
+            )
+        });
+        if let Some(record) = &self.resuming {
+            lines.push(format!(
+                "resuming  an unfinished restore begun {} (its safety copies are kept as they are)",
+                record.since.format("%Y-%m-%d %H:%M:%S UTC")
+            ));
+        }
+        for target in &self.targets {
+            lines.push(format!("target    {}", target.describe()));
+        }
+        let stored: u64 = self.targets.iter().map(|t| t.record.stored_size).sum();
+        lines.push(format!(
+            "spool     {} of ciphertext in {}{}",
+            crate::text::human_bytes(stored),
+            request.spool_dir.display(),
+            self.spool_free.map_or(String::new(), |free| format!(
+                " ({} free)",
+                crate::text::human_bytes(free)
+            ))
+        ));
+        let running: Vec<&str> = self
+            .app
+            .containers
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| c.name.as_str())
+            .collect();
+        let copies = self
+            .targets
+            .iter()
+            .filter(|t| t.safety_copy.is_some() && self.resuming.is_none())
+            .count();
+        lines.push(format!(
+            "downtime  download and verify every object (the app runs); stop {}; {}replace {} target(s) from the spool; start again what was stopped",
+            if running.is_empty() {
+                "nothing (no container runs)".to_string()
+            } else {
+                running.join(", ")
+            },
+            if copies > 0 {
+                format!("copy {copies} target(s) to safety copies; ")
+            } else {
+                String::new()
+            },
+            self.targets.len()
+        ));
+        lines.join("\n")
+    }
+}
+
+/// What a restore did.
+pub struct RestoreReport {
+    pub backup_id: String,
+    pub app: String,
+    pub targets: usize,
+    pub downtime: std::time::Duration,
+}
+
+/// Takes the lock, plans, and (unless `dry_run`) executes. A dry run prints nothing itself: it
+/// returns the plan's description.
+pub async fn run(
+    docker: &Docker,
+    store: &Store,
+    request: &RestoreRequest,
+    dry_run: bool,
+    cancel: &CancellationToken,
+) -> Result<Result<RestoreReport, String>> {
+    if dry_run {
+        let plan = plan(docker, store, request).await?;
+        return Ok(Err(plan.describe(request)));
+    }
+    let lock = crate::lock::acquire(store, &request.app_name, "restore").await?;
+    let result = async {
+        let plan = plan(docker, store, request).await?;
+        tracing::info!("restore plan:\n{}", plan.describe(request));
+        execute(docker, store, request, plan, cancel).await
+    }
+    .await;
+    lock.release().await;
+    result.map(Ok)
+}
+
+/// Decides what the restore will do; reads only the manifest and Docker's view of the app.
+pub async fn plan(docker: &Docker, store: &Store, request: &RestoreRequest) -> Result<RestorePlan> {
+    docker::remove_stale_helpers(docker).await;
+    let dir = crate::state::state_dir();
+    let resuming = match crate::state::recover(docker, &dir, &request.app_name).await {
+        Ok(_) => None,
+        Err(e) => match e.downcast::<crate::state::IncompleteRestore>() {
+            Ok(incomplete) => Some(incomplete.record),
+            Err(other) => return Err(other),
+        },
+    };
+    let backup_id = request.backup_id.clone().or_else(|| {
+        resuming
+            .as_ref()
+            .and_then(|r| r.restore.as_ref())
+            .map(|r| r.backup_id.clone())
+    });
+    let backup = manifest::read(
+        &store.objects,
+        &store.layout,
+        &request.app_name,
+        backup_id.as_deref(),
+        &request.trust,
+    )
+    .await?;
+    if backup.authenticity == Authenticity::Unsigned {
+        tracing::warn!(
+            "backup {} is a format-1 backup with no signature: restoring it only because --allow-unsigned says to trust whoever could write to {}",
+            backup.manifest.backup_id,
+            store.url
+        );
+    }
+    let app = App::discover_or_empty(docker, &request.selector).await?;
+    let current_version = match (
+        &backup.manifest.app_version.version_source,
+        &request.version_from,
+    ) {
+        (_, Some(source)) | (Some(source), None) if !app.containers.is_empty() => {
+            Some(docker::read_version(docker, &app, source).await?)
+        }
+        _ => None,
+    };
+    let differences = compare_versions(
+        &backup.manifest.app_version,
+        &app.images(),
+        current_version.as_deref(),
+    );
+    let mut targets = plan_targets(docker, &app, request, &backup.manifest.volumes).await?;
+    let earlier: Vec<RestoreTarget> = resuming
+        .as_ref()
+        .and_then(|r| r.restore.as_ref())
+        .map(|r| r.targets.clone())
+        .unwrap_or_default();
+    for target in &mut targets {
+        if target.create.is_none() {
+            let helper = Helper::create(docker, &target.mount, true).await?;
+            let empty = docker::is_empty(docker, &helper.id).await;
+            helper.remove(docker).await;
+            target.empty = empty?;
+        } else {
+            target.empty = true;
+        }
+        target.safety_copy = if resuming.is_some() {
+            earlier
+                .iter()
+                .find(|t| t.destination == target.destination)
+                .and_then(|t| t.safety_copy.clone())
+        } else if request.safety_copy && !target.empty {
+            Some(safety_copy_name(&target.destination, target.is_bind()))
+        } else {
+            None
+        };
+    }
+    Ok(RestorePlan {
+        backup,
+        app,
+        differences,
+        targets,
+        resuming,
+        spool_free: crate::pipeline::spool::free_bytes(&request.spool_dir),
+    })
+}
+
+/// The volume that keeps what a target held before a restore.
+fn safety_copy_name(destination: &str, host_path: bool) -> String {
+    use sha2::Digest;
+    if host_path {
+        let digest = hex::encode(sha2::Sha256::digest(destination.as_bytes()));
+        format!("lifeboat-safety-copy-of-bind-{}", &digest[..12])
+    } else {
+        format!("{destination}.lifeboat-safety-copy")
+    }
+}
+
+/// Maps every volume of the backup to a target here, writing only where the app lives.
+///
+/// A named volume goes, in this order, into: the volume `--map-volume` names; the volume an app
+/// container mounts under the same compose volume name; `<project>_<compose volume>`; the
+/// backed-up name. A volume that exists must be the app's own — mounted by one of its
+/// containers, labelled with its compose project, or named with `--map-volume` — and one that
+/// does not is created with the recorded driver and labels (the compose project label set to
+/// this project), so a later `docker compose up` adopts it. A bind mount goes into the host
+/// directory that the same service mounts, writable, at the same container path, and only when
+/// the operator named that path with `--bind-path`.
+async fn plan_targets(
     docker: &Docker,
     app: &App,
-    project: Option<&str>,
-    manifest: &Manifest,
-    overrides: &BTreeMap<String, String>,
+    request: &RestoreRequest,
+    records: &[VolumeRecord],
 ) -> Result<Vec<Target>> {
+    let project = match &request.selector {
+        AppSelector::Project(project) => Some(project.as_str()),
+        AppSelector::Containers(_) => None,
+    };
     let mut mounted = Vec::new();
     for container in &app.containers {
         for mount in container.mounts.iter().filter(|m| m.kind == "volume") {
@@ -124,260 +429,496 @@ pub async fn plan_targets(
             }
         }
     }
-    let mut targets: Vec<Target> = Vec::new();
-    for record in &manifest.volumes {
-        if record.kind == SourceKind::Bind {
-            let container = app.by_key(&record.service).ok_or_else(|| {
-                anyhow!("bind mount {} belongs to service {}, which the app here does not have; create its containers first", record.container_path, record.service)
-            })?;
-            let mount = container
-                .mounts
-                .iter()
-                .find(|m| m.destination == record.container_path)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "service {} here mounts nothing at {}",
-                        record.service,
-                        record.container_path
-                    )
-                })?;
-            targets.push(Target {
-                record: record.clone(),
-                mount: HelperMount::HostPath(mount.source.clone()),
-                destination: mount.source.clone(),
-                create: None,
-            });
-            continue;
-        }
-        let overridden = overrides
-            .get(&record.name)
-            .or_else(|| {
-                record
-                    .compose_volume
-                    .as_ref()
-                    .and_then(|c| overrides.get(c))
-            })
-            .cloned();
-        let name = overridden
-            .or_else(|| {
-                let compose = record.compose_volume.as_ref()?;
-                mounted
-                    .iter()
-                    .find(|(_, c)| c.as_ref() == Some(compose))
-                    .map(|(n, _)| n.clone())
-            })
-            .or_else(|| Some(format!("{}_{}", project?, record.compose_volume.as_ref()?)))
-            .unwrap_or_else(|| record.name.clone());
-        if targets.iter().any(|t| t.destination == name) {
+    for path in &request.bind_paths {
+        if !records
+            .iter()
+            .any(|r| r.kind == SourceKind::Bind && &r.container_path == path)
+        {
             return Err(crate::error::usage(format!(
-                "two volumes of the backup map to volume {name}; use --map-volume OLD=NEW to tell them apart"
+                "--bind-path {path}: the backup holds no bind mount at {path}"
             )));
         }
-        let create = if docker::volume_exists(docker, &name).await? {
-            None
-        } else {
-            let mut labels = record.labels.clone();
-            if let Some(project) = project
-                && labels.contains_key(docker::PROJECT_LABEL)
-            {
-                labels.insert(docker::PROJECT_LABEL.into(), project.into());
-            }
-            Some((record.driver.clone(), labels))
+    }
+    let mut targets: Vec<Target> = Vec::new();
+    for record in records {
+        let target = match record.kind {
+            SourceKind::Bind => bind_target(app, request, record)?,
+            SourceKind::Volume => volume_target(docker, project, &mounted, request, record).await?,
         };
-        targets.push(Target {
-            record: record.clone(),
-            mount: HelperMount::Volume(name.clone()),
-            destination: name,
-            create,
-        });
+        if targets.iter().any(|t| t.destination == target.destination) {
+            return Err(crate::error::usage(format!(
+                "two volumes of the backup map to {}; use --map-volume OLD=NEW to tell them apart",
+                Printable(&target.destination)
+            )));
+        }
+        targets.push(target);
     }
     Ok(targets)
 }
 
-/// Everything a restore needs, validated.
-pub struct RestorePlan {
-    pub app_name: String,
-    pub selector: AppSelector,
-    pub backup_id: Option<String>,
-    pub identities: Arc<Vec<BoxIdentity>>,
-    pub allow_version_mismatch: bool,
-    pub verify_first: bool,
-    pub map_volumes: BTreeMap<String, String>,
-    pub stop_timeout_secs: u32,
-    pub version_from: Option<String>,
-    pub hooks: Arc<crate::hooks::Hooks>,
+fn bind_target(app: &App, request: &RestoreRequest, record: &VolumeRecord) -> Result<Target> {
+    let (service, path) = (
+        Printable(&record.service),
+        Printable(&record.container_path),
+    );
+    if !request.bind_paths.contains(&record.container_path) {
+        return Err(crate::error::usage(format!(
+            "the backup holds the bind mount {service}:{path}, a directory on the host; restore writes into host directories only when told to: add --bind-path {path}"
+        )));
+    }
+    let container = app.by_key(&record.service).ok_or_else(|| {
+        crate::error::usage(format!(
+            "bind mount {path} belongs to service {service}, which the app here does not have; create its containers first"
+        ))
+    })?;
+    let mount = container
+        .mounts
+        .iter()
+        .find(|m| m.kind == "bind" && m.destination == record.container_path)
+        .ok_or_else(|| {
+            crate::error::usage(format!(
+                "--bind-path {path}: service {service} here has no bind mount at {path}"
+            ))
+        })?;
+    if !mount.rw {
+        return Err(crate::error::usage(format!(
+            "--bind-path {path}: service {service} mounts {} there read-only; lifeboat writes no directory the app itself may not write",
+            Printable(&mount.source)
+        )));
+    }
+    Ok(Target {
+        record: record.clone(),
+        mount: HelperMount::HostPath(mount.source.clone()),
+        destination: mount.source.clone(),
+        create: None,
+        empty: false,
+        safety_copy: None,
+    })
 }
 
-/// What a restore did.
-pub struct RestoreReport {
-    pub manifest: Manifest,
-    pub targets: Vec<Target>,
-    pub downtime: std::time::Duration,
+async fn volume_target(
+    docker: &Docker,
+    project: Option<&str>,
+    mounted: &[(String, Option<String>)],
+    request: &RestoreRequest,
+    record: &VolumeRecord,
+) -> Result<Target> {
+    let mapped = request
+        .map_volumes
+        .get(&record.name)
+        .or_else(|| {
+            record
+                .compose_volume
+                .as_ref()
+                .and_then(|c| request.map_volumes.get(c))
+        })
+        .cloned();
+    let by_compose = || {
+        let compose = record.compose_volume.as_ref()?;
+        mounted
+            .iter()
+            .find(|(_, c)| c.as_ref() == Some(compose))
+            .map(|(n, _)| n.clone())
+    };
+    let name = mapped
+        .clone()
+        .or_else(by_compose)
+        .or_else(|| Some(format!("{}_{}", project?, record.compose_volume.as_ref()?)))
+        .unwrap_or_else(|| record.name.clone());
+    if !crate::text::is_volume_name(&name) {
+        return Err(crate::error::usage(format!(
+            "'{}' is not a Docker volume name",
+            Printable(&name)
+        )));
+    }
+    let create = if docker::volume_exists(docker, &name).await? {
+        let owned = mapped.is_some()
+            || mounted.iter().any(|(n, _)| n == &name)
+            || (project.is_some() && volume_project(docker, &name).await?.as_deref() == project);
+        if !owned {
+            return Err(crate::error::usage(format!(
+                "volume {name} exists but is not the app's: no container of '{}' mounts it{}; lifeboat restores only into the app's own volumes. If it is meant, name it: --map-volume {}={name}",
+                request.app_name,
+                project.map_or(String::new(), |p| format!(
+                    " and it is not labelled with compose project '{p}'"
+                )),
+                Printable(record.compose_volume.as_deref().unwrap_or(&record.name))
+            )));
+        }
+        None
+    } else {
+        let mut labels = record.labels.clone();
+        if let Some(project) = project
+            && labels.contains_key(docker::PROJECT_LABEL)
+        {
+            labels.insert(docker::PROJECT_LABEL.into(), project.into());
+        }
+        Some((record.driver.clone(), labels))
+    };
+    Ok(Target {
+        record: record.clone(),
+        mount: HelperMount::Volume(name.clone()),
+        destination: name,
+        create,
+        empty: false,
+        safety_copy: None,
+    })
 }
 
-pub async fn run(
+/// The compose project label of a volume.
+async fn volume_project(docker: &Docker, name: &str) -> Result<Option<String>> {
+    Ok(docker::volume_info(docker, name)
+        .await?
+        .labels
+        .get(docker::PROJECT_LABEL)
+        .cloned())
+}
+
+/// Runs the plan: verify into the spool, stop, safety copies, replace, start.
+pub async fn execute(
     docker: &Docker,
     store: &Store,
-    plan: &RestorePlan,
+    request: &RestoreRequest,
+    plan: RestorePlan,
     cancel: &CancellationToken,
 ) -> Result<RestoreReport> {
-    let manifest = manifest::read(
-        &store.objects,
-        &store.layout,
-        &plan.app_name,
-        plan.backup_id.as_deref(),
-    )
-    .await?;
-    tracing::info!(backup = %manifest.backup_id, app = %manifest.app, "restoring");
-    let lock = crate::lock::acquire(store, &plan.app_name, "restore").await?;
-    let result: Result<RestoreReport> = async {
-        docker::remove_stale_helpers(docker).await;
-        crate::state::recover(docker, &crate::state::state_dir(), &plan.app_name).await?;
-        let app = App::discover_or_empty(docker, &plan.selector).await?;
-
-        let current_version = match (&manifest.app_version.version_source, &plan.version_from) {
-            (_, Some(source)) | (Some(source), None) => {
-                Some(crate::backup::read_version(docker, &app, source).await?)
+    let manifest = &plan.backup.manifest;
+    if !plan.differences.is_empty() {
+        if !request.allow_version_mismatch {
+            return Err(VersionMismatch {
+                backup_id: manifest.backup_id.clone(),
+                differences: plan.differences.clone(),
+                none_here: plan.app.containers.is_empty(),
             }
-            (None, None) => None,
-        };
-        let differences = compare_versions(
-            &manifest.app_version,
-            &app.images(),
-            current_version.as_deref(),
+            .into());
+        }
+        tracing::warn!(
+            "restoring across versions as --allow-version-mismatch asks: {}",
+            plan.differences.join("; ")
         );
-        if !differences.is_empty() {
-            if !plan.allow_version_mismatch {
-                return Err(VersionMismatch {
-                    backup_id: manifest.backup_id.clone(),
-                    differences,
-                    none_here: app.containers.is_empty(),
-                }
-                .into());
-            }
+    }
+    let spooled = fetch_all(store, request, &plan, cancel).await?;
+    let mut context = HookContext {
+        app: request.app_name.clone(),
+        backup_id: manifest.backup_id.clone(),
+        ..Default::default()
+    };
+    request
+        .hooks
+        .run(docker, Some(&plan.app), HookEvent::BeforeRestore, &context)
+        .await
+        .context("nothing was stopped or changed")?;
+    let result = replace_while_stopped(docker, request, &plan, spooled, cancel).await;
+    context.failure = Some(result.as_ref().err().map(|e| format!("{e:#}")));
+    let after = request
+        .hooks
+        .run(docker, Some(&plan.app), HookEvent::AfterRestore, &context)
+        .await;
+    let downtime = result?;
+    let report = RestoreReport {
+        backup_id: manifest.backup_id.clone(),
+        app: manifest.app.clone(),
+        targets: plan.targets.len(),
+        downtime,
+    };
+    after.map_err(|hook_error| {
+        hook_error.context(format!(
+            "backup {} is restored, but an after-restore hook failed",
+            report.backup_id
+        ))
+    })?;
+    Ok(report)
+}
+
+/// Downloads every object once into the spool, verifying each end to end, with the app still
+/// running; a signal stops it with nothing changed.
+async fn fetch_all(
+    store: &Store,
+    request: &RestoreRequest,
+    plan: &RestorePlan,
+    cancel: &CancellationToken,
+) -> Result<Vec<Spooled>> {
+    let manifest = &plan.backup.manifest;
+    let needed: u64 = plan.targets.iter().map(|t| t.record.stored_size).sum();
+    if let Some(free) = plan.spool_free
+        && free < needed.saturating_add(64 << 20)
+    {
+        return Err(crate::error::usage(format!(
+            "restoring backup {} downloads {} of ciphertext into {} first (it is verified there before any volume is touched), but only {} is free; point --spool-dir at a disk with room. Nothing was changed",
+            manifest.backup_id,
+            crate::text::human_bytes(needed),
+            request.spool_dir.display(),
+            crate::text::human_bytes(free)
+        )));
+    }
+    let mut spooled = Vec::with_capacity(plan.targets.len());
+    for target in &plan.targets {
+        let started = Instant::now();
+        let fetched = tokio::select! {
+            fetched = verify::fetch_verified(store, manifest, &target.record, &request.owner.identities, &request.spool_dir) => fetched,
+            _ = cancel.cancelled() => return Err(crate::error::interrupted()),
+        };
+        let (spool, summary) = fetched.map_err(anyhow::Error::new).with_context(|| {
+            format!(
+                "verifying volume {} of backup {} (nothing was changed)",
+                Printable(&target.record.name),
+                manifest.backup_id
+            )
+        })?;
+        tracing::info!(volume = %Printable(&target.record.name), entries = summary.entries, stored_bytes = spool.size, secs = started.elapsed().as_secs_f64(), "verified");
+        spooled.push(spool);
+    }
+    Ok(spooled)
+}
+
+/// The downtime of a restore. Until the first target is written, any failure starts the app
+/// again with nothing changed; after, a failure leaves the app stopped and the local record
+/// saying so, with the safety copies to roll back to.
+async fn replace_while_stopped(
+    docker: &Docker,
+    request: &RestoreRequest,
+    plan: &RestorePlan,
+    spooled: Vec<Spooled>,
+    cancel: &CancellationToken,
+) -> Result<std::time::Duration> {
+    let dir = crate::state::state_dir();
+    let (mut downtime, stopped) = match crate::state::resume(&dir, &request.app_name)? {
+        Some(record) if plan.resuming.is_some() => {
+            Downtime::resume(docker, &plan.app, record, request.stop_timeout_secs).await?
+        }
+        _ => {
+            Downtime::begin(
+                docker,
+                &plan.app,
+                &request.app_name,
+                "restore",
+                request.stop_timeout_secs,
+            )
+            .await?
+        }
+    };
+    let prepared = match stopped {
+        Ok(()) if cancel.is_cancelled() => Err(crate::error::interrupted()),
+        Ok(()) => prepare_targets(docker, plan, &mut downtime).await,
+        Err(stop_error) => Err(stop_error),
+    };
+    if let Err(error) = prepared {
+        let (restarted, _) = downtime.end(docker).await;
+        let error = error.context("nothing was restored, and the app's data is as it was");
+        return Err(match restarted {
+            Ok(()) => error,
+            Err(restart) => error.context(format!("and also: {restart:#}")),
+        });
+    }
+    // Past this point a signal no longer stops the restore: stopping between (or inside)
+    // volumes would leave the app with a mix of old and restored data. It is announced, and
+    // the restore finishes.
+    let announce = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            cancel.cancelled().await;
             tracing::warn!(
-                "restoring across versions as --allow-version-mismatch asks: {}",
-                differences.join("; ")
+                "finishing the restore before stopping: the volumes are being replaced, and stopping now would leave the app with a mix of old and restored data"
             );
         }
-        let project = match &plan.selector {
-            AppSelector::Project(project) => Some(project.as_str()),
-            AppSelector::Containers(_) => None,
+    });
+    let replaced = replace_targets(docker, request, plan, &spooled, &mut downtime).await;
+    announce.abort();
+    if let Err(error) = replaced {
+        let record = downtime.record().clone();
+        downtime.keep();
+        let incomplete = crate::state::IncompleteRestore {
+            app: request.app_name.clone(),
+            record,
         };
-        let targets = plan_targets(docker, &app, project, &manifest, &plan.map_volumes).await?;
+        return Err(error.context(incomplete.to_string()));
+    }
+    finish(docker, downtime).await
+}
 
-        if plan.verify_first {
-            for target in &targets {
-                if cancel.is_cancelled() {
-                    return Err(crate::error::interrupted());
-                }
-                let started = Instant::now();
-                let summary = tokio::select! {
-                    summary = verify::verify_volume(store, &manifest, &target.record, Some(&plan.identities)) => summary,
-                    _ = cancel.cancelled() => return Err(crate::error::interrupted()),
-                }
-                .map_err(anyhow::Error::new)
-                .with_context(|| format!("verifying volume {} of backup {} (nothing was changed)", target.record.name, manifest.backup_id))?;
-                tracing::info!(volume = %target.record.name, entries = summary.map(|s| s.entries), secs = started.elapsed().as_secs_f64(), "verified");
+/// Records the targets, then takes the safety copies (the app is stopped, nothing is replaced).
+async fn prepare_targets(
+    docker: &Docker,
+    plan: &RestorePlan,
+    downtime: &mut Downtime,
+) -> Result<()> {
+    if plan.resuming.is_some() {
+        return Ok(());
+    }
+    let targets = plan
+        .targets
+        .iter()
+        .map(|t| RestoreTarget {
+            destination: t.destination.clone(),
+            host_path: t.is_bind(),
+            created: t.create.is_some(),
+            was_empty: t.empty,
+            safety_copy: t.safety_copy.clone(),
+        })
+        .collect();
+    downtime.update(|r| {
+        r.restore = Some(RestoreState {
+            backup_id: plan.backup.manifest.backup_id.clone(),
+            replacing: false,
+            targets,
+            restart_policies: vec![],
+        })
+    })?;
+    let mut made = Vec::new();
+    let copied = async {
+        for target in plan.targets.iter().filter(|t| t.safety_copy.is_some()) {
+            let copy = target.safety_copy.as_deref().unwrap_or_default();
+            if docker::volume_exists(docker, copy).await? {
+                return Err(anyhow!(
+                    "the safety-copy volume {copy} exists already (left by an earlier restore?); look at it, and remove it with `docker volume rm {copy}` once it is not needed"
+                ));
             }
-        } else {
-            tracing::warn!("--no-verify: volumes are replaced without verifying the backup first");
+            let started = Instant::now();
+            let labels = BTreeMap::from([
+                ("io.lifeboat.safety-copy-of".to_string(), target.destination.clone()),
+                (
+                    "io.lifeboat.restore-of-backup".to_string(),
+                    plan.backup.manifest.backup_id.clone(),
+                ),
+            ]);
+            docker::create_volume(docker, copy, None, &labels).await?;
+            made.push(copy.to_string());
+            let bytes = copy_between(docker, &target.mount, &HelperMount::Volume(copy.into()))
+                .await
+                .with_context(|| {
+                    format!("taking a safety copy of {} into {copy}", target.destination)
+                })?;
+            tracing::info!(target = %target.destination, copy, bytes, secs = started.elapsed().as_secs_f64(), "safety copy taken");
         }
-
-        let work = {
-            let (docker, store, manifest) = (docker.clone(), store.clone(), manifest.clone());
-            let (targets, identities, cancel) = (targets.clone(), Arc::clone(&plan.identities), cancel.clone());
-            async move {
-                // Past this point a signal no longer stops the restore: the data is verified,
-                // and stopping between (or inside) volumes would leave the app with a mix of
-                // old and restored data. It is announced, and the restore finishes.
-                let announce = tokio::spawn(async move {
-                    cancel.cancelled().await;
-                    tracing::warn!("finishing the restore before stopping: the volumes are being replaced, and stopping now would leave the app with a mix of old and restored data");
-                });
-                let result = async {
-                    for target in &targets {
-                        restore_volume(&docker, &store, &manifest, target, &identities)
-                            .await
-                            .with_context(|| format!("restoring volume {} into {}", target.record.name, target.destination))?;
-                    }
-                    Ok(())
-                }
-                .await;
-                announce.abort();
-                result
-            }
-        };
-        let mut context = HookContext {
-            app: plan.app_name.clone(),
-            backup_id: manifest.backup_id.clone(),
-            ..Default::default()
-        };
-        plan.hooks
-            .run(docker, Some(&app), HookEvent::BeforeRestore, &context)
-            .await
-            .context("nothing was stopped or changed")?;
-        let window = crate::stopped::while_stopped(docker, &app, &plan.app_name, "restore", plan.stop_timeout_secs, cancel, work).await?;
-        let (outcome, restarted, downtime) = (window.outcome, window.restarted, window.downtime);
-        let result = match (outcome, restarted) {
-            (Ok(()), Ok(())) => Ok(RestoreReport {
-                manifest,
-                targets,
-                downtime,
-            }),
-            (Ok(()), Err(e)) => {
-                Err(e.context("the volumes are restored, but the app is not fully running"))
-            }
-            (Err(e), Ok(())) => Err(e),
-            (Err(e), Err(restart)) => Err(e.context(format!("and also: {restart:#}"))),
-        };
-        context.failure = Some(result.as_ref().err().map(|e| format!("{e:#}")));
-        let after = plan.hooks.run(docker, Some(&app), HookEvent::AfterRestore, &context).await;
-        match (result, after) {
-            (Ok(report), Err(hook_error)) => Err(hook_error.context(format!(
-                "backup {} is restored, but an after-restore hook failed",
-                report.manifest.backup_id
-            ))),
-            (result, _) => result,
-        }
+        Ok(())
     }
     .await;
-    lock.release().await;
+    if copied.is_err() {
+        for copy in &made {
+            if let Err(e) = docker::remove_volume(docker, copy).await {
+                tracing::warn!("could not remove the partial safety copy {copy}: {e:#}");
+            }
+        }
+        downtime.update(|r| r.restore = None)?;
+    }
+    copied
+}
+
+/// Copies the tree of one mount into another (which must be empty).
+async fn copy_between(docker: &Docker, from: &HelperMount, to: &HelperMount) -> Result<u64> {
+    let source = Helper::create(docker, from, true).await?;
+    let destination = match Helper::create(docker, to, false).await {
+        Ok(helper) => helper,
+        Err(e) => {
+            source.remove(docker).await;
+            return Err(e);
+        }
+    };
+    let result = docker::copy_tree(docker, &source, &destination).await;
+    source.remove(docker).await;
+    destination.remove(docker).await;
     result
 }
 
-async fn restore_volume(
+/// Marks the record "replacing", keeps dockerd from starting the app by itself meanwhile, and
+/// writes every target from the spool.
+async fn replace_targets(
     docker: &Docker,
-    store: &Store,
-    manifest: &Manifest,
-    target: &Target,
-    identities: &[BoxIdentity],
+    request: &RestoreRequest,
+    plan: &RestorePlan,
+    spooled: &[Spooled],
+    downtime: &mut Downtime,
 ) -> Result<()> {
-    if let Some((driver, labels)) = &target.create {
+    let always: Vec<(String, String, serde_json::Value)> = plan
+        .app
+        .containers
+        .iter()
+        .filter(|c| docker::restarts_with_the_engine(c.restart_policy.as_ref()))
+        .map(|c| {
+            let policy = serde_json::to_value(&c.restart_policy).unwrap_or_default();
+            (c.id.clone(), c.name.clone(), policy)
+        })
+        .collect();
+    downtime.update(|r| {
+        if let Some(restore) = &mut r.restore {
+            restore.replacing = true;
+            for entry in &always {
+                if !restore
+                    .restart_policies
+                    .iter()
+                    .any(|(id, ..)| id == &entry.0)
+                {
+                    restore.restart_policies.push(entry.clone());
+                }
+            }
+        }
+    })?;
+    for (id, name, _) in &always {
+        let never = bollard::models::RestartPolicy {
+            name: Some(bollard::models::RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        };
+        docker::set_restart_policy(docker, id, never)
+            .await
+            .with_context(|| {
+                format!("keeping dockerd from starting {name} while its data is replaced")
+            })?;
+    }
+    for (target, spool) in plan.targets.iter().zip(spooled) {
+        restore_target(
+            docker,
+            request,
+            &plan.backup.manifest.backup_id,
+            target,
+            spool,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "restoring volume {} into {}",
+                Printable(&target.record.name),
+                Printable(&target.destination)
+            )
+        })?;
+    }
+    Ok(())
+}
+
+async fn restore_target(
+    docker: &Docker,
+    request: &RestoreRequest,
+    backup_id: &str,
+    target: &Target,
+    spool: &Spooled,
+) -> Result<()> {
+    if let Some((driver, labels)) = &target.create
+        && !docker::volume_exists(docker, &target.destination).await?
+    {
         tracing::info!(volume = %target.destination, "creating the volume");
         docker::create_volume(docker, &target.destination, driver.as_deref(), labels).await?;
     }
     let helper = Helper::create(docker, &target.mount, false).await?;
-    let result = replace_contents(docker, store, manifest, target, identities, &helper).await;
+    tracing::info!(target = %target.destination, backup = backup_id, "replacing");
+    let result = write_from_spool(docker, request, target, spool, &helper).await;
     helper.remove(docker).await;
     result
 }
 
-/// Empties the volume, streams the backup into it, and sets the root directory's metadata.
-async fn replace_contents(
+/// Empties the target, streams the verified tar from the spool into it, and sets the root
+/// directory's metadata.
+async fn write_from_spool(
     docker: &Docker,
-    store: &Store,
-    manifest: &Manifest,
+    request: &RestoreRequest,
     target: &Target,
-    identities: &[BoxIdentity],
+    spool: &Spooled,
     helper: &Helper,
 ) -> Result<()> {
     let started = Instant::now();
-    let tar = verify::open_volume_tar(store, manifest, &target.record, identities).await?;
+    let tar = verify::open_spooled(spool, &target.record, &request.owner.identities).await?;
     docker::empty_dir(docker, &helper.id, docker::HELPER_PATH).await?;
-    let (tar, tally) = TallyReader::new(tar);
+    let (tar, tally) = TallyReader::counting(tar);
     let body = tokio_util::io::ReaderStream::with_capacity(tar, 256 * 1024);
-    // A failure inside the stream (hash mismatch at the end, bad chunk) is the real cause; the
+    // A failure inside the stream (a refused entry, a damaged spool) is the real cause; the
     // error Docker reports for the cut-off body is only a consequence.
     let (first_error_tx, mut first_error_rx) = tokio::sync::mpsc::channel::<PipelineError>(1);
     let body = body.inspect_err(move |e| {
@@ -390,6 +931,13 @@ async fn replace_contents(
         return Err(stream_error.into());
     }
     extracted?;
+    if tally.bytes() != target.record.tar_size {
+        return Err(anyhow!(
+            "wrote {} bytes of tar where the backup holds {}",
+            tally.bytes(),
+            target.record.tar_size
+        ));
+    }
     let root = target
         .record
         .root
@@ -400,8 +948,115 @@ async fn replace_contents(
             .context("restoring the mode, owner and mtime of the volume root")?;
     }
     let secs = started.elapsed().as_secs_f64().max(1e-3);
-    tracing::info!(volume = %target.destination, tar_bytes = tally.bytes(), mib_per_s = format!("{:.1}", tally.bytes() as f64 / secs / 1048576.0), "volume restored");
+    tracing::info!(target = %target.destination, tar_bytes = tally.bytes(), mib_per_s = format!("{:.1}", tally.bytes() as f64 / secs / 1048576.0), "restored");
     Ok(())
+}
+
+/// Every target holds its new tree: put the restart policies back, start the app, and drop the
+/// safety copies.
+async fn finish(docker: &Docker, mut downtime: Downtime) -> Result<std::time::Duration> {
+    let restore = downtime.record().restore.clone();
+    put_back_restart_policies(docker, restore.as_ref()).await;
+    downtime.update(|r| r.restore = None)?;
+    let (restarted, took) = downtime.end(docker).await;
+    restarted.context("the volumes are restored, but the app is not fully running")?;
+    for copy in restore
+        .iter()
+        .flat_map(|r| r.targets.iter().filter_map(|t| t.safety_copy.as_deref()))
+    {
+        match docker::remove_volume(docker, copy).await {
+            Ok(()) => tracing::info!(copy, "removed the safety copy"),
+            Err(e) => tracing::warn!(
+                "could not remove the safety copy {copy}: {e:#}; remove it with `docker volume rm {copy}`"
+            ),
+        }
+    }
+    Ok(took)
+}
+
+async fn put_back_restart_policies(docker: &Docker, restore: Option<&RestoreState>) {
+    for (id, name, policy) in restore.iter().flat_map(|r| r.restart_policies.iter()) {
+        let policy: bollard::models::RestartPolicy =
+            serde_json::from_value(policy.clone()).unwrap_or_default();
+        if let Err(e) = docker::set_restart_policy(docker, id, policy).await {
+            tracing::error!(
+                "could not put back the restart policy of {name} ({e:#}); set it again with `docker update --restart always {name}`"
+            );
+        }
+    }
+}
+
+/// Puts back what the targets of an unfinished restore held before it, from its safety
+/// copies, and starts the app again.
+pub async fn rollback(
+    docker: &Docker,
+    store: &Store,
+    app_name: &str,
+    selector: &AppSelector,
+    stop_timeout_secs: u32,
+) -> Result<Vec<String>> {
+    let lock = crate::lock::acquire(store, app_name, "restore").await?;
+    let result = roll_back_locked(docker, app_name, selector, stop_timeout_secs).await;
+    lock.release().await;
+    result
+}
+
+async fn roll_back_locked(
+    docker: &Docker,
+    app_name: &str,
+    selector: &AppSelector,
+    stop_timeout_secs: u32,
+) -> Result<Vec<String>> {
+    let dir = crate::state::state_dir();
+    let record = crate::state::resume(&dir, app_name)?
+        .filter(|r| r.get().restore.as_ref().is_some_and(|s| s.replacing))
+        .ok_or_else(|| {
+            crate::error::usage(format!(
+                "no unfinished restore of '{}' to roll back on this host (nothing recorded in {})",
+                app_name,
+                dir.display()
+            ))
+        })?;
+    let restore = record
+        .get()
+        .restore
+        .clone()
+        .unwrap_or_else(|| unreachable!());
+    let lost: Vec<&str> = restore
+        .targets
+        .iter()
+        .filter(|t| t.safety_copy.is_none() && !t.was_empty && !t.created)
+        .map(|t| t.destination.as_str())
+        .collect();
+    if !lost.is_empty() {
+        return Err(crate::error::usage(format!(
+            "cannot roll back: no safety copy was taken of {} (--no-safety-copy); finish the restore instead (run it again)",
+            lost.join(", ")
+        )));
+    }
+    let app = App::discover_or_empty(docker, selector).await?;
+    let (downtime, stopped) = Downtime::resume(docker, &app, record, stop_timeout_secs).await?;
+    stopped?;
+    let mut put_back = Vec::new();
+    for target in &restore.targets {
+        let mount = if target.host_path {
+            HelperMount::HostPath(target.destination.clone())
+        } else {
+            HelperMount::Volume(target.destination.clone())
+        };
+        let helper = Helper::create(docker, &mount, false).await?;
+        let emptied = docker::empty_dir(docker, &helper.id, docker::HELPER_PATH).await;
+        helper.remove(docker).await;
+        emptied.with_context(|| format!("emptying {} to roll it back", target.destination))?;
+        if let Some(copy) = &target.safety_copy {
+            copy_between(docker, &HelperMount::Volume(copy.clone()), &mount)
+                .await
+                .with_context(|| format!("putting {copy} back into {}", target.destination))?;
+        }
+        put_back.push(target.destination.clone());
+    }
+    finish(docker, downtime).await?;
+    Ok(put_back)
 }
 
 #[cfg(test)]

@@ -52,7 +52,8 @@ type PeriodOf = fn(&DateTime<Utc>) -> i64;
 /// Decides for every backup (any order in, newest first out).
 pub fn plan(backups: &[(String, DateTime<Utc>)], policy: &KeepPolicy) -> Vec<Decision> {
     let mut sorted: Vec<_> = backups.to_vec();
-    sorted.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+    // Newest first by backup id, the order restore picks "newest" in.
+    sorted.sort_by(|a, b| b.0.cmp(&a.0));
     let mut decisions: Vec<Decision> = sorted
         .iter()
         .map(|(id, time)| Decision {
@@ -135,6 +136,9 @@ pub struct PruneReport {
     pub decisions: Vec<Decision>,
     /// Incomplete backups (objects without a manifest) removed.
     pub incomplete: Vec<String>,
+    /// Backups that are not genuine (or unsigned, without `--allow-unsigned`): never counted,
+    /// never removed, reported with the reason.
+    pub not_authentic: Vec<(String, String)>,
 }
 
 /// Applies `policy` to the backups of `app`. Incomplete backups whose newest object is older
@@ -145,6 +149,7 @@ pub async fn prune(
     policy: &KeepPolicy,
     grace: Duration,
     dry_run: bool,
+    trust: &crate::manifest::TrustPolicy,
 ) -> anyhow::Result<PruneReport> {
     use futures::TryStreamExt;
     use object_store::ObjectStoreExt;
@@ -177,14 +182,19 @@ pub async fn prune(
     }
     let mut complete = Vec::new();
     let mut report = PruneReport::default();
+    let listed = crate::manifest::list(&store.objects, &store.layout, Some(app), trust).await?;
+    for entry in listed {
+        match entry.outcome {
+            Ok(found) => complete.push((entry.backup_id, found.manifest.started_at)),
+            Err(why) => report.not_authentic.push((entry.backup_id, why.reason)),
+        }
+    }
     for (id, metas) in &dirs {
         if metas
             .iter()
             .any(|m| m.location.filename() == Some(crate::manifest::MANIFEST_NAME))
         {
-            let manifest =
-                crate::manifest::read(&store.objects, &store.layout, app, Some(id)).await?;
-            complete.push((id.clone(), manifest.started_at));
+            continue;
         } else if metas
             .iter()
             .map(|m| m.last_modified)

@@ -1,10 +1,13 @@
 //! A small local record of the containers lifeboat has stopped, so that a run killed with
-//! SIGKILL (or a host that lost power) never leaves the app down for longer than the next run.
+//! SIGKILL (or a host that lost power) never leaves the app down for longer than the next run,
+//! and never starts it on half-written volumes.
 //!
 //! The record is written *before* anything is stopped (if it cannot be written — a full disk —
 //! nothing is stopped) and removed once every container runs again. Every backup and restore
 //! first looks for a record left by a process that no longer exists and starts those
-//! containers again, saying so.
+//! containers again, saying so — unless the record says a restore had begun replacing volumes
+//! and did not finish: then the app stays stopped, and every run refuses to go on until the
+//! operator finishes the restore (runs it again) or rolls it back ([`IncompleteRestore`]).
 
 use anyhow::{Context, Result};
 use bollard::Docker;
@@ -32,11 +35,45 @@ pub struct StoppedRecord {
     pub since: chrono::DateTime<chrono::Utc>,
     /// (id, name) in start order.
     pub containers: Vec<(String, String)>,
+    /// A restore in progress, once it begins to change volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreState>,
+}
+
+/// How far a restore got: what a crash or failure leaves for the next run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RestoreState {
+    pub backup_id: String,
+    /// Volumes are being replaced (or were, by a run that did not finish): they may be
+    /// half-written, and the app must not start until the restore is finished or rolled back.
+    pub replacing: bool,
+    pub targets: Vec<RestoreTarget>,
+    /// Restart policies lifeboat set to `no` while replacing, to put back afterwards: (container
+    /// id, name, the policy as Docker's JSON).
+    #[serde(default)]
+    pub restart_policies: Vec<(String, String, serde_json::Value)>,
+}
+
+/// One volume (or bind-mounted directory) a restore writes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RestoreTarget {
+    /// The volume name, or the host path of a bind mount.
+    pub destination: String,
+    /// `true` for a host directory (bind mount), `false` for a volume.
+    pub host_path: bool,
+    /// The restore created the volume (it did not exist before).
+    pub created: bool,
+    /// It held nothing before the restore.
+    #[serde(default)]
+    pub was_empty: bool,
+    /// The volume that holds a copy of what was there before.
+    pub safety_copy: Option<String>,
 }
 
 /// An open record; [`Record::clear`] removes it once the app runs again.
 pub struct Record {
     path: PathBuf,
+    record: StoppedRecord,
 }
 
 fn record_path(dir: &Path, app: &str) -> PathBuf {
@@ -56,8 +93,38 @@ pub fn write(
         pid: std::process::id(),
         since: chrono::Utc::now(),
         containers,
+        restore: None,
     };
     let path = record_path(dir, app);
+    save(&path, &record)?;
+    Ok(Record { path, record })
+}
+
+/// Opens the record a run left behind, to go on from it (finishing or rolling back a restore).
+pub fn resume(dir: &Path, app: &str) -> Result<Option<Record>> {
+    let path = record_path(dir, app);
+    Ok(read(dir, app)?.map(|mut record| {
+        record.pid = std::process::id();
+        Record { path, record }
+    }))
+}
+
+/// The record of `app`, if there is one.
+pub fn read(dir: &Path, app: &str) -> Result<Option<StoppedRecord>> {
+    let path = record_path(dir, app);
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .with_context(|| format!("{} is damaged; look at it, then remove it", path.display()))
+}
+
+/// Writes a record atomically (and durably: it is what keeps a half-restored app stopped).
+fn save(path: &Path, record: &StoppedRecord) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
     let failed = |e: &dyn std::fmt::Display| {
         anyhow::anyhow!(
             "cannot write the local record of the containers lifeboat stops ({}: {e}); nothing was stopped. Free space there or set LIFEBOAT_STATE_DIR",
@@ -66,22 +133,36 @@ pub fn write(
     };
     std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
     let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(&record).map_err(|e| failed(&e))?;
+    let body = serde_json::to_vec_pretty(record).map_err(|e| failed(&e))?;
     (|| -> std::io::Result<()> {
         use std::io::Write;
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&body)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, &path)
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
     })()
     .map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         failed(&e)
     })?;
-    Ok(Record { path })
+    Ok(())
 }
 
 impl Record {
+    pub fn get(&self) -> &StoppedRecord {
+        &self.record
+    }
+
+    /// Changes the record and writes it before returning.
+    pub fn update(&mut self, change: impl FnOnce(&mut StoppedRecord)) -> Result<()> {
+        change(&mut self.record);
+        save(&self.path, &self.record)
+    }
+
+    /// Leaves the record for the next run (the app stays stopped).
+    pub fn keep(self) {}
+
     pub fn clear(self) {
         if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::warn!("could not remove {}: {e}", self.path.display());
@@ -89,23 +170,76 @@ impl Record {
     }
 }
 
-fn process_alive(pid: u32) -> bool {
+pub fn process_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// A restore began replacing volumes and did not finish: the app stays stopped, and lifeboat
+/// refuses to run over it.
+#[derive(Debug, thiserror::Error)]
+pub struct IncompleteRestore {
+    pub app: String,
+    pub record: StoppedRecord,
+}
+
+impl std::fmt::Display for IncompleteRestore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let restore = self.record.restore.as_ref();
+        let backup = restore.map_or("?", |r| r.backup_id.as_str());
+        let targets: Vec<&str> = restore
+            .map(|r| r.targets.iter().map(|t| t.destination.as_str()).collect())
+            .unwrap_or_default();
+        let stopped: Vec<&str> = self
+            .record
+            .containers
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect();
+        write!(
+            f,
+            "a restore of backup {backup} of '{}' into {} began replacing data on {} and did not finish: those volumes may be half-written, so the app's containers ({}) stay stopped and lifeboat will not run over it. Finish it by running the restore again: `lifeboat restore --project {} --backup {backup} -i KEY`; or put back what was there before: `lifeboat restore --project {} --rollback`",
+            self.app,
+            targets.join(", "),
+            self.record.since.format("%Y-%m-%d %H:%M:%S UTC"),
+            if stopped.is_empty() {
+                "none was running".to_string()
+            } else {
+                stopped.join(", ")
+            },
+            self.app,
+            self.app,
+        )
+    }
+}
+
+/// Fails when a restore of `app` did not finish (see [`IncompleteRestore`]).
+pub fn refuse_if_incomplete(dir: &Path, app: &str) -> Result<()> {
+    match read(dir, app)? {
+        Some(record) if record.restore.as_ref().is_some_and(|r| r.replacing) => {
+            if record.pid != std::process::id() && process_alive(record.pid) {
+                return Ok(()); // that restore is running now; the lock keeps runs apart
+            }
+            Err(IncompleteRestore {
+                app: app.to_string(),
+                record,
+            }
+            .into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Starts again the containers an interrupted earlier run left stopped. Returns the names it
-/// started.
+/// started. A restore that did not finish replacing volumes is refused instead
+/// ([`IncompleteRestore`]); one interrupted while it only made safety copies has changed no
+/// volume, so its app is started and its partial copies are removed.
 pub async fn recover(docker: &Docker, dir: &Path, app: &str) -> Result<Vec<String>> {
     let path = record_path(dir, app);
-    let text = match std::fs::read(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let record: StoppedRecord = match serde_json::from_slice(&text) {
-        Ok(record) => record,
+    let record = match read(dir, app) {
+        Ok(Some(record)) => record,
+        Ok(None) => return Ok(vec![]),
         Err(e) => {
-            tracing::warn!("ignoring the unreadable record {}: {e}", path.display());
+            tracing::warn!("ignoring the unreadable record {}: {e:#}", path.display());
             let _ = std::fs::remove_file(&path);
             return Ok(vec![]);
         }
@@ -113,6 +247,24 @@ pub async fn recover(docker: &Docker, dir: &Path, app: &str) -> Result<Vec<Strin
     if record.pid != std::process::id() && process_alive(record.pid) {
         // Another lifeboat is at work on this app; the lock keeps the two apart.
         return Ok(vec![]);
+    }
+    if let Some(restore) = &record.restore {
+        if restore.replacing {
+            return Err(IncompleteRestore {
+                app: app.to_string(),
+                record,
+            }
+            .into());
+        }
+        for copy in restore
+            .targets
+            .iter()
+            .filter_map(|t| t.safety_copy.as_deref())
+        {
+            if let Err(e) = crate::docker::remove_volume(docker, copy).await {
+                tracing::warn!("could not remove the partial safety copy {copy}: {e:#}");
+            }
+        }
     }
     let mut started = Vec::new();
     let mut failed = Vec::new();

@@ -1,10 +1,13 @@
-//! The app's downtime window, the one place that guarantees the restart: record what is about
-//! to be stopped (no record, no stop), stop the running containers, run the work as its own
-//! task (so a panic in it is still followed by the restart), start again exactly what was
-//! stopped — after success, error, panic or cancellation — and clear the record once the app
-//! runs again.
+//! The app's downtime window, the one place that stops and restarts the app: record what is
+//! about to be stopped (no record, no stop), stop the running containers, run the work, start
+//! again exactly what was stopped, and clear the record once the app runs again.
+//!
+//! [`while_stopped`] is the whole window for work that may always be followed by a restart
+//! (a backup: the volumes are only read). A restore opens a [`Downtime`] itself, because a
+//! failure after it began replacing volumes must leave the app stopped ([`Downtime::keep`]).
 
-use crate::docker::{self, App};
+use crate::docker::{self, App, Stopped};
+use crate::state::{Record, StoppedRecord};
 use anyhow::{Result, anyhow};
 use bollard::Docker;
 use std::future::Future;
@@ -21,7 +24,110 @@ pub struct Window<T> {
     pub downtime: Duration,
 }
 
-/// Stops the running containers of `app`, runs `work`, and starts them again.
+/// The app stopped, with the record that says so.
+pub struct Downtime {
+    record: Record,
+    stopped: Stopped,
+    started: Instant,
+}
+
+impl Downtime {
+    /// Writes the record, then stops the running containers of `app`, dependents first. The
+    /// error of a failed stop comes with the window, so that what did stop is started again.
+    pub async fn begin(
+        docker: &Docker,
+        app: &App,
+        app_name: &str,
+        operation: &str,
+        stop_timeout_secs: u32,
+    ) -> Result<(Downtime, Result<()>)> {
+        let to_stop = app
+            .containers
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| (c.id.clone(), c.name.clone()))
+            .collect();
+        let record = crate::state::write(&crate::state::state_dir(), app_name, operation, to_stop)?;
+        Ok(Self::stop(docker, app, record, stop_timeout_secs).await)
+    }
+
+    /// Goes on from a record an earlier run left (a restore being finished or rolled back):
+    /// the containers it stopped are still to be started, and whatever runs now is stopped too.
+    pub async fn resume(
+        docker: &Docker,
+        app: &App,
+        mut record: Record,
+        stop_timeout_secs: u32,
+    ) -> Result<(Downtime, Result<()>)> {
+        let running: Vec<(String, String)> = app
+            .containers
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| (c.id.clone(), c.name.clone()))
+            .collect();
+        record.update(|r| {
+            for container in running {
+                if !r.containers.contains(&container) {
+                    r.containers.push(container);
+                }
+            }
+        })?;
+        Ok(Self::stop(docker, app, record, stop_timeout_secs).await)
+    }
+
+    async fn stop(
+        docker: &Docker,
+        app: &App,
+        record: Record,
+        stop_timeout_secs: u32,
+    ) -> (Downtime, Result<()>) {
+        let started = Instant::now();
+        let (mut stopped, result) = docker::stop_running(docker, app, stop_timeout_secs).await;
+        // What the record lists is what gets started, in the app's start order.
+        let order = |id: &str| app.containers.iter().position(|c| c.id == id);
+        let mut all = record.get().containers.clone();
+        all.sort_by_key(|(id, _)| order(id).unwrap_or(usize::MAX));
+        stopped.containers = all;
+        (
+            Downtime {
+                record,
+                stopped,
+                started,
+            },
+            result,
+        )
+    }
+
+    pub fn record(&self) -> &StoppedRecord {
+        self.record.get()
+    }
+
+    /// Changes the record and writes it before returning.
+    pub fn update(&mut self, change: impl FnOnce(&mut StoppedRecord)) -> Result<()> {
+        self.record.update(change)
+    }
+
+    /// Starts again what was stopped, in start order; clears the record once all run.
+    pub async fn end(self, docker: &Docker) -> (Result<()>, Duration) {
+        let restarted = docker::start_again(docker, &self.stopped).await;
+        let downtime = self.started.elapsed();
+        if restarted.is_ok() {
+            self.record.clear();
+        }
+        (restarted, downtime)
+    }
+
+    /// Leaves the app stopped and the record in place, for the next run to refuse to run over.
+    pub fn keep(self) -> Duration {
+        let downtime = self.started.elapsed();
+        self.record.keep();
+        downtime
+    }
+}
+
+/// Stops the running containers of `app`, runs `work` as its own task (so that a panic in it
+/// is still followed by the restart), and starts them again — after success, error, panic or
+/// cancellation.
 pub async fn while_stopped<T, F>(
     docker: &Docker,
     app: &App,
@@ -35,15 +141,8 @@ where
     F: Future<Output = Result<T>> + Send + 'static,
     T: Send + 'static,
 {
-    let to_stop = app
-        .containers
-        .iter()
-        .filter(|c| c.running)
-        .map(|c| (c.id.clone(), c.name.clone()))
-        .collect();
-    let record = crate::state::write(&crate::state::state_dir(), app_name, operation, to_stop)?;
-    let started = Instant::now();
-    let (stopped, stop_result) = docker::stop_running(docker, app, stop_timeout_secs).await;
+    let (downtime, stop_result) =
+        Downtime::begin(docker, app, app_name, operation, stop_timeout_secs).await?;
     let outcome = match stop_result {
         Ok(()) if cancel.is_cancelled() => Err(crate::error::interrupted()),
         Ok(()) => match tokio::spawn(work).await {
@@ -52,11 +151,7 @@ where
         },
         Err(stop_error) => Err(stop_error),
     };
-    let restarted = docker::start_again(docker, &stopped).await;
-    let downtime = started.elapsed();
-    if restarted.is_ok() {
-        record.clear();
-    }
+    let (restarted, downtime) = downtime.end(docker).await;
     Ok(Window {
         outcome,
         restarted,

@@ -1,29 +1,33 @@
-//! The read path without writes: download each volume object, check its size and sha256
-//! against the manifest, and — with an identity — decrypt it to the last chunk, decompress it
-//! and validate every tar entry. Restore runs this over every volume before it touches one;
-//! `lifeboat verify` runs it for restore drills.
+//! The read path: one volume object from the store to a checked tar stream.
+//!
+//! ```text
+//! store ─ GET ─▶ size+sha256 (against the signed manifest) ─▶ age decrypt ─▶ decompress ─▶ tar policy
+//! ```
+//! `lifeboat verify` runs it to a sink. A restore runs it once per object *while* the
+//! ciphertext goes to a local spool file ([`fetch_verified`]); only when every object has
+//! passed does it write anything, and then from the spool ([`open_spooled`]): the bytes written
+//! are the bytes verified, downloaded once, and no plaintext touches the disk.
 
 use crate::keys::BoxIdentity;
-use crate::manifest::{Manifest, VolumeRecord};
+use crate::manifest::{Manifest, SourceKind, VolumeRecord};
 use crate::pipeline::PipelineError;
 use crate::pipeline::compress::decompressing_reader;
-use crate::pipeline::download::open_object;
+use crate::pipeline::download::{StoreReadError, open_object};
 use crate::pipeline::encrypt::decrypting_reader;
 use crate::pipeline::tally::{Expected, TallyReader};
 use crate::pipeline::tar_check::{TarSummary, check_archive};
 use crate::store::Store;
+use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use std::path::Path;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 
-/// Opens a volume object as the decompressed tar stream, checking size and sha256 as it goes
-/// (the check fires at the end of the stream).
-pub async fn open_volume_tar(
-    store: &Store,
-    manifest: &Manifest,
+/// The plaintext tar of a stored object read through `stored`.
+async fn plaintext<'a>(
+    stored: impl AsyncRead + Send + Unpin + 'a,
     record: &VolumeRecord,
     identities: &[BoxIdentity],
-) -> Result<impl AsyncRead + Send + Unpin + use<>, PipelineError> {
-    let stored = open_checked(store, manifest, record).await?;
+) -> Result<Box<dyn AsyncRead + Send + Unpin + 'a>, PipelineError> {
     let plain = decrypting_reader(
         identities,
         BufReader::new(stored),
@@ -36,6 +40,27 @@ pub async fn open_volume_tar(
     ))
 }
 
+/// Parses the whole tar under the entry policy for where it will be written, and checks its
+/// size against the manifest.
+async fn check_tar(
+    tar: impl AsyncRead + Send + Unpin,
+    record: &VolumeRecord,
+) -> Result<TarSummary, PipelineError> {
+    let _bind = record.kind == SourceKind::Bind;
+    let summary = check_archive(tar).await?;
+    if summary.tar_bytes != record.tar_size {
+        return Err(PipelineError::Verification(format!(
+            "the tar stream of {} is {} bytes but the manifest records {}",
+            crate::text::printable(&record.name),
+            summary.tar_bytes,
+            record.tar_size
+        )));
+    }
+    Ok(summary)
+}
+
+/// The stored object of `record`, its size and sha256 checked against the manifest as it is
+/// read (the check fires at the end of the stream).
 async fn open_checked(
     store: &Store,
     manifest: &Manifest,
@@ -68,8 +93,8 @@ pub async fn verify_volume(
     record: &VolumeRecord,
     identities: Option<&[BoxIdentity]>,
 ) -> Result<Option<TarSummary>, PipelineError> {
+    let mut stored = open_checked(store, manifest, record).await?;
     let Some(identities) = identities else {
-        let mut stored = open_checked(store, manifest, record).await?;
         let mut sink = vec![0u8; 256 * 1024];
         while stored
             .read(&mut sink)
@@ -79,13 +104,105 @@ pub async fn verify_volume(
         {}
         return Ok(None);
     };
-    let tar = open_volume_tar(store, manifest, record, identities).await?;
-    let summary = check_archive(tar).await?;
-    if summary.tar_bytes != record.tar_size {
+    let tar = plaintext(stored, record, identities).await?;
+    check_tar(tar, record).await.map(Some)
+}
+
+/// A verified object's ciphertext in a local file that has no name (it is gone when closed or
+/// when the process dies).
+pub struct Spooled {
+    file: std::fs::File,
+    pub size: u64,
+}
+
+/// Downloads the object of `record` once into a spool file in `dir` while verifying it end to
+/// end (size, sha256, decryption, decompression, every tar entry): a [`Spooled`] exists only
+/// for an object that passed.
+pub async fn fetch_verified(
+    store: &Store,
+    manifest: &Manifest,
+    record: &VolumeRecord,
+    identities: &[BoxIdentity],
+    dir: &Path,
+) -> Result<(Spooled, TarSummary), PipelineError> {
+    let spool_error = |e: std::io::Error| {
+        PipelineError::Io(std::io::Error::new(
+            e.kind(),
+            format!("restore spool in {}: {e}", dir.display()),
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(spool_error)?;
+    let file = tempfile::tempfile_in(dir).map_err(spool_error)?;
+    let mut writer = tokio::fs::File::from_std(file.try_clone().map_err(spool_error)?);
+    let (to_file, mut from_tee) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    // The spool writer: what the verifier reads, in the same order, to the file.
+    let write = async move {
+        while let Some(chunk) = from_tee.recv().await {
+            writer.write_all(&chunk).await?;
+        }
+        writer.flush().await
+    };
+    let location = store
+        .layout
+        .object(&manifest.app, &manifest.backup_id, &record.object);
+    let head = store.objects.head(&location).await?;
+    if head.size != record.stored_size {
         return Err(PipelineError::Verification(format!(
-            "the tar stream of {} is {} bytes but the manifest records {}",
-            record.name, summary.tar_bytes, record.tar_size
+            "stored object {location} is {} bytes but the manifest records {} bytes (truncated or replaced)",
+            head.size, record.stored_size
         )));
     }
-    Ok(Some(summary))
+    let stream = store
+        .objects
+        .get(&location)
+        .await?
+        .into_stream()
+        .map_err(|e| std::io::Error::other(StoreReadError(e)))
+        .and_then(move |chunk| {
+            let to_file = to_file.clone();
+            async move {
+                to_file
+                    .send(chunk.clone())
+                    .await
+                    .map_err(|_| std::io::Error::other("the restore spool writer stopped"))?;
+                Ok(chunk)
+            }
+        });
+    let expected = Expected {
+        size: record.stored_size,
+        sha256: record.sha256.clone(),
+    };
+    let checked = TallyReader::expecting(
+        tokio_util::io::StreamReader::new(Box::pin(stream)),
+        expected,
+    )
+    .0;
+    let verify = async {
+        let tar = plaintext(checked, record, identities).await?;
+        check_tar(tar, record).await
+    };
+    let (verified, written) = tokio::join!(verify, write);
+    let summary = verified?;
+    written.map_err(spool_error)?;
+    Ok((
+        Spooled {
+            file,
+            size: record.stored_size,
+        },
+        summary,
+    ))
+}
+
+/// The plaintext tar of a spooled object, under the entry policy again as it is written.
+pub async fn open_spooled(
+    spooled: &Spooled,
+    record: &VolumeRecord,
+    identities: &[BoxIdentity],
+) -> Result<impl AsyncRead + Send + Unpin + use<>, PipelineError> {
+    use std::io::Seek;
+    let mut file = spooled.file.try_clone().map_err(PipelineError::Io)?;
+    file.rewind().map_err(PipelineError::Io)?;
+    let file = tokio::fs::File::from_std(file);
+    let tar = plaintext(file, record, identities).await?;
+    Ok(crate::pipeline::tar_end::TarEndCheck::new(tar))
 }

@@ -159,7 +159,7 @@ fn wrong_key_and_corrupted_or_truncated_objects_fail_verification_and_touch_noth
     let store = s3.bucket("damage");
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
-    let (other_key, _) = keygen(work.path());
+    let other_key = other_owner_key(work.path());
     backup_ok(&s3, &app.project, &store, &recipient);
     app.in_volume(&data, "echo after-backup > /v/marker");
     let snapshot = app.snapshot(&data);
@@ -170,7 +170,7 @@ fn wrong_key_and_corrupted_or_truncated_objects_fail_verification_and_touch_noth
         .arg(&other_key));
     assert_eq!(output.status.code(), Some(4));
     assert!(
-        stderr(&output).contains("wrong key") && stderr(&output).contains(&recipient),
+        stderr(&output).contains("none of the given keys") && stderr(&output).contains(&recipient),
         "{}",
         stderr(&output)
     );
@@ -216,6 +216,7 @@ fn no_matching_containers_is_a_clear_error() {
     ensure_docker();
     let s3 = S3Server::start();
     let store = s3.bucket("nothing");
+    let (_, recipient) = keygen(tempfile::tempdir().unwrap().path());
     let output = run(s3.env(&mut lifeboat()).args([
         "backup",
         "-p",
@@ -223,7 +224,7 @@ fn no_matching_containers_is_a_clear_error() {
         "--store",
         &store,
         "-r",
-        "age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq",
+        &recipient,
     ]));
     assert_eq!(output.status.code(), Some(1));
     assert!(
@@ -238,7 +239,7 @@ fn no_matching_containers_is_a_clear_error() {
         "--store",
         &store,
         "-r",
-        "age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq",
+        &recipient,
     ]));
     assert!(
         stderr(&output).contains("container 'no-such-container-xyz' not found"),

@@ -49,11 +49,12 @@ fn check_config_reaches_the_store_and_docker_and_lists_what_a_backup_takes() {
         stderr(&output)
     );
 
+    let stranger = recipient_of(&other_owner_key(work.path()));
     let passphrase = work.path().join("passphrase.txt");
     std::fs::write(&passphrase, "correct horse battery staple\n").unwrap();
     let passphrase = passphrase.display().to_string();
     for (args, needle) in [
-        (vec!["restore", "-p", "x"], "needs the identity"),
+        (vec!["restore", "-p", "x"], "needs the owner key"),
         (
             vec!["restore", "-p", "x", "-i", &passphrase],
             "keys, not passphrases",
@@ -72,8 +73,16 @@ fn check_config_reaches_the_store_and_docker_and_lists_what_a_backup_takes() {
         ),
         (vec!["backup", "-p", "x", "-r", "age1bogus"], "age1bogus"),
         (
-            vec!["backup", "-p", "x", "--store", "file:///tmp/x"],
-            "no recipient",
+            vec![
+                "backup",
+                "-p",
+                "x",
+                "--store",
+                "file:///tmp/x",
+                "-r",
+                &stranger,
+            ],
+            "do not include the owner",
         ),
         (
             vec!["restore", "-p", "x", "-i", "/nonexistent/key.txt"],
@@ -215,4 +224,148 @@ fn secrets_never_appear_in_output() {
 
     let output = run(lifeboat().arg("--help"));
     assert!(!stdout(&output).contains(secret));
+}
+
+/// The owner's recipient, from the `# public key:` line keygen writes.
+fn recipient_of(key: &std::path::Path) -> String {
+    std::fs::read_to_string(key)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn keygen_writes_the_owner_key_and_the_backup_key_and_says_which_goes_where() {
+    use std::os::unix::fs::PermissionsExt;
+    let work = tempfile::tempdir().unwrap();
+    let config_home = work.path().join("config");
+    let owner = work.path().join("key.txt");
+    let keygen = || {
+        let mut cmd = lifeboat();
+        cmd.env("XDG_CONFIG_HOME", &config_home)
+            .arg("keygen")
+            .stdout(std::fs::File::create(&owner).unwrap());
+        run(&mut cmd)
+    };
+    // `lifeboat keygen > key.txt`, as scripts already use it.
+    let output = keygen();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let backup_key = config_home.join("lifeboat/backup.key");
+    assert_eq!(mode(&owner), 0o600, "the owner key");
+    assert_eq!(mode(&backup_key), 0o600, "the backup key");
+    assert_eq!(mode(&config_home.join("lifeboat")), 0o700);
+    let owner_text = std::fs::read_to_string(&owner).unwrap();
+    let backup_text = std::fs::read_to_string(&backup_key).unwrap();
+    assert!(
+        owner_text.contains("AGE-SECRET-KEY-1")
+            && owner_text.contains(
+                "# lifeboat allowed_signers: lifeboat namespaces=\"lifeboat-manifest\" ssh-ed25519 "
+            ),
+        "{owner_text}"
+    );
+    assert!(
+        !backup_text.contains("AGE-SECRET-KEY"),
+        "the backup key decrypts nothing: {backup_text}"
+    );
+    let said = stderr(&output);
+    assert!(
+        said.contains("owner key: written to stdout") && said.contains("offline"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("backup key: written to {}", backup_key.display()))
+            && said.contains("backup host"),
+        "{said}"
+    );
+    // What keygen says on stderr is still a valid recipients file.
+    let recipients = work.path().join("recipient.txt");
+    std::fs::write(&recipients, &said).unwrap();
+
+    // Never overwritten.
+    let output = keygen();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("exists already"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(std::fs::read_to_string(&backup_key).unwrap(), backup_text);
+
+    // The same backup key, made again from the owner key (a new backup host).
+    let again = work.path().join("again.key");
+    let output = run(lifeboat()
+        .args(["keygen", "--from-owner-key"])
+        .arg(&owner)
+        .arg("--backup-key-output")
+        .arg(&again));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let signing = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("# signing key:"))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        signing(&std::fs::read_to_string(&again).unwrap()),
+        signing(&backup_text)
+    );
+    let pair = |text: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        pair(&std::fs::read_to_string(&again).unwrap()),
+        pair(&backup_text)
+    );
+
+    // backup finds its key in the default place, and says how to make one when there is none.
+    for (config, args, needle) in [
+        (work.path().join("none"), vec![], "lifeboat keygen"),
+        (
+            config_home.clone(),
+            vec!["--backup-key".to_string(), owner.display().to_string()],
+            "must stay off the backup host",
+        ),
+        (
+            config_home.clone(),
+            vec![
+                "-R".to_string(),
+                recipients.display().to_string(),
+                "--store".into(),
+                "ftp://x/y".into(),
+            ],
+            "unknown scheme",
+        ),
+    ] {
+        let output = run(lifeboat()
+            .env("XDG_CONFIG_HOME", &config)
+            .args(["backup", "-p", "x"])
+            .args(&args));
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(needle),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+
+    // A key others may read is refused, with the fix.
+    std::fs::set_permissions(&owner, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = run(lifeboat().args(["restore", "-p", "x", "-i"]).arg(&owner));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains(&format!("chmod 600 {}", owner.display())),
+        "{}",
+        stderr(&output)
+    );
 }

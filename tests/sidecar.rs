@@ -43,9 +43,10 @@ fn the_sidecar_image_backs_up_its_app_on_a_schedule() {
     .unwrap();
     std::fs::write(
         secrets.join("recipients.txt"),
-        format!("# backup key\n{recipient}\n"),
+        format!("# the owner's recipient\n{recipient}\n"),
     )
     .unwrap();
+    std::fs::copy(backup_key(), secrets.join("backup.key")).unwrap();
 
     // The sidecar carries the app's compose project label, as in a compose file: it must leave
     // itself out of the containers it stops.
@@ -76,6 +77,8 @@ fn the_sidecar_image_backs_up_its_app_on_a_schedule() {
         "AWS_SECRET_ACCESS_KEY_FILE=/run/secrets/aws_secret_access_key",
         "-e",
         "LIFEBOAT_RECIPIENTS_FILE=/run/secrets/recipients.txt",
+        "-e",
+        "LIFEBOAT_BACKUP_KEY_FILE=/run/secrets/backup.key",
         "-e",
         &format!("LIFEBOAT_STORE={store}"),
         &tag,

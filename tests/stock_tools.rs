@@ -1,4 +1,6 @@
-//! The README's "Recovering without lifeboat" commands work on a backup lifeboat made:
+//! The README's "Recovering without lifeboat" commands work on a backup lifeboat made: the
+//! manifest's signature checked with `ssh-keygen -Y verify` and the allowed_signers line in the
+//! owner key, the object's sha256 against the manifest, and
 //! `aws s3 cp … - | age -d -i key | zstd -d | tar -x`.
 
 mod common;
@@ -23,6 +25,54 @@ fn a_volume_comes_back_with_aws_age_zstd_and_tar_alone() {
         app.project,
         manifest["backup_id"].as_str().unwrap(),
         manifest["volumes"][0]["object"].as_str().unwrap()
+    );
+
+    let backup_dir = format!(
+        "s3://stocktools/lifeboat/{}/{}",
+        app.project,
+        manifest["backup_id"].as_str().unwrap()
+    );
+    // Exactly the README's authenticity check.
+    let check = format!(
+        "set -e -o pipefail; cd {work}
+sed -n 's/^# lifeboat allowed_signers: //p' {key} > allowed_signers
+aws --endpoint-url {endpoint} s3 cp {backup_dir}/manifest.json manifest.json
+aws --endpoint-url {endpoint} s3 cp {backup_dir}/manifest.json.sig manifest.json.sig
+ssh-keygen -Y verify -f allowed_signers -I lifeboat -n lifeboat-manifest -s manifest.json.sig < manifest.json
+grep -E '\"(app|backup_id)\":' manifest.json
+aws --endpoint-url {endpoint} s3 cp {object} object.age
+sha256sum object.age; grep '\"sha256\":' manifest.json",
+        work = work.path().display(),
+        key = key.display(),
+        endpoint = s3.endpoint,
+    );
+    let output = run(s3
+        .env(Command::new("bash").args(["-c", &check]))
+        .env_remove("AWS_CA_BUNDLE"));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let said = stdout(&output);
+    assert!(
+        said.contains("Good \"lifeboat-manifest\" signature for lifeboat with ED25519 key"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("\"app\": \"{}\"", app.project)),
+        "{said}"
+    );
+    let object_sha = manifest["volumes"][0]["sha256"].as_str().unwrap();
+    assert!(
+        said.contains(&format!("{object_sha}  object.age")),
+        "{said}"
+    );
+    // A manifest changed by a bucket writer does not verify.
+    let tampered = format!(
+        "set -e; cd {work}; sed -i 's/\"downtime_seconds\": [0-9.]*/\"downtime_seconds\": 0.0/' manifest.json; ! ssh-keygen -Y verify -f allowed_signers -I lifeboat -n lifeboat-manifest -s manifest.json.sig < manifest.json",
+        work = work.path().display()
+    );
+    assert!(
+        run(Command::new("bash").args(["-c", &tampered]))
+            .status
+            .success()
     );
 
     let restored = work.path().join("restored");

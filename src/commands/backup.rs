@@ -1,6 +1,5 @@
 //! `lifeboat backup`: one backup of one app.
 
-use super::human_bytes;
 use lifeboat::backup::{BackupPlan, VolumeSelection};
 use lifeboat::config::{
     AppOptions, BackupOptions, ConfigFile, Merge, NotifyOptions, RetentionOptions, StoreOptions,
@@ -8,6 +7,7 @@ use lifeboat::config::{
 use lifeboat::keys;
 use lifeboat::notify::{Event, Report};
 use lifeboat::pipeline::compress::CompressionSettings;
+use lifeboat::text::human_bytes;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -39,18 +39,15 @@ pub fn build_plan(
     let store_options = args.store.or(file.store);
     let options = args.backup.or(file.backup);
 
-    let mut recipients = Vec::new();
+    let mut given = Vec::new();
     for text in options.recipients.iter().flatten() {
-        recipients.push(keys::parse_recipient(text)?);
+        given.push(keys::parse_recipient(text)?);
     }
     if let Some(path) = &options.recipients_file {
-        recipients.extend(keys::read_recipients_file(path)?);
+        given.extend(keys::read_recipients_file(path)?);
     }
-    if recipients.is_empty() {
-        return Err(lifeboat::error::usage(
-            "no recipient to encrypt to: pass --recipient age1… (from `lifeboat keygen`) or --recipients-file, or set [backup] recipients in the config file",
-        ));
-    }
+    let backup_key = keys::BackupKey::find(options.backup_key.as_deref())?;
+    let recipients = backup_key.recipients_with(given)?;
     let kind = options.compression.unwrap_or_default();
     if let (Some(level), Some(range)) = (options.level, kind.level_range())
         && !range.contains(&level)
@@ -78,6 +75,7 @@ pub fn build_plan(
             bind_paths: options.bind_paths.unwrap_or_default(),
         },
         recipients: Arc::new(recipients),
+        signer: Arc::new(backup_key.signer()),
         compression: CompressionSettings::new(kind, options.level),
         part_policy: store_options.part_policy()?,
         stop_timeout_secs: app.stop_timeout(),
@@ -171,12 +169,17 @@ async fn back_up(
     if !policy.is_empty() {
         let pruned = async {
             let lock = lifeboat::lock::acquire(&store, &manifest.app, "prune").await?;
+            let trust = lifeboat::manifest::TrustPolicy {
+                trust: lifeboat::auth::Trust::new(vec![plan.signer.public()]),
+                allow_unsigned: false,
+            };
             let result = lifeboat::retention::prune(
                 &store,
                 &manifest.app,
                 &policy,
                 retention.grace()?,
                 false,
+                &trust,
             )
             .await;
             lock.release().await;

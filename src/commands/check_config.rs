@@ -1,23 +1,67 @@
 //! `lifeboat check-config`: validate the settings and reach the store and Docker, naming the
-//! first problem and its fix. Changes nothing.
+//! first problem and its fix; say which keys are loaded and whether the store's backups are
+//! signed by them. Changes nothing.
 
 use super::backup::{BackupArgs, build_plan};
 use lifeboat::config::ConfigFile;
+use lifeboat::text::Printable;
 use std::process::ExitCode;
 
 pub async fn run(args: BackupArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
+    let key_path = args
+        .backup
+        .backup_key
+        .clone()
+        .or_else(|| file.backup.backup_key.clone())
+        .unwrap_or_else(lifeboat::keys::default_backup_key_path);
     let (plan, store_options, retention) = build_plan(args, file)?;
     retention.policy()?;
     retention.grace()?;
     println!(
-        "ok  settings: app '{}', {} recipient(s), {:?} compression",
-        plan.app_name,
-        plan.recipients.len(),
-        plan.compression.kind
+        "ok  settings: app '{}', {:?} compression",
+        plan.app_name, plan.compression.kind
+    );
+    let signing = plan.signer.public();
+    println!(
+        "ok  backup key {}: encrypts to {} (the owner key){}, signs as {}",
+        key_path.display(),
+        plan.recipients[0].text,
+        if plan.recipients.len() > 1 {
+            format!(" and {} extra recipient(s)", plan.recipients.len() - 1)
+        } else {
+            String::new()
+        },
+        lifeboat::auth::fingerprint(&signing)
     );
     let store = lifeboat::store::open(&store_options).await?;
     lifeboat::backup::check_store_reachable(&store, &plan.app_name).await?;
     println!("ok  store {} is reachable", store.url);
+    let policy = lifeboat::manifest::TrustPolicy {
+        trust: lifeboat::auth::Trust::new(vec![signing]),
+        allow_unsigned: false,
+    };
+    let listed =
+        lifeboat::manifest::list(&store.objects, &store.layout, Some(&plan.app_name), &policy)
+            .await?;
+    let signed = listed.iter().filter(|l| l.outcome.is_ok()).count();
+    match listed.last() {
+        None => println!("ok  no backup of '{}' in the store yet", plan.app_name),
+        Some(newest) => match &newest.outcome {
+            Ok(_) => println!(
+                "ok  {signed} of {} backup(s) of '{}' are signed by this key, the newest ({}) among them",
+                listed.len(),
+                plan.app_name,
+                newest.backup_id
+            ),
+            Err(why) => println!(
+                "!!  the newest backup of '{}' ({}) does not verify with this key: {}. Is this the backup key of the owner key that made the others? ({signed} of {} verify)",
+                plan.app_name,
+                Printable(&newest.backup_id),
+                why.reason,
+                listed.len()
+            ),
+        },
+    }
     let docker = lifeboat::docker::connect().await?;
     println!("ok  Docker engine answers");
     let app = lifeboat::docker::App::discover(&docker, &plan.selector).await?;
@@ -34,7 +78,7 @@ pub async fn run(args: BackupArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
         );
     }
     if let Some(version_from) = &plan.version_from {
-        let version = lifeboat::backup::read_version(&docker, &app, version_from).await?;
+        let version = lifeboat::docker::read_version(&docker, &app, version_from).await?;
         println!("ok  app version {version} (from {version_from})");
     }
     Ok(ExitCode::SUCCESS)

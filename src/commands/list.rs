@@ -1,7 +1,10 @@
-//! `lifeboat list`: the complete backups in a store.
+//! `lifeboat list`: the complete backups in a store, each marked by whether it is genuine.
 
-use super::human_bytes;
+use super::TrustArgs;
 use lifeboat::config::{ConfigFile, Merge, StoreOptions};
+use lifeboat::manifest::{Authenticity, Listed, Manifest};
+use lifeboat::text::{Printable, human_bytes};
+use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -11,72 +14,123 @@ pub struct ListArgs {
     /// Only the backups stored under this app name (the project, or --name at backup)
     #[arg(long, short = 'p', visible_alias = "name", env = "LIFEBOAT_PROJECT")]
     pub project: Option<String>,
-    /// One JSON array of manifests on stdout, for scripts
+    /// One JSON array on stdout, for scripts: each genuine backup's manifest with an
+    /// `authenticity` field, and `{app, backup_id, authenticity: "refused", reason}` for each
+    /// backup that is not
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub keys: TrustArgs,
 }
 
 pub async fn run(args: ListArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
-    let store_options = args.store.or(file.store);
+    let store_options = args.store.or(file.store.clone());
     let project = args
         .project
         .or_else(|| file.app.name.clone())
         .or_else(|| file.app.project.clone());
     let store = lifeboat::store::open(&store_options).await?;
-    let listed =
-        lifeboat::manifest::list(&store.objects, &store.layout, project.as_deref()).await?;
-    let mut manifests = Vec::new();
-    for entry in listed {
-        match entry.manifest {
-            Ok(manifest) => manifests.push(manifest),
-            Err(why) => tracing::warn!("ignoring {}: {why}", entry.key),
-        }
-    }
+    let keys = args.keys.keys(&file)?;
+    let listed = lifeboat::manifest::list(
+        &store.objects,
+        &store.layout,
+        project.as_deref(),
+        &keys.policy,
+    )
+    .await?;
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&manifests)?);
+        let entries: Vec<serde_json::Value> = listed.iter().map(json_entry).collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&entries)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    if manifests.is_empty() {
+    if listed.is_empty() {
         eprintln!("no complete backups in {}", store.url);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<22} {:<16} {:<24} {:>7} {:>10} {:>8}",
-        "ID", "APP", "VERSION", "VOLUMES", "STORED", "AGE"
-    );
+    writeln!(
+        out,
+        "{:<22} {:<16} {:<10} {:<24} {:>7} {:>10} {:>8}",
+        "ID", "APP", "AUTH", "VERSION", "VOLUMES", "STORED", "AGE"
+    )?;
     let now = chrono::Utc::now();
-    for m in &manifests {
-        let version = m.app_version.version.clone().unwrap_or_else(|| {
-            let images: Vec<_> = m
-                .app_version
-                .services
-                .values()
-                .map(|s| s.image.as_str())
-                .collect();
-            let mut unique = images.clone();
-            unique.dedup();
-            unique
-                .first()
-                .map(|first| {
-                    if unique.len() > 1 {
-                        format!("{first} +{}", unique.len() - 1)
-                    } else {
-                        first.to_string()
-                    }
-                })
-                .unwrap_or_default()
-        });
-        println!(
-            "{:<22} {:<16} {:<24} {:>7} {:>10} {:>8}",
-            m.backup_id,
-            m.app,
-            version,
-            m.volumes.len(),
-            human_bytes(m.total_stored()),
-            age(now - m.finished_at)
+    let mut refused = 0;
+    for entry in &listed {
+        match &entry.outcome {
+            Ok(found) => {
+                let m = &found.manifest;
+                let auth = match found.authenticity {
+                    Authenticity::Signed(_) => "signed",
+                    Authenticity::Unsigned => "UNSIGNED",
+                };
+                writeln!(
+                    out,
+                    "{:<22} {:<16} {:<10} {:<24} {:>7} {:>10} {:>8}",
+                    m.backup_id,
+                    Printable(&m.app).to_string(),
+                    auth,
+                    Printable(&version(m)).to_string(),
+                    m.volumes.len(),
+                    human_bytes(m.total_stored()),
+                    age(now - m.finished_at)
+                )?;
+            }
+            Err(why) => {
+                refused += 1;
+                writeln!(
+                    out,
+                    "{:<22} {:<16} {:<10} {}",
+                    Printable(&entry.backup_id).to_string(),
+                    Printable(&entry.app).to_string(),
+                    "FAILED",
+                    why.reason
+                )?;
+            }
+        }
+    }
+    if refused > 0 {
+        eprintln!(
+            "warning: {refused} backup(s) failed verification (FAILED): restore, verify and prune never take them for genuine"
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn json_entry(entry: &Listed) -> serde_json::Value {
+    match &entry.outcome {
+        Ok(found) => {
+            let mut value = serde_json::to_value(&found.manifest).unwrap_or_default();
+            value["authenticity"] = match &found.authenticity {
+                Authenticity::Signed(fingerprint) => serde_json::json!({ "signed": fingerprint }),
+                Authenticity::Unsigned => "unsigned".into(),
+            };
+            value
+        }
+        Err(why) => serde_json::json!({
+            "app": Printable(&entry.app).to_string(),
+            "backup_id": Printable(&entry.backup_id).to_string(),
+            "authenticity": "refused",
+            "reason": why.reason,
+        }),
+    }
+}
+
+/// One version string for the table: the recorded version, else the images.
+fn version(m: &Manifest) -> String {
+    m.app_version.version.clone().unwrap_or_else(|| {
+        let mut unique: Vec<&str> = m
+            .app_version
+            .services
+            .values()
+            .map(|s| s.image.as_str())
+            .collect();
+        unique.dedup();
+        match unique.first() {
+            Some(first) if unique.len() > 1 => format!("{first} +{}", unique.len() - 1),
+            Some(first) => first.to_string(),
+            None => String::new(),
+        }
+    })
 }
 
 fn age(delta: chrono::TimeDelta) -> String {

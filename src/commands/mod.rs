@@ -149,18 +149,68 @@ pub fn app_name(
         })
 }
 
-/// Bytes for people.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
+/// The keys that decide which backups are genuine, for the commands that read backups.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TrustArgs {
+    /// The owner key `lifeboat keygen` wrote: checks the backups' signatures (and decrypts,
+    /// where a command reads data)
+    #[arg(long, short = 'i', env = "LIFEBOAT_IDENTITY_FILE", value_name = "PATH")]
+    pub identity: Option<PathBuf>,
+    /// A backup key: checks the signatures it made, on the backup host, which has no owner key
+    /// [default: ~/.config/lifeboat/backup.key, when there is one]
+    #[arg(
+        long,
+        short = 'k',
+        env = "LIFEBOAT_BACKUP_KEY_FILE",
+        value_name = "PATH"
+    )]
+    pub backup_key: Option<PathBuf>,
+    /// Accept format-1 backups, made before lifeboat signed its backups, as genuine: only if
+    /// nobody else could ever write to the store
+    #[arg(long)]
+    pub allow_unsigned: bool,
+}
+
+/// The keys read, and the trust they give.
+pub struct Keys {
+    pub owner: Option<lifeboat::keys::OwnerKey>,
+    pub policy: lifeboat::manifest::TrustPolicy,
+}
+
+impl TrustArgs {
+    /// Reads the keys given (flags, variables, then the config file's `[restore] identity` and
+    /// `[backup] backup_key`), else the default backup key; with none, says what to pass.
+    pub fn keys(self, file: &ConfigFile) -> anyhow::Result<Keys> {
+        let identity = self.identity.or_else(|| file.restore.identity.clone());
+        let backup_key = self.backup_key.or_else(|| file.backup.backup_key.clone());
+        let owner = identity
+            .as_deref()
+            .map(lifeboat::keys::OwnerKey::read)
+            .transpose()?;
+        let mut trust = owner.as_ref().map(|o| o.trust()).unwrap_or_default();
+        let default = lifeboat::keys::default_backup_key_path();
+        let backup = match (&backup_key, &owner) {
+            (Some(path), _) => Some(lifeboat::keys::BackupKey::read(path)?),
+            (None, None) if default.exists() => Some(lifeboat::keys::BackupKey::read(&default)?),
+            _ => None,
+        };
+        if let Some(backup) = &backup {
+            for key in backup.trust().keys() {
+                trust.add(key.clone());
+            }
+        }
+        if trust.is_empty() {
+            return Err(lifeboat::error::usage(format!(
+                "no key to tell genuine backups from forged ones: pass --identity KEY (the owner key from `lifeboat keygen`), or --backup-key FILE on the backup host (default {})",
+                default.display()
+            )));
+        }
+        Ok(Keys {
+            owner,
+            policy: lifeboat::manifest::TrustPolicy {
+                trust,
+                allow_unsigned: self.allow_unsigned,
+            },
+        })
     }
 }

@@ -1,5 +1,6 @@
 //! `lifeboat prune`: remove the backups no keep rule keeps.
 
+use super::TrustArgs;
 use lifeboat::config::{ConfigFile, Merge, RetentionOptions, StoreOptions};
 use std::process::ExitCode;
 
@@ -15,20 +16,26 @@ pub struct PruneArgs {
     /// Show what would be removed and why the rest is kept; delete nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Only backups these keys vouch for count (and only they are removed)
+    #[command(flatten)]
+    pub keys: TrustArgs,
 }
 
 pub async fn run(args: PruneArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
-    let store_options = args.store.or(file.store);
-    let retention = args.retention.or(file.retention);
+    let store_options = args.store.or(file.store.clone());
+    let retention = args.retention.or(file.retention.clone());
     let app = super::app_name(args.project, &file.app)?;
     let (policy, grace) = (retention.policy()?, retention.grace()?);
+    lifeboat::state::refuse_if_incomplete(&lifeboat::state::state_dir(), &app)?;
     let store = lifeboat::store::open(&store_options).await?;
+    let keys = args.keys.keys(&file)?;
     let lock = if args.dry_run {
         None
     } else {
         Some(lifeboat::lock::acquire(&store, &app, "prune").await?)
     };
-    let result = lifeboat::retention::prune(&store, &app, &policy, grace, args.dry_run).await;
+    let result =
+        lifeboat::retention::prune(&store, &app, &policy, grace, args.dry_run, &keys.policy).await;
     if let Some(lock) = lock {
         lock.release().await;
     }
@@ -47,6 +54,12 @@ pub async fn run(args: PruneArgs, file: ConfigFile) -> anyhow::Result<ExitCode> 
     }
     for id in &report.incomplete {
         println!("{verb:<13} {id}  (incomplete: no manifest)");
+    }
+    for (id, reason) in &report.not_authentic {
+        println!(
+            "left alone    {}  (failed verification, never counted: {reason})",
+            lifeboat::text::printable(id)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,8 @@
-//! `lifeboat restore`: verify a backup, then stream it back into the app's volumes.
+//! `lifeboat restore`: verify a backup, then stream it back into the app's volumes; or show
+//! the plan (`--dry-run`), or roll back a restore that did not finish (`--rollback`).
 
 use lifeboat::config::{AppOptions, ConfigFile, Merge, RestoreOptions, StoreOptions};
-use lifeboat::restore::RestorePlan;
+use lifeboat::restore::RestoreRequest;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
@@ -13,33 +14,79 @@ pub struct RestoreArgs {
     pub store: StoreOptions,
     #[command(flatten)]
     pub restore: RestoreOptions,
-    /// The backup to restore [default: the newest complete one]
+    /// The backup to restore [default: the one an unfinished restore was restoring, else the
+    /// newest]
     #[arg(long, value_name = "ID")]
     pub backup: Option<String>,
     /// Restore even though the app's images differ from the ones the backup recorded
     #[arg(long)]
     pub allow_version_mismatch: bool,
-    /// Skip the verification pass (download, decrypt, decompress, check every tar entry) that
-    /// runs before any volume is touched. Only for a backup `lifeboat verify` checked already:
-    /// a damaged object is then found while its volume is half replaced
+    /// Restore a format-1 backup, which carries no signature, trusting whoever could write to
+    /// the store
     #[arg(long)]
-    pub no_verify: bool,
+    pub allow_unsigned: bool,
+    /// Print the plan (backup, authenticity, version check, every target, safety copies,
+    /// downtime) and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Put back what an unfinished restore replaced, from its safety copies, and start the app
+    #[arg(long, conflicts_with_all = ["backup", "dry_run"])]
+    pub rollback: bool,
     /// Restore backed-up volume OLD (full or compose name) into the volume NEW (repeatable)
     #[arg(long, value_name = "OLD=NEW")]
     pub map_volume: Vec<String>,
+    /// Allow writing the backed-up bind mount at this container path into the host directory
+    /// the app mounts there (repeatable); host directories are never written otherwise
+    #[arg(long = "bind-path", value_name = "PATH")]
+    pub bind_paths: Vec<String>,
+    /// Do not copy what non-empty targets hold before replacing it (saves the time and disk
+    /// of the copy, and loses the way back if the restore fails half way)
+    #[arg(long)]
+    pub no_safety_copy: bool,
     /// Where to read the app version string here: label:KEY, env:NAME or file:SERVICE:/path
     /// [default: where the backup read it]
     #[arg(long, value_name = "SOURCE")]
     pub version_from: Option<String>,
+    /// Directory for the verified ciphertext between download and write (only ciphertext, in
+    /// unlinked files) [default: [backup] spool_dir, else the state directory's spool/]
+    #[arg(long, env = "LIFEBOAT_SPOOL_DIR", value_name = "PATH")]
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// Kept for scripts: restore always verifies every object before it writes, from one
+    /// download
+    #[arg(long, hide = true)]
+    pub no_verify: bool,
 }
 
 pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::Result<ExitCode> {
-    let app = args.app.or(file.app);
-    let store_options = args.store.or(file.store);
-    let options = args.restore.or(file.restore);
+    let app = args.app.or(file.app.clone());
+    let store_options = args.store.or(file.store.clone());
+    let options = args.restore.or(file.restore.clone());
+    if args.rollback {
+        let store = lifeboat::store::open(&store_options).await?;
+        let docker = lifeboat::docker::connect().await?;
+        let app_name = app.app_name()?;
+        let put_back = lifeboat::restore::rollback(
+            &docker,
+            &store,
+            &app_name,
+            &app.selector()?,
+            app.stop_timeout(),
+        )
+        .await?;
+        println!(
+            "rolled back the unfinished restore of {app_name}: {} hold what they held before, and the app is started",
+            put_back.join(", ")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.no_verify {
+        tracing::warn!(
+            "--no-verify is ignored: restore downloads every object once and verifies it before writing anything"
+        );
+    }
     let identity = options.identity.ok_or_else(|| {
         lifeboat::error::usage(
-            "restore needs the identity that decrypts the backup: pass --identity key.txt",
+            "restore needs the owner key, which decrypts the backup and vouches for it: pass --identity key.txt",
         )
     })?;
     let mut map_volumes = BTreeMap::new();
@@ -52,30 +99,46 @@ pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::
             })?;
         map_volumes.insert(old.to_string(), new.to_string());
     }
-    let plan = RestorePlan {
+    let owner = lifeboat::keys::OwnerKey::read(&identity)?;
+    let trust = lifeboat::manifest::TrustPolicy {
+        trust: owner.trust(),
+        allow_unsigned: args.allow_unsigned,
+    };
+    let spool_dir = args
+        .spool_dir
+        .or_else(|| file.backup.spool_dir.clone())
+        .unwrap_or_else(|| lifeboat::state::state_dir().join("spool"));
+    let request = RestoreRequest {
         app_name: app.app_name()?,
         selector: app.selector()?,
         backup_id: args.backup,
-        identities: std::sync::Arc::new(lifeboat::keys::read_identities(&identity)?),
+        owner: std::sync::Arc::new(owner),
+        trust,
         allow_version_mismatch: args.allow_version_mismatch,
-        verify_first: !args.no_verify,
         map_volumes,
+        bind_paths: args.bind_paths,
         stop_timeout_secs: app.stop_timeout(),
         version_from: args.version_from,
         hooks: std::sync::Arc::new(lifeboat::hooks::Hooks::from_config(&file.hook)?),
+        spool_dir,
+        safety_copy: !args.no_safety_copy,
     };
     let store = lifeboat::store::open(&store_options).await?;
     let docker = lifeboat::docker::connect().await?;
     let cancel = lifeboat::shutdown::cancel_on_signals();
-    let report = lifeboat::restore::run(&docker, &store, &plan, &cancel).await?;
-    if verbose || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        println!(
-            "restored backup {} of {}: {} volumes, downtime {:.1} s",
-            report.manifest.backup_id,
-            report.manifest.app,
-            report.targets.len(),
-            report.downtime.as_secs_f64()
-        );
+    match lifeboat::restore::run(&docker, &store, &request, args.dry_run, &cancel).await? {
+        Err(plan) => println!("{plan}\n(dry run: nothing was changed)"),
+        Ok(report) => {
+            if verbose || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                println!(
+                    "restored backup {} of {}: {} volumes, downtime {:.1} s",
+                    report.backup_id,
+                    report.app,
+                    report.targets,
+                    report.downtime.as_secs_f64()
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,10 @@
-//! `lifeboat show`: one backup's manifest, for people or scripts.
+//! `lifeboat show`: one backup's manifest, for people or scripts, once it is authenticated.
 
-use super::human_bytes;
+use super::TrustArgs;
 use lifeboat::config::{ConfigFile, Merge, StoreOptions};
+use lifeboat::manifest::Authenticity;
+use lifeboat::text::{Printable, human_bytes};
+use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -16,51 +19,82 @@ pub struct ShowArgs {
     /// The manifest as JSON
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub keys: TrustArgs,
 }
 
 pub async fn run(args: ShowArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
-    let store_options = args.store.or(file.store);
+    let store_options = args.store.or(file.store.clone());
     let app = super::app_name(args.project, &file.app)?;
     let store = lifeboat::store::open(&store_options).await?;
-    let m = lifeboat::manifest::read(&store.objects, &store.layout, &app, args.backup.as_deref())
-        .await?;
+    let keys = args.keys.keys(&file)?;
+    let found = lifeboat::manifest::read(
+        &store.objects,
+        &store.layout,
+        &app,
+        args.backup.as_deref(),
+        &keys.policy,
+    )
+    .await?;
+    let m = &found.manifest;
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&m)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(m)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("backup     {}", m.backup_id);
-    println!("app        {}", m.app);
-    println!("host       {}", m.host);
-    println!(
+    let vouched = match &found.authenticity {
+        Authenticity::Signed(fingerprint) => format!("signed by {fingerprint}"),
+        Authenticity::Unsigned => {
+            "NOT AUTHENTICATED: format 1, shown because of --allow-unsigned".into()
+        }
+    };
+    writeln!(out, "backup     {} ({vouched})", m.backup_id)?;
+    writeln!(out, "app        {}", Printable(&m.app))?;
+    writeln!(out, "host       {}", Printable(&m.host))?;
+    writeln!(
+        out,
         "made       {} → {} (downtime {:.1} s) by lifeboat {}",
-        m.started_at, m.finished_at, m.downtime_seconds, m.lifeboat_version
-    );
+        m.started_at,
+        m.finished_at,
+        m.downtime_seconds,
+        Printable(&m.lifeboat_version)
+    )?;
     if let Some(version) = &m.app_version.version {
-        println!(
-            "version    {version} (from {})",
-            m.app_version.version_source.as_deref().unwrap_or("?")
-        );
+        writeln!(
+            out,
+            "version    {} (from {})",
+            Printable(version),
+            Printable(m.app_version.version_source.as_deref().unwrap_or("?"))
+        )?;
     }
     for (service, image) in &m.app_version.services {
-        println!("service    {service}: {} ({})", image.image, image.image_id);
+        writeln!(
+            out,
+            "service    {}: {} ({})",
+            Printable(service),
+            Printable(&image.image),
+            Printable(&image.image_id)
+        )?;
     }
     for v in &m.volumes {
-        println!(
+        writeln!(
+            out,
             "volume     {} ({} at {}:{}): {} tar → {} stored, {:?}, sha256 {}",
-            v.name,
-            v.compose_volume.as_deref().unwrap_or("-"),
-            v.service,
-            v.container_path,
+            Printable(&v.name),
+            Printable(v.compose_volume.as_deref().unwrap_or("-")),
+            Printable(&v.service),
+            Printable(&v.container_path),
             human_bytes(v.tar_size),
             human_bytes(v.stored_size),
             v.compression,
             v.sha256
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "           object {}, encrypted to {}",
-            v.object,
-            v.encryption.recipients.join(", ")
-        );
+            Printable(&v.object),
+            Printable(&v.encryption.recipients.join(", "))
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,8 @@
 //! `lifeboat verify`: the whole read path of one or all backups, touching no volume.
 
+use super::TrustArgs;
 use lifeboat::config::{ConfigFile, Merge, StoreOptions};
+use lifeboat::text::Printable;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -16,50 +18,68 @@ pub struct VerifyArgs {
     /// Verify every complete backup of the app
     #[arg(long)]
     pub all: bool,
-    /// With an identity, objects are decrypted, decompressed and every tar entry checked;
-    /// without, only stored sizes and sha256
-    #[arg(long, short = 'i', env = "LIFEBOAT_IDENTITY_FILE", value_name = "PATH")]
-    pub identity: Option<std::path::PathBuf>,
+    /// With the owner key (--identity), objects are decrypted, decompressed and every tar entry
+    /// checked; with only a backup key, each manifest's signature and each object's size and
+    /// sha256
+    #[command(flatten)]
+    pub keys: TrustArgs,
 }
 
 pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
-    let store_options = args.store.or(file.store);
+    let store_options = args.store.or(file.store.clone());
     let app = super::app_name(args.project, &file.app)?;
-    let identity = args.identity.or(file.restore.identity);
-    let identities = identity
-        .as_deref()
-        .map(lifeboat::keys::read_identities)
-        .transpose()?;
     let store = lifeboat::store::open(&store_options).await?;
-    let manifests = if args.all {
-        lifeboat::manifest::list(&store.objects, &store.layout, Some(&app))
-            .await?
-            .into_iter()
-            .map(|l| l.manifest.map_err(anyhow::Error::msg))
-            .collect::<anyhow::Result<Vec<_>>>()?
-    } else {
-        vec![
-            lifeboat::manifest::read(&store.objects, &store.layout, &app, args.backup.as_deref())
-                .await?,
-        ]
-    };
+    let keys = args.keys.keys(&file)?;
+    let identities = keys.owner.as_ref().map(|o| &o.identities[..]);
     let mut failures = 0;
     let mut worst = None;
-    for manifest in &manifests {
+    let backups = if args.all {
+        let listed =
+            lifeboat::manifest::list(&store.objects, &store.layout, Some(&app), &keys.policy)
+                .await?;
+        let mut genuine = Vec::new();
+        for entry in listed {
+            match entry.outcome {
+                Ok(found) => genuine.push(found),
+                Err(refused) => {
+                    println!("FAIL  {}: {}", entry.backup_id, refused.reason);
+                    failures += 1;
+                    worst = Some(lifeboat::error::ExitClass::Verification);
+                }
+            }
+        }
+        genuine
+    } else {
+        vec![
+            lifeboat::manifest::read(
+                &store.objects,
+                &store.layout,
+                &app,
+                args.backup.as_deref(),
+                &keys.policy,
+            )
+            .await?,
+        ]
+    };
+    for found in &backups {
+        let manifest = &found.manifest;
+        let vouched = match &found.authenticity {
+            lifeboat::manifest::Authenticity::Signed(fp) => format!("signed by {fp}"),
+            lifeboat::manifest::Authenticity::Unsigned => "UNSIGNED (format 1)".into(),
+        };
         for record in &manifest.volumes {
-            match lifeboat::verify::verify_volume(&store, manifest, record, identities.as_deref())
-                .await
-            {
+            let name = Printable(&record.name);
+            match lifeboat::verify::verify_volume(&store, manifest, record, identities).await {
                 Ok(Some(summary)) => println!(
-                    "ok    {} {}: {} entries, {} bytes of files, sha256 matches",
-                    manifest.backup_id, record.name, summary.entries, summary.file_bytes
+                    "ok    {} {name}: {} entries, {} bytes of files, sha256 matches, {vouched}",
+                    manifest.backup_id, summary.entries, summary.file_bytes
                 ),
                 Ok(None) => println!(
-                    "ok    {} {}: size and sha256 match (no identity: not decrypted)",
-                    manifest.backup_id, record.name
+                    "ok    {} {name}: size and sha256 match, {vouched} (no owner key: not decrypted)",
+                    manifest.backup_id
                 ),
                 Err(e) => {
-                    println!("FAIL  {} {}: {e}", manifest.backup_id, record.name);
+                    println!("FAIL  {} {name}: {e}", manifest.backup_id);
                     failures += 1;
                     worst.get_or_insert(e.class());
                 }
@@ -69,7 +89,7 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
     match worst {
         None => Ok(ExitCode::SUCCESS),
         Some(class) => {
-            eprintln!("error: {failures} volume object(s) failed verification");
+            eprintln!("error: {failures} backup(s) or volume object(s) failed verification");
             Ok(class.code())
         }
     }

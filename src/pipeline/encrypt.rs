@@ -80,10 +80,13 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn identity_and_recipient() -> (BoxIdentity, Recipient) {
-        let (file, recipient) = generate();
+        let (file, backup) = generate();
         let secret = file.lines().last().unwrap().to_string();
         let identity = age::x25519::Identity::from_str(&secret).unwrap();
-        (Box::new(identity), parse_recipient(&recipient).unwrap())
+        (
+            Box::new(identity),
+            parse_recipient(&backup.recipient.text).unwrap(),
+        )
     }
 
     async fn encrypt(recipient: &Recipient, data: &[u8]) -> Vec<u8> {

@@ -99,8 +99,10 @@ impl SpoolBudget {
     }
 }
 
-fn free_bytes(dir: &Path) -> Option<u64> {
+/// Free space of the file system holding `dir` (or its nearest existing ancestor).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
+    let dir = dir.ancestors().find(|d| d.exists())?;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `path` is a valid C string and `stat` a valid out-pointer for the call.

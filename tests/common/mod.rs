@@ -14,7 +14,15 @@ use std::time::{Duration, Instant};
 pub const IMAGE: &str = "lifeboat-test/busybox:1";
 pub const IMAGE_V2: &str = "lifeboat-test/busybox:2";
 
-/// The lifeboat binary with a clean environment for the store.
+std::thread_local! {
+    /// The backup key [`keygen`] last made on this test's thread.
+    static BACKUP_KEY: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The lifeboat binary with a clean environment for the store. Like a backup host, which finds
+/// its backup key in the default place, every command of a test finds the backup key the
+/// test's last [`keygen`] made (`LIFEBOAT_BACKUP_KEY_FILE`); the caller's own keys and config
+/// directory are never seen.
 pub fn lifeboat() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeboat"));
     for var in [
@@ -24,10 +32,16 @@ pub fn lifeboat() -> Command {
         "AWS_SECRET_ACCESS_KEY",
         "LIFEBOAT_CONFIG",
         "LIFEBOAT_STORE",
+        "LIFEBOAT_BACKUP_KEY_FILE",
+        "LIFEBOAT_IDENTITY_FILE",
     ] {
         cmd.env_remove(var);
     }
     cmd.env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd.env("XDG_CONFIG_HOME", "/nonexistent/lifeboat-tests-config");
+    if let Some(key) = BACKUP_KEY.with(|k| k.borrow().clone()) {
+        cmd.env("LIFEBOAT_BACKUP_KEY_FILE", key);
+    }
     cmd
 }
 
@@ -416,12 +430,52 @@ impl Drop for S3Server {
     }
 }
 
-/// A fresh age identity in `dir`: (identity file, recipient).
+/// A fresh owner key in `dir` and its backup key, which this test's later commands use:
+/// (owner key file, the owner's recipient).
 pub fn keygen(dir: &Path) -> (PathBuf, String) {
-    let key = dir.join(format!("key-{}.txt", rand_suffix()));
-    let output = run(lifeboat().args(["keygen", "--output"]).arg(&key));
+    let suffix = rand_suffix();
+    let key = dir.join(format!("key-{suffix}.txt"));
+    // The backup key outlives `dir`, which some tests drop at once (they need no owner key).
+    let backup_key = keys_dir().join(format!("backup-{suffix}.key"));
+    let output = run(lifeboat()
+        .args(["keygen", "--output"])
+        .arg(&key)
+        .arg("--backup-key-output")
+        .arg(&backup_key));
     assert!(output.status.success());
-    (key, stderr(&output).trim().to_string())
+    BACKUP_KEY.with(|k| *k.borrow_mut() = Some(backup_key));
+    let recipient = stderr(&output)
+        .lines()
+        .find(|l| l.starts_with("age1"))
+        .expect("keygen prints the recipient")
+        .to_string();
+    (key, recipient)
+}
+
+/// A folder for the test binary's backup keys, removed when it exits.
+fn keys_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+/// Another owner key in `dir`, whose backup key this test does not use (a wrong key).
+pub fn other_owner_key(dir: &Path) -> PathBuf {
+    let suffix = rand_suffix();
+    let key = dir.join(format!("other-key-{suffix}.txt"));
+    let output = run(lifeboat()
+        .args(["keygen", "--output"])
+        .arg(&key)
+        .arg("--backup-key-output")
+        .arg(dir.join(format!("other-backup-{suffix}.key"))));
+    assert!(output.status.success());
+    key
+}
+
+/// The backup key this test's last [`keygen`] made.
+pub fn backup_key() -> PathBuf {
+    BACKUP_KEY
+        .with(|k| k.borrow().clone())
+        .expect("keygen() ran first")
 }
 
 fn rand_suffix() -> u128 {
