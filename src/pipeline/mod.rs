@@ -16,6 +16,7 @@ pub mod spool;
 pub mod tally;
 pub mod tar_check;
 pub mod tar_end;
+mod tar_walk;
 pub mod upload;
 
 use crate::error::ExitClass;
