@@ -4,13 +4,13 @@
 //! `lifeboat verify` runs it for restore drills.
 
 use crate::keys::BoxIdentity;
-use crate::manifest::{Manifest, VolumeRecord};
+use crate::manifest::{Manifest, SourceKind, VolumeRecord};
 use crate::pipeline::PipelineError;
 use crate::pipeline::compress::decompressing_reader;
 use crate::pipeline::download::open_object;
 use crate::pipeline::encrypt::decrypting_reader;
 use crate::pipeline::tally::{Expected, TallyReader};
-use crate::pipeline::tar_check::{TarSummary, check_archive};
+use crate::pipeline::tar_check::{EntryRules, TarSummary, TargetKind, check_archive};
 use crate::store::Store;
 use object_store::ObjectStoreExt;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
@@ -80,7 +80,13 @@ pub async fn verify_volume(
         return Ok(None);
     };
     let tar = open_volume_tar(store, manifest, record, identities).await?;
-    let summary = check_archive(tar).await?;
+    let rules = EntryRules {
+        target: match record.kind {
+            SourceKind::Volume => TargetKind::Volume,
+            SourceKind::Bind => TargetKind::Bind,
+        },
+    };
+    let summary = check_archive(tar, rules).await?;
     if summary.tar_bytes != record.tar_size {
         return Err(PipelineError::Verification(format!(
             "the tar stream of {} is {} bytes but the manifest records {}",
