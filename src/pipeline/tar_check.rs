@@ -113,7 +113,10 @@ where
             let entry = entry.map_err(failed)?;
             let theirs = SeenEntry {
                 path: entry.path_bytes().map_err(failed)?.into_owned(),
-                link: entry.link_name_bytes().map_err(failed)?.map(Cow::into_owned),
+                link: entry
+                    .link_name_bytes()
+                    .map_err(failed)?
+                    .map(Cow::into_owned),
                 kind: entry.header().entry_type().as_byte(),
                 size: entry.effective_size(),
             };
@@ -225,7 +228,10 @@ mod tests {
         bytes.extend_from_slice(header("./f", EntryType::Regular, 0, None).as_bytes());
         bytes.extend_from_slice(&[b'x'; 1024]);
         bytes.extend_from_slice(&[0u8; 1024]);
-        let err = check_archive(&bytes[..], EntryRules::default()).await.unwrap_err().to_string();
+        let err = check_archive(&bytes[..], EntryRules::default())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("disagrees with its ustar size"), "{err}");
 
         // A PAX path is what Docker (Go) extracts too, so it is the one validated.
@@ -233,7 +239,10 @@ mod tests {
         bytes.extend_from_slice(header("./harmless", EntryType::Regular, 1, None).as_bytes());
         bytes.extend_from_slice(&[b'x'; 512]);
         bytes.extend_from_slice(&[0u8; 1024]);
-        let err = check_archive(&bytes[..], EntryRules::default()).await.unwrap_err().to_string();
+        let err = check_archive(&bytes[..], EntryRules::default())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("contains '..'"), "{err}");
     }
 
@@ -246,7 +255,11 @@ mod tests {
             let mut bytes = h.as_bytes().to_vec();
             bytes.extend_from_slice(&[b'x'; 512]);
             bytes.extend_from_slice(&[0u8; 1024]);
-            assert!(check_archive(&bytes[..], EntryRules::default()).await.is_err());
+            assert!(
+                check_archive(&bytes[..], EntryRules::default())
+                    .await
+                    .is_err()
+            );
         }
     }
 
@@ -264,6 +277,38 @@ mod tests {
         .unwrap();
         assert_eq!(summary.entries, 6);
         assert_eq!(summary.file_bytes, 5);
+        assert_eq!(summary.tar_bytes, 7 * 512 + 1024);
+    }
+
+    #[tokio::test]
+    async fn the_target_kind_reaches_the_policy() {
+        let bytes = archive(&[("./dev/null", EntryType::Char, b"", None)]).await;
+        let volume = EntryRules {
+            target: TargetKind::Volume,
+        };
+        let bind = EntryRules {
+            target: TargetKind::Bind,
+        };
+        assert_eq!(check_archive(&bytes[..], volume).await.unwrap().entries, 1);
+        let err = check_archive(&bytes[..], bind).await.unwrap_err();
+        assert!(
+            matches!(&err, PipelineError::Verification(m) if m.contains("device node")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_policy_reader_explains_its_refusal_through_tokio_tar() {
+        // tokio-tar alone reads this GNU.sparse-renamed entry as './f'; Go as 'evil'.
+        let mut bytes = pax_block(&[("GNU.sparse.name", "../evil"), ("GNU.sparse.map", "0,1")]);
+        bytes.extend_from_slice(header("./f", EntryType::Regular, 1, None).as_bytes());
+        bytes.extend_from_slice(&[b'x'; 512]);
+        bytes.extend_from_slice(&[0u8; 1024]);
+        let err = check_archive(&bytes[..], EntryRules::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GNU sparse"), "{err}");
     }
 
     #[tokio::test]
@@ -317,10 +362,16 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_and_truncation_fail_as_verification() {
-        let err = check_archive(&[0x55u8; 2048][..], EntryRules::default()).await.err().unwrap();
+        let err = check_archive(&[0x55u8; 2048][..], EntryRules::default())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, PipelineError::Verification(_)), "{err:?}");
         let full = archive(&[("./f", EntryType::Regular, &[1u8; 5000], None)]).await;
-        let err = check_archive(&full[..1500], EntryRules::default()).await.err().unwrap();
+        let err = check_archive(&full[..1500], EntryRules::default())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, PipelineError::Verification(_)), "{err:?}");
     }
 

@@ -345,7 +345,7 @@ mod tests {
         assert_eq!(octal(b"\0\0\0\0\0\0\0\0"), Some(0));
         assert_eq!(octal(b"00000000012\0"), Some(10));
         // Go trims leading NULs, tokio-tar stops at the first: they differ.
-        assert_eq!(octal(b"\0\0000644"), None);
+        assert_eq!(octal(b"\0\x000644"), None);
         assert_eq!(octal(b"0644 x\0"), None);
         assert_eq!(octal(b"0648\0"), None);
         assert_eq!(octal(b"+644\0"), None);
@@ -372,7 +372,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             ok,
-            vec![(&b"size"[..], &b"42"[..]), (&b"path"[..], &b"a/long/name"[..])]
+            vec![
+                (&b"size"[..], &b"42"[..]),
+                (&b"path"[..], &b"a/long/name"[..])
+            ]
         );
         for bad in [
             &b"12 size=42\n"[..],
