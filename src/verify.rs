@@ -15,7 +15,7 @@ use crate::pipeline::compress::decompressing_reader;
 use crate::pipeline::download::{StoreReadError, open_object};
 use crate::pipeline::encrypt::decrypting_reader;
 use crate::pipeline::tally::{Expected, TallyReader};
-use crate::pipeline::tar_check::{TarSummary, check_archive};
+use crate::pipeline::tar_check::{EntryRules, PolicyReader, TarSummary, TargetKind, check_archive};
 use crate::store::Store;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
@@ -40,14 +40,24 @@ async fn plaintext<'a>(
     ))
 }
 
+/// The entry policy for where a record is written: a host directory gets no device nodes and
+/// no setuid/setgid files.
+fn rules(record: &VolumeRecord) -> EntryRules {
+    EntryRules {
+        target: match record.kind {
+            SourceKind::Volume => TargetKind::Volume,
+            SourceKind::Bind => TargetKind::Bind,
+        },
+    }
+}
+
 /// Parses the whole tar under the entry policy for where it will be written, and checks its
 /// size against the manifest.
 async fn check_tar(
     tar: impl AsyncRead + Send + Unpin,
     record: &VolumeRecord,
 ) -> Result<TarSummary, PipelineError> {
-    let _bind = record.kind == SourceKind::Bind;
-    let summary = check_archive(tar).await?;
+    let summary = check_archive(tar, rules(record)).await?;
     if summary.tar_bytes != record.tar_size {
         return Err(PipelineError::Verification(format!(
             "the tar stream of {} is {} bytes but the manifest records {}",
@@ -204,5 +214,5 @@ pub async fn open_spooled(
     file.rewind().map_err(PipelineError::Io)?;
     let file = tokio::fs::File::from_std(file);
     let tar = plaintext(file, record, identities).await?;
-    Ok(crate::pipeline::tar_end::TarEndCheck::new(tar))
+    Ok(PolicyReader::new(tar, rules(record)).0)
 }

@@ -4,7 +4,8 @@
 //!          entry) → [`compress`] → [`encrypt`]
 //!          → pipe → [`upload`] (parts, sha256 of the stored object, abort on failure).
 //! Restore: [`download`] → [`tally`] (size and sha256 against the manifest) → [`encrypt`]
-//!          (decrypt) → [`compress`] (decompress) → [`tar_check`] or the Docker archive upload.
+//!          (decrypt) → [`compress`] (decompress) → [`tar_check`] (the entry policy, either
+//!          reading the whole archive or as a pass-through on the Docker archive upload).
 //!
 //! Every stage streams: memory is bounded by the upload parts in flight plus small buffers,
 //! whatever the size of the volume, and no plaintext is written to local disk.
@@ -16,6 +17,8 @@ pub mod spool;
 pub mod tally;
 pub mod tar_check;
 pub mod tar_end;
+mod tar_policy;
+mod tar_walk;
 pub mod upload;
 
 use crate::error::ExitClass;
@@ -77,6 +80,11 @@ impl PipelineError {
             }
             if let Some(mismatch) = inner.downcast_ref::<tally::IntegrityError>() {
                 return Some(PipelineError::Verification(mismatch.to_string()));
+            }
+            // An entry the restore policy refuses: the backup is intact, its content is not
+            // something lifeboat will write.
+            if let Some(refused) = inner.downcast_ref::<tar_check::PolicyViolation>() {
+                return Some(PipelineError::Verification(refused.to_string()));
             }
         }
         match err.kind() {

@@ -1,18 +1,22 @@
-//! Tar check stage: parses a volume's tar stream and validates every entry before anything is
-//! written into a live volume.
+//! Tar check stage: validates a volume's tar stream before anything is written into a live
+//! volume.
 //!
-//! The policy: only normal path components (a leading `./` is fine, it is how Docker writes the
-//! volume root); no absolute paths and no `..`; no entry below a symlink that the archive itself
-//! created (that would write through the link); hardlinks only to earlier non-directory entries
-//! of the same archive; symlink targets are data and may point anywhere; device nodes and FIFOs
-//! are allowed because the backup recorded them; any other entry type is refused.
+//! The policy itself is [`PolicyReader`], a pass-through reader that can sit on the stream
+//! going into Docker (see the `tar_policy` module docs for the rules). [`check_archive`] reads
+//! a whole archive through it and, as a second opinion, parses the same bytes with tokio-tar:
+//! both must accept, and both must see the same entries (path, link target, type, size) —
+//! Docker extracts with yet another parser (Go's archive/tar), and whatever tar readers read
+//! differently is where a check and an extraction can part ways.
 
 use super::PipelineError;
-use super::tally::TallyReader;
+pub use super::tar_policy::{
+    EntryPolicy, EntryRules, PAX_KEY_PREFIXES, PAX_KEYS, PolicyHandle, PolicyReader,
+    PolicyViolation, TargetKind,
+};
+use super::tar_policy::{SeenEntry, normalize, size_disagreement};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
-use std::path::{Component, Path, PathBuf};
+use std::borrow::Cow;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_tar::{Archive, EntryType, Header};
 
@@ -60,93 +64,6 @@ pub struct TarSummary {
     pub tar_bytes: u64,
 }
 
-/// The entry policy, fed one entry at a time in archive order.
-#[derive(Debug, Default)]
-pub struct EntryPolicy {
-    seen_files: HashSet<PathBuf>,
-    symlinks: HashSet<PathBuf>,
-}
-
-impl EntryPolicy {
-    /// Checks one entry; `Err` carries the reason.
-    pub fn check(
-        &mut self,
-        path: &Path,
-        kind: EntryType,
-        link: Option<&Path>,
-    ) -> Result<(), String> {
-        let normalized = normalize(path)?;
-        if let Some(through) = normalized
-            .ancestors()
-            .skip(1)
-            .find(|a| self.symlinks.contains(*a))
-        {
-            return Err(format!(
-                "is below {}, a symlink the archive created: extraction would write through it",
-                through.display()
-            ));
-        }
-        if normalized.as_os_str().is_empty() && kind != EntryType::Directory {
-            return Err("replaces the volume root with a non-directory".into());
-        }
-        match kind {
-            EntryType::Regular | EntryType::Continuous => {
-                self.seen_files.insert(normalized.clone());
-            }
-            EntryType::Directory | EntryType::Char | EntryType::Block | EntryType::Fifo => {}
-            EntryType::Symlink => {
-                link.ok_or("is a symlink without a target")?;
-                self.symlinks.insert(normalized);
-                return Ok(());
-            }
-            EntryType::Link => {
-                let target = normalize(link.ok_or("is a hardlink without a target")?)
-                    .map_err(|e| format!("is a hardlink whose target {e}"))?;
-                if !self.seen_files.contains(&target) {
-                    return Err(format!(
-                        "is a hardlink to {}, which is not an earlier file of this archive",
-                        target.display()
-                    ));
-                }
-                self.seen_files.insert(normalized.clone());
-            }
-            other => {
-                return Err(format!(
-                    "has an entry type lifeboat does not restore ({other:?})"
-                ));
-            }
-        }
-        self.symlinks.remove(&normalized);
-        Ok(())
-    }
-}
-
-/// Sizes a PAX `size` record may legitimately override: only those the ustar field cannot hold
-/// (8 GiB and more), and then the ustar field must be 0 or agree. Anything else is the parser
-/// differential behind CVE-2025-62518: extractors that trust different fields see different
-/// entries, so the one lifeboat validated would not be the one Docker writes.
-fn size_disagreement(ustar_size: u64, effective_size: u64) -> Option<String> {
-    const USTAR_MAX: u64 = (1 << 33) - 1;
-    let agrees = ustar_size == effective_size || (effective_size > USTAR_MAX && ustar_size == 0);
-    (!agrees).then(|| {
-        format!("its PAX size ({effective_size}) disagrees with its ustar size ({ustar_size})")
-    })
-}
-
-/// The path relative to the volume root, or why it is not acceptable.
-fn normalize(path: &Path) -> Result<PathBuf, String> {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            Component::CurDir => {}
-            Component::ParentDir => return Err("contains '..'".into()),
-            Component::RootDir | Component::Prefix(_) => return Err("is an absolute path".into()),
-        }
-    }
-    Ok(out)
-}
-
 /// A tar parse error is damaged data unless it came from the store below.
 fn tar_error(err: std::io::Error) -> PipelineError {
     match PipelineError::from_read_chain(err) {
@@ -161,59 +78,84 @@ fn tar_error(err: std::io::Error) -> PipelineError {
     }
 }
 
-/// Parses the whole archive, validating every entry, then reads on to the end of the stream
-/// so that the stages before it (decompression, decryption, the hash check) see all of it.
-pub async fn check_archive<R>(reader: R) -> Result<TarSummary, PipelineError>
+fn describe(entry: &SeenEntry) -> String {
+    let link = entry
+        .link
+        .as_deref()
+        .map(|l| format!(" -> '{}'", String::from_utf8_lossy(l)))
+        .unwrap_or_default();
+    format!(
+        "'{}'{link} (type '{}', {} bytes)",
+        String::from_utf8_lossy(&entry.path),
+        char::from(entry.kind).escape_default(),
+        entry.size
+    )
+}
+
+/// Reads the whole archive through a [`PolicyReader`] and, as a second opinion, tokio-tar's
+/// parser, then reads on to the end of the stream so that the stages before it
+/// (decompression, decryption, the hash check) see all of it.
+pub async fn check_archive<R>(reader: R, rules: EntryRules) -> Result<TarSummary, PipelineError>
 where
     R: AsyncRead + Unpin + Send,
 {
-    let (counted, tally) = TallyReader::new(reader);
-    let mut archive = Archive::new(counted);
-    let mut policy = EntryPolicy::default();
-    let mut summary = TarSummary::default();
+    let (policed, handle) = PolicyReader::recording(reader, rules);
+    // The policy reader's own message when it refused; tokio-tar's otherwise.
+    let failed = |e: std::io::Error| match handle.violation() {
+        Some(reason) => PipelineError::Verification(reason),
+        None => tar_error(e),
+    };
+    let mut archive = Archive::new(policed);
+    let mut index = 0u64;
     {
-        let mut entries = archive.entries().map_err(tar_error)?;
+        let mut entries = archive.entries().map_err(failed)?;
         while let Some(entry) = entries.next().await {
-            let entry = entry.map_err(tar_error)?;
-            let path = entry.path().map_err(tar_error)?.into_owned();
-            let link = entry
-                .link_name()
-                .map_err(tar_error)?
-                .map(|l| l.into_owned());
-            let kind = entry.header().entry_type();
-            let ustar_size = entry.header().raw_entry_size().map_err(tar_error)?;
-            if let Some(reason) = size_disagreement(ustar_size, entry.effective_size()) {
+            let entry = entry.map_err(failed)?;
+            let theirs = SeenEntry {
+                path: entry.path_bytes().map_err(failed)?.into_owned(),
+                link: entry
+                    .link_name_bytes()
+                    .map_err(failed)?
+                    .map(Cow::into_owned),
+                kind: entry.header().entry_type().as_byte(),
+                size: entry.effective_size(),
+            };
+            let ustar_size = entry.header().raw_entry_size().map_err(failed)?;
+            if let Some(reason) = size_disagreement(ustar_size, theirs.size) {
                 return Err(PipelineError::Verification(format!(
                     "bad tar entry '{}': {reason}",
-                    path.display()
+                    String::from_utf8_lossy(&theirs.path)
                 )));
             }
-            policy
-                .check(&path, kind, link.as_deref())
-                .map_err(|reason| {
-                    PipelineError::Verification(format!(
-                        "bad tar entry '{}': {reason}",
-                        path.display()
-                    ))
-                })?;
-            summary.entries += 1;
-            if kind.is_file() {
-                summary.file_bytes += entry.effective_size();
+            match handle.next_seen() {
+                Some(ours) if ours == theirs => {}
+                ours => {
+                    return Err(PipelineError::Verification(format!(
+                        "the tar stream reads differently to different tar parsers: entry {index} is {} to lifeboat's and {} to tokio-tar's",
+                        ours.as_ref().map_or("missing".into(), describe),
+                        describe(&theirs)
+                    )));
+                }
             }
+            index += 1;
         }
-    }
-    if summary.entries == 0 {
-        return Err(PipelineError::Verification(
-            "the tar stream holds no entry".into(),
-        ));
     }
     let mut rest = archive
         .into_inner()
         .map_err(|_| PipelineError::Io(std::io::Error::other("tar reader still shared")))?;
     let mut sink = [0u8; 8192];
-    while rest.read(&mut sink).await.map_err(tar_error)? > 0 {}
-    summary.tar_bytes = tally.bytes();
-    Ok(summary)
+    while rest.read(&mut sink).await.map_err(failed)? > 0 {}
+    if let Some(ours) = handle.next_seen() {
+        return Err(PipelineError::Verification(format!(
+            "the tar stream reads differently to different tar parsers: tokio-tar ends after {index} entries, lifeboat's reader goes on with {}",
+            describe(&ours)
+        )));
+    }
+    Ok(TarSummary {
+        entries: handle.entries(),
+        file_bytes: handle.file_bytes(),
+        tar_bytes: handle.tar_bytes(),
+    })
 }
 
 #[cfg(test)]
@@ -252,7 +194,7 @@ mod tests {
 
     async fn check(entries: &[TestEntry<'_>]) -> Result<TarSummary, PipelineError> {
         let bytes = archive(entries).await;
-        check_archive(&bytes[..]).await
+        check_archive(&bytes[..], EntryRules::default()).await
     }
 
     /// A PAX header block carrying `records`, as a hostile archive would write it.
@@ -286,7 +228,10 @@ mod tests {
         bytes.extend_from_slice(header("./f", EntryType::Regular, 0, None).as_bytes());
         bytes.extend_from_slice(&[b'x'; 1024]);
         bytes.extend_from_slice(&[0u8; 1024]);
-        let err = check_archive(&bytes[..]).await.unwrap_err().to_string();
+        let err = check_archive(&bytes[..], EntryRules::default())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("disagrees with its ustar size"), "{err}");
 
         // A PAX path is what Docker (Go) extracts too, so it is the one validated.
@@ -294,7 +239,10 @@ mod tests {
         bytes.extend_from_slice(header("./harmless", EntryType::Regular, 1, None).as_bytes());
         bytes.extend_from_slice(&[b'x'; 512]);
         bytes.extend_from_slice(&[0u8; 1024]);
-        let err = check_archive(&bytes[..]).await.unwrap_err().to_string();
+        let err = check_archive(&bytes[..], EntryRules::default())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("contains '..'"), "{err}");
     }
 
@@ -307,7 +255,11 @@ mod tests {
             let mut bytes = h.as_bytes().to_vec();
             bytes.extend_from_slice(&[b'x'; 512]);
             bytes.extend_from_slice(&[0u8; 1024]);
-            assert!(check_archive(&bytes[..]).await.is_err());
+            assert!(
+                check_archive(&bytes[..], EntryRules::default())
+                    .await
+                    .is_err()
+            );
         }
     }
 
@@ -325,6 +277,38 @@ mod tests {
         .unwrap();
         assert_eq!(summary.entries, 6);
         assert_eq!(summary.file_bytes, 5);
+        assert_eq!(summary.tar_bytes, 7 * 512 + 1024);
+    }
+
+    #[tokio::test]
+    async fn the_target_kind_reaches_the_policy() {
+        let bytes = archive(&[("./dev/null", EntryType::Char, b"", None)]).await;
+        let volume = EntryRules {
+            target: TargetKind::Volume,
+        };
+        let bind = EntryRules {
+            target: TargetKind::Bind,
+        };
+        assert_eq!(check_archive(&bytes[..], volume).await.unwrap().entries, 1);
+        let err = check_archive(&bytes[..], bind).await.unwrap_err();
+        assert!(
+            matches!(&err, PipelineError::Verification(m) if m.contains("device node")),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_policy_reader_explains_its_refusal_through_tokio_tar() {
+        // tokio-tar alone reads this GNU.sparse-renamed entry as './f'; Go as 'evil'.
+        let mut bytes = pax_block(&[("GNU.sparse.name", "../evil"), ("GNU.sparse.map", "0,1")]);
+        bytes.extend_from_slice(header("./f", EntryType::Regular, 1, None).as_bytes());
+        bytes.extend_from_slice(&[b'x'; 512]);
+        bytes.extend_from_slice(&[0u8; 1024]);
+        let err = check_archive(&bytes[..], EntryRules::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GNU sparse"), "{err}");
     }
 
     #[tokio::test]
@@ -378,10 +362,16 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_and_truncation_fail_as_verification() {
-        let err = check_archive(&[0x55u8; 2048][..]).await.err().unwrap();
+        let err = check_archive(&[0x55u8; 2048][..], EntryRules::default())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, PipelineError::Verification(_)), "{err:?}");
         let full = archive(&[("./f", EntryType::Regular, &[1u8; 5000], None)]).await;
-        let err = check_archive(&full[..1500]).await.err().unwrap();
+        let err = check_archive(&full[..1500], EntryRules::default())
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, PipelineError::Verification(_)), "{err:?}");
     }
 

@@ -8,37 +8,25 @@
 //! volume would be stored as a complete backup. A zero block inside a file's data does not
 //! fool it: only blocks where a header is due count.
 
+use super::tar_walk::{self, BLOCK, Body, Visit, Walker};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 
-const BLOCK: u64 = 512;
-
-/// Where in the archive the stream is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Position {
-    /// Collecting a 512-byte header block.
-    Header,
-    /// Skipping this many bytes of entry data and padding.
-    Data(u64),
-    /// After a zero block where a header was due: the end-of-archive marker, with the number
-    /// of zero bytes seen. Only zeros may follow (the marker's second block, record padding).
-    End(u64),
-}
-
 /// Fails the stream when it ends before the tar's end-of-archive marker.
 pub struct TarEndCheck<R> {
     inner: R,
-    position: Position,
-    header: Vec<u8>,
-    offset: u64,
-    entries: u64,
-    /// The data of a PAX extended header being read (its records may set the next entry's
-    /// size: Go's archive/tar, and so Docker, writes sizes of 8 GiB and more only there).
-    pax: Option<Vec<u8>>,
-    /// The length of that data without its padding.
-    pax_len: usize,
+    walker: Walker,
+    sizes: Sizes,
+}
+
+/// Decides how much data follows each header: the ustar size, or the size a PAX header gave
+/// the next entry (Go's archive/tar, and so Docker, writes sizes of 8 GiB and more only there).
+#[derive(Default)]
+struct Sizes {
+    /// Headers seen, metadata headers included.
+    headers: u64,
     /// The size the last PAX header gave the next entry.
     pax_size: Option<u64>,
 }
@@ -46,122 +34,73 @@ pub struct TarEndCheck<R> {
 /// PAX headers larger than this are skipped, not parsed (Docker's are a few hundred bytes).
 const MAX_PAX: u64 = 1 << 20;
 
+impl Visit for Sizes {
+    fn header(&mut self, block: &[u8; BLOCK], at: u64) -> io::Result<Body> {
+        let ustar_size = entry_size(block)
+            .ok_or_else(|| self.malformed(format!("no valid tar header at byte {at}")))?;
+        self.headers += 1;
+        Ok(match block[156] {
+            // Its own data is records for the next entry.
+            b'x' => {
+                self.pax_size = None;
+                if ustar_size <= MAX_PAX {
+                    Body::Collect(ustar_size)
+                } else {
+                    Body::Skip(ustar_size)
+                }
+            }
+            b'g' => Body::Skip(ustar_size),
+            _ => Body::Skip(self.pax_size.take().unwrap_or(ustar_size)),
+        })
+    }
+
+    fn payload(&mut self, data: &[u8]) -> io::Result<()> {
+        self.pax_size = pax_size(data);
+        Ok(())
+    }
+
+    fn end_marker(&mut self, _at: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn malformed(&self, message: String) -> io::Error {
+        malformed(message)
+    }
+}
+
 impl<R> TarEndCheck<R> {
     pub fn new(inner: R) -> Self {
         Self {
             inner,
-            position: Position::Header,
-            header: Vec::with_capacity(BLOCK as usize),
-            offset: 0,
-            entries: 0,
-            pax: None,
-            pax_len: 0,
-            pax_size: None,
+            walker: Walker::default(),
+            sizes: Sizes::default(),
         }
-    }
-
-    fn advance(&mut self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            match self.position {
-                Position::Data(left) => {
-                    let take = left.min(data.len() as u64);
-                    if let Some(pax) = &mut self.pax {
-                        pax.extend_from_slice(&data[..take as usize]);
-                    }
-                    data = &data[take as usize..];
-                    self.offset += take;
-                    self.position = if left == take {
-                        if let Some(pax) = self.pax.take() {
-                            self.pax_size = pax_size(&pax[..self.pax_len.min(pax.len())]);
-                        }
-                        Position::Header
-                    } else {
-                        Position::Data(left - take)
-                    };
-                }
-                Position::End(zeros) => {
-                    if let Some(at) = data.iter().position(|b| *b != 0) {
-                        return Err(malformed(format!(
-                            "data after the end-of-archive marker at byte {}",
-                            self.offset + at as u64
-                        )));
-                    }
-                    self.offset += data.len() as u64;
-                    self.position = Position::End(zeros + data.len() as u64);
-                    return Ok(());
-                }
-                Position::Header => {
-                    let take = (BLOCK as usize - self.header.len()).min(data.len());
-                    self.header.extend_from_slice(&data[..take]);
-                    self.offset += take as u64;
-                    data = &data[take..];
-                    if self.header.len() < BLOCK as usize {
-                        continue;
-                    }
-                    let at = self.offset - BLOCK;
-                    if self.header.iter().all(|b| *b == 0) {
-                        self.position = Position::End(BLOCK);
-                        continue;
-                    }
-                    let ustar_size = entry_size(&self.header)
-                        .ok_or_else(|| malformed(format!("no valid tar header at byte {at}")))?;
-                    let kind = self.header[156];
-                    self.header.clear();
-                    self.entries += 1;
-                    let size = if kind == b'x' {
-                        // Its own data is records for the next entry.
-                        self.pax = (ustar_size <= MAX_PAX).then(Vec::new);
-                        self.pax_len = ustar_size as usize;
-                        self.pax_size = None;
-                        ustar_size
-                    } else if kind == b'g' {
-                        ustar_size
-                    } else {
-                        self.pax_size.take().unwrap_or(ustar_size)
-                    };
-                    let padded = size.div_ceil(BLOCK) * BLOCK;
-                    if padded > 0 {
-                        self.position = Position::Data(padded);
-                    } else if let Some(pax) = self.pax.take() {
-                        self.pax_size = pax_size(&pax);
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 
     fn finish(&self) -> io::Result<()> {
-        match self.position {
-            // Two zero blocks close a tar.
-            Position::End(zeros) if zeros >= 2 * BLOCK => Ok(()),
-            _ => Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                TruncatedTar(format!(
-                    "Docker's tar stream of the volume ended early, after {} bytes and {} entries, without the end-of-archive marker (did the Docker engine restart?); nothing was stored",
-                    self.offset, self.entries
-                )),
-            )),
+        if self.walker.complete() {
+            return Ok(());
         }
+        Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            TruncatedTar(format!(
+                "Docker's tar stream of the volume ended early, after {} bytes and {} entries, without the end-of-archive marker (did the Docker engine restart?); nothing was stored",
+                self.walker.offset(),
+                self.sizes.headers
+            )),
+        ))
     }
 }
 
-/// The `size` record of a PAX header's data (`"<len> size=<n>\n"` records), if any.
+/// The `size` record of a PAX header's data (`"<len> size=<n>\n"` records), if any; records
+/// after a malformed one are not read.
 fn pax_size(data: &[u8]) -> Option<u64> {
-    let mut rest = data;
     let mut size = None;
-    while !rest.is_empty() {
-        let space = rest.iter().position(|b| *b == b' ')?;
-        let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
-        if len <= space || len > rest.len() {
-            return size;
-        }
-        let record = &rest[space + 1..len];
-        if let Some(value) = record.strip_prefix(b"size=") {
-            let value = value.strip_suffix(b"\n").unwrap_or(value);
+    for record in tar_walk::pax_records(data) {
+        let Ok((key, value)) = record else { break };
+        if key == b"size" {
             size = std::str::from_utf8(value).ok()?.parse().ok();
         }
-        rest = &rest[len..];
     }
     size
 }
@@ -176,45 +115,11 @@ fn malformed(message: String) -> io::Error {
 }
 
 /// The data size a header announces; `None` when its checksum is wrong.
-fn entry_size(block: &[u8]) -> Option<u64> {
-    let stored = parse_octal(&block[148..156])?;
-    let computed: u64 = block
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            if (148..156).contains(&i) {
-                u64::from(b' ')
-            } else {
-                u64::from(*b)
-            }
-        })
-        .sum();
-    if stored != computed {
+fn entry_size(block: &[u8; BLOCK]) -> Option<u64> {
+    if !tar_walk::checksum_ok(block) {
         return None;
     }
-    let field = &block[124..136];
-    if field[0] & 0x80 != 0 {
-        // GNU base-256 for sizes of 8 GiB and more.
-        let mut size = u64::from(field[0] & 0x7f);
-        for b in &field[1..] {
-            size = size.checked_mul(256)?.checked_add(u64::from(*b))?;
-        }
-        return Some(size);
-    }
-    parse_octal(field)
-}
-
-fn parse_octal(field: &[u8]) -> Option<u64> {
-    let text: Vec<u8> = field
-        .iter()
-        .copied()
-        .skip_while(|b| *b == b' ')
-        .take_while(|b| (b'0'..=b'7').contains(b))
-        .collect();
-    if text.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(std::str::from_utf8(&text).ok()?, 8).ok()
+    tar_walk::numeric(&block[124..136])
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for TarEndCheck<R> {
@@ -230,7 +135,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for TarEndCheck<R> {
         if new.is_empty() {
             return Poll::Ready(this.finish());
         }
-        let advanced = this.advance(new);
+        let advanced = this.walker.advance(new, &mut this.sizes);
         if let Err(e) = advanced {
             buf.set_filled(before);
             return Poll::Ready(Err(e));
