@@ -29,8 +29,9 @@ docker volume create --label com.docker.compose.project=$project --label com.doc
 docker run --rm -v "${project}_data:/v" $IMAGE sh -c "head -c $((SIZE_MIB / 2 * 1048576)) /dev/urandom > /v/random; seq 1 100000000 | head -c $((SIZE_MIB / 2 * 1048576)) > /v/text"
 docker create --name "$project-app-1" --label com.docker.compose.project=$project -v "${project}_data:/data" $IMAGE sh -c "trap 'exit 0' TERM; while true; do sleep 1; done" >/dev/null
 docker start "$project-app-1" >/dev/null
-$L keygen --output "$work/key.txt" 2> "$work/recipient.txt"
-R=$(cat "$work/recipient.txt")
+$L keygen --output "$work/key.txt" --backup-key-output "$work/backup.key" 2> "$work/recipient.txt"
+export LIFEBOAT_BACKUP_KEY_FILE=$work/backup.key
+
 echo "| backend | wall s (median of $ROUNDS) | MiB/s of volume data | stored MiB |"
 echo "|---|---:|---:|---:|"
 for backend in s3 azure file; do
@@ -42,7 +43,7 @@ for backend in s3 azure file; do
   times=()
   for _ in $(seq 1 "$ROUNDS"); do
     start=$(date +%s.%N)
-    env "${envs[@]}" $L backup -p $project --store "$store" -r "$R"
+    env "${envs[@]}" $L backup -p $project --store "$store"
     times+=("$(echo "$(date +%s.%N) - $start" | bc)")
   done
   median=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')

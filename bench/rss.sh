@@ -31,8 +31,9 @@ export AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_EC2_METADATA_DISABLED=true
 unset AWS_CA_BUNDLE
 IMAGE=lifeboat-test/busybox:1
 docker image inspect $IMAGE >/dev/null 2>&1 || cargo test --quiet --test backup_restore no_matching_containers >/dev/null
-$L keygen --output "$work/key.txt" 2> "$work/recipient.txt"
-R=$(cat "$work/recipient.txt")
+$L keygen --output "$work/key.txt" --backup-key-output "$work/backup.key" 2> "$work/recipient.txt"
+export LIFEBOAT_BACKUP_KEY_FILE=$work/backup.key
+
 docker volume create --label com.docker.compose.project=$project --label com.docker.compose.volume=data "${project}_data" >/dev/null
 docker create --name "$project-app-1" --label com.docker.compose.project=$project --label com.docker.compose.service=app \
   -v "${project}_data:/data" $IMAGE sh -c "trap 'exit 0' TERM; while true; do sleep 1; done" >/dev/null
@@ -44,7 +45,7 @@ for size in $SIZES_MIB; do
   echo "filling the volume with $size MiB..." >&2
   docker run --rm -v "${project}_data:/v" $IMAGE sh -c "rm -f /v/*; head -c $((size * 1048576)) /dev/urandom > /v/random.bin"
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-  /usr/bin/time -f "%e %M" -o "$work/time" $L backup -p $project --store s3://rss/lifeboat -r "$R" >/dev/null
+  /usr/bin/time -f "%e %M" -o "$work/time" $L backup -p $project --store s3://rss/lifeboat >/dev/null
   read -r wall rss < "$work/time"
   downtime=$($L list --store s3://rss/lifeboat --json | python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)[-1]["downtime_seconds"])')
   echo "| $size MiB | $wall | $(python3 -c "print(round($size / $wall))") | $downtime | $((rss / 1024)) |"

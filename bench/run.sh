@@ -77,8 +77,9 @@ docker create --name "$project-app-1" --label com.docker.compose.project=$projec
   -v "${project}_data:/data" $IMAGE sh -c "trap 'exit 0' TERM; while true; do sleep 1; done" >/dev/null
 docker start "$project-app-1" >/dev/null
 data_bytes=$(docker run --rm -v "${project}_data:/v" $IMAGE du -sb /v | cut -f1)
-$L keygen --output "$work/key.txt" 2> "$work/recipient.txt"
-R=$(cat "$work/recipient.txt")
+$L keygen --output "$work/key.txt" --backup-key-output "$work/backup.key" 2> "$work/recipient.txt"
+R=$(grep '^age1' "$work/recipient.txt")
+export LIFEBOAT_BACKUP_KEY_FILE=$work/backup.key
 
 # measure NAME COMMAND...: appends "name wall cpu maxrss_kib" to results
 measure() {
@@ -135,7 +136,7 @@ SH
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
   restic -q -r "s3:$AWS_ENDPOINT_URL/bench/restic-$round" init >/dev/null
-  measure "lifeboat-backup" $L backup -p $project --store s3://bench/lifeboat -r "$R"
+  measure "lifeboat-backup" $L backup -p $project --store s3://bench/lifeboat
   measure "aws-pipeline-backup" bash "$work/peer_backup.sh"
   measure "rclone-pipeline-backup" bash "$work/rclone_backup.sh"
   measure "restic-backup" bash "$work/restic_backup.sh" "$round"
@@ -144,7 +145,6 @@ for round in $(seq 1 "$ROUNDS"); do
   measure "aws-pipeline-restore" bash "$work/peer_restore.sh"
   measure "rclone-pipeline-restore" bash "$work/rclone_restore.sh"
   measure "restic-restore" bash "$work/restic_restore.sh" "$round"
-  measure "lifeboat-restore-no-verify" $L restore --no-verify -p $project --store s3://bench/lifeboat -i "$work/key.txt"
 done
 restic_stored=$(du -sb "$work/s3/bench/restic-1" | cut -f1)
 # Downtime with a slow uplink: a fifth of the rate at which the local stages produce encrypted
@@ -156,7 +156,7 @@ python3 bench/throttle.py "$throttle_port" "$port" "$uplink" &
 throttle_pid=$!
 sleep 1
 echo "throttled uplink: $uplink B/s" >&2
-AWS_ENDPOINT_URL=http://127.0.0.1:$throttle_port measure "lifeboat-backup-slow-uplink" $L backup -p $project --store s3://bench/lifeboat-slow -r "$R"
+AWS_ENDPOINT_URL=http://127.0.0.1:$throttle_port measure "lifeboat-backup-slow-uplink" $L backup -p $project --store s3://bench/lifeboat-slow
 slow_downtime=$(AWS_ENDPOINT_URL=http://127.0.0.1:$throttle_port $L list --store s3://bench/lifeboat-slow --json | python3 -c 'import json,sys; print("%.2f" % json.load(sys.stdin)[-1]["downtime_seconds"])')
 AWS_ENDPOINT_URL=http://127.0.0.1:$throttle_port measure "aws-pipeline-backup-slow-uplink" bash "$work/peer_backup.sh"
 kill $throttle_pid; throttle_pid=

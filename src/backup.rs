@@ -208,6 +208,14 @@ pub async fn run(
     let backup_id = manifest::new_backup_id(started_at);
     crate::state::recover(docker, &crate::state::state_dir(), &plan.app_name).await?;
     let app = App::discover(docker, &plan.selector).await?;
+    let volumes: Vec<String> = app
+        .containers
+        .iter()
+        .flat_map(|c| c.mounts.iter())
+        .map(|m| m.name.clone().unwrap_or_else(|| m.source.clone()))
+        .collect();
+    let ids: Vec<String> = app.containers.iter().map(|c| c.id.clone()).collect();
+    crate::state::refuse_if_incomplete_touching(&crate::state::state_dir(), &ids, &volumes)?;
     let mut context = HookContext {
         app: plan.app_name.clone(),
         backup_id: backup_id.clone(),

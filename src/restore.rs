@@ -132,6 +132,25 @@ pub struct RestoreRequest {
     pub safety_copy: bool,
 }
 
+impl RestoreRequest {
+    /// How the operator named the app: what to type to finish or roll back this restore.
+    fn app_args(&self) -> String {
+        let which = match &self.selector {
+            AppSelector::Project(project) => format!("--project {project}"),
+            AppSelector::Containers(names) => names
+                .iter()
+                .map(|n| format!("--container {n}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        let named = match &self.selector {
+            AppSelector::Project(project) if project == &self.app_name => String::new(),
+            _ => format!(" --name {}", self.app_name),
+        };
+        format!("{which}{named}")
+    }
+}
+
 /// Where one backed-up volume goes, and how.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -699,7 +718,7 @@ async fn replace_while_stopped(
     };
     let prepared = match stopped {
         Ok(()) if cancel.is_cancelled() => Err(crate::error::interrupted()),
-        Ok(()) => prepare_targets(docker, plan, &mut downtime).await,
+        Ok(()) => prepare_targets(docker, plan, &request.app_args(), &mut downtime).await,
         Err(stop_error) => Err(stop_error),
     };
     if let Err(error) = prepared {
@@ -740,6 +759,7 @@ async fn replace_while_stopped(
 async fn prepare_targets(
     docker: &Docker,
     plan: &RestorePlan,
+    app_args: &str,
     downtime: &mut Downtime,
 ) -> Result<()> {
     if plan.resuming.is_some() {
@@ -761,6 +781,7 @@ async fn prepare_targets(
             backup_id: plan.backup.manifest.backup_id.clone(),
             replacing: false,
             targets,
+            app_args: app_args.to_string(),
             restart_policies: vec![],
         })
     })?;

@@ -48,6 +48,9 @@ pub struct RestoreState {
     /// half-written, and the app must not start until the restore is finished or rolled back.
     pub replacing: bool,
     pub targets: Vec<RestoreTarget>,
+    /// How to name the app on the command line to finish or roll back (`--project P --name N`).
+    #[serde(default)]
+    pub app_args: String,
     /// Restart policies lifeboat set to `no` while replacing, to put back afterwards: (container
     /// id, name, the policy as Docker's JSON).
     #[serde(default)]
@@ -195,9 +198,13 @@ impl std::fmt::Display for IncompleteRestore {
             .iter()
             .map(|(_, n)| n.as_str())
             .collect();
+        let app_args = restore
+            .map(|r| r.app_args.clone())
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| format!("--project {}", self.app));
         write!(
             f,
-            "a restore of backup {backup} of '{}' into {} began replacing data on {} and did not finish: those volumes may be half-written, so the app's containers ({}) stay stopped and lifeboat will not run over it. Finish it by running the restore again: `lifeboat restore --project {} --backup {backup} -i KEY`; or put back what was there before: `lifeboat restore --project {} --rollback`",
+            "a restore of backup {backup} of '{}' into {} began replacing data on {} and did not finish: that data may be half-written, so the app's containers ({}) stay stopped and lifeboat will not run over it. Finish it by running the restore again: `lifeboat restore {app_args} --backup {backup} -i KEY`; or put back what was there before: `lifeboat restore {app_args} --rollback`",
             self.app,
             targets.join(", "),
             self.record.since.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -206,10 +213,51 @@ impl std::fmt::Display for IncompleteRestore {
             } else {
                 stopped.join(", ")
             },
-            self.app,
-            self.app,
         )
     }
+}
+
+/// Fails when an unfinished restore (of any app name) stopped one of these containers or
+/// wrote one of these volumes: a backup of a project restored under another name must see it.
+pub fn refuse_if_incomplete_touching(
+    dir: &Path,
+    container_ids: &[String],
+    volumes: &[String],
+) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(app) = name.strip_suffix(".stopped.json") else {
+            continue;
+        };
+        let Ok(Some(record)) = read(dir, app) else {
+            continue;
+        };
+        let Some(restore) = record.restore.as_ref().filter(|r| r.replacing) else {
+            continue;
+        };
+        if record.pid != std::process::id() && process_alive(record.pid) {
+            continue;
+        }
+        let touches = record
+            .containers
+            .iter()
+            .any(|(id, _)| container_ids.contains(id))
+            || restore
+                .targets
+                .iter()
+                .any(|t| volumes.contains(&t.destination));
+        if touches {
+            return Err(IncompleteRestore {
+                app: app.to_string(),
+                record,
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Fails when a restore of `app` did not finish (see [`IncompleteRestore`]).

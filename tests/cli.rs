@@ -212,15 +212,16 @@ fn secrets_never_appear_in_output() {
         stderr(&output)
     );
 
-    // An identity file others can read gets a warning.
+    // An identity file others can read is refused, with the fix, as ssh does.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let output = run(s3
         .env(&mut lifeboat())
         .args(["verify", "-p", &app.project, "--store", &store, "-i"])
         .arg(&key));
-    assert!(output.status.success());
+    assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("chmod 600"), "{}", stderr(&output));
+    assert!(!stderr(&output).contains(secret_key), "{}", stderr(&output));
 
     let output = run(lifeboat().arg("--help"));
     assert!(!stdout(&output).contains(secret));
@@ -242,15 +243,15 @@ fn keygen_writes_the_owner_key_and_the_backup_key_and_says_which_goes_where() {
     let work = tempfile::tempdir().unwrap();
     let config_home = work.path().join("config");
     let owner = work.path().join("key.txt");
-    let keygen = || {
+    let keygen = |stdout: &std::path::Path| {
         let mut cmd = lifeboat();
         cmd.env("XDG_CONFIG_HOME", &config_home)
             .arg("keygen")
-            .stdout(std::fs::File::create(&owner).unwrap());
+            .stdout(std::fs::File::create(stdout).unwrap());
         run(&mut cmd)
     };
     // `lifeboat keygen > key.txt`, as scripts already use it.
-    let output = keygen();
+    let output = keygen(&owner);
     assert!(output.status.success(), "{}", stderr(&output));
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let backup_key = config_home.join("lifeboat/backup.key");
@@ -285,10 +286,10 @@ fn keygen_writes_the_owner_key_and_the_backup_key_and_says_which_goes_where() {
     std::fs::write(&recipients, &said).unwrap();
 
     // Never overwritten.
-    let output = keygen();
+    let output = keygen(&work.path().join("second.txt"));
     assert_eq!(output.status.code(), Some(2));
     assert!(
-        stderr(&output).contains("exists already"),
+        stderr(&output).contains("keygen never overwrites a key"),
         "{}",
         stderr(&output)
     );

@@ -27,7 +27,8 @@ fn config(
     std::fs::write(
         &path,
         format!(
-            "[store]\nurl = \"{store}\"\n[app]\nproject = \"{project}\"\n[backup]\nrecipients = [\"{recipient}\"]\n{extra}"
+            "[store]\nurl = \"{store}\"\n[app]\nproject = \"{project}\"\n[backup]\nbackup_key = \"{}\"\nrecipients = [\"{recipient}\"]\n{extra}",
+            backup_key().display()
         ),
     )
     .unwrap();

@@ -109,7 +109,10 @@ fn a_renamed_project_and_a_mapped_volume_restore_by_compose_name() {
 }
 
 /// Someone with write access to the bucket replaces an object by a well-formed, correctly
-/// encrypted archive with a `..` entry and fixes the manifest's sizes and hash to match.
+/// encrypted archive with a `..` entry and fixes the manifest's sizes and hash to match. The
+/// signature check alone refuses that (tests/authenticity.rs); here the operator even trusts
+/// unsigned backups (`--allow-unsigned`, the manifest turned into format 1), and the tar policy
+/// still refuses the entry before anything is written.
 #[test]
 fn a_hostile_archive_is_refused_before_any_volume_is_written() {
     let mut app = TestApp::new("hostile");
@@ -171,6 +174,7 @@ fn a_hostile_archive_is_refused_before_any_volume_is_written() {
     manifest["volumes"][0]["sha256"] = stdout(&sha)[..64].into();
     manifest["volumes"][0]["stored_size"] = sealed_bytes.len().into();
     manifest["volumes"][0]["tar_size"] = tar.len().into();
+    manifest["format_version"] = 1.into();
     std::fs::write(&manifest_file, serde_json::to_vec(&manifest).unwrap()).unwrap();
     // s3s-fs keeps object metadata beside the data; a stale size there would fail the HEAD.
     for meta in std::fs::read_dir(s3.root.path()).unwrap().flatten() {
@@ -190,7 +194,25 @@ fn a_hostile_archive_is_refused_before_any_volume_is_written() {
     let output = restore(&s3, &app.project, &store, &key);
     assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("bad tar entry") && stderr(&output).contains(".."),
+        stderr(&output).contains("--allow-unsigned"),
+        "{}",
+        stderr(&output)
+    );
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args([
+            "restore",
+            "--allow-unsigned",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-i",
+        ])
+        .arg(&key));
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("..") && stderr(&output).contains("entry"),
         "{}",
         stderr(&output)
     );
@@ -353,13 +375,80 @@ fn bind_mounts_and_the_app_version_string_are_backed_up_on_request() {
 
     std::fs::write(host_dir.path().join("gitlab.rb"), "broken\n").unwrap();
     std::fs::write(host_dir.path().join("stale.rb"), "x").unwrap();
+    // A host directory is written only when the operator names it.
     let output = restore(&s3, &app.project, &store, &key);
-    assert!(output.status.success());
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("add --bind-path /etc/gitlab"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        std::fs::read_to_string(host_dir.path().join("gitlab.rb")).unwrap(),
+        "broken\n"
+    );
+    let with_bind = |s3: &S3Server| {
+        run(s3
+            .env(&mut lifeboat())
+            .args([
+                "restore",
+                "-p",
+                &app.project,
+                "--store",
+                &store,
+                "--bind-path",
+                "/etc/gitlab",
+                "-i",
+            ])
+            .arg(&key))
+    };
+    let output = with_bind(&s3);
+    assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(
         std::fs::read_to_string(host_dir.path().join("gitlab.rb")).unwrap(),
         "external_url 'https://git.example'\n"
     );
     assert!(!host_dir.path().join("stale.rb").exists());
+
+    // A setuid file never goes into a host directory, even from a genuine backup.
+    use std::os::unix::fs::PermissionsExt;
+    let setuid = host_dir.path().join("helper");
+    std::fs::write(&setuid, "x").unwrap();
+    std::fs::set_permissions(&setuid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+        "--bind-path",
+        "/etc/gitlab",
+    ]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    std::fs::remove_file(&setuid).unwrap();
+    std::fs::write(host_dir.path().join("gitlab.rb"), "after\n").unwrap();
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args([
+            "restore",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "--bind-path",
+            "/etc/gitlab",
+            "-i",
+        ])
+        .arg(&key));
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(stderr(&output).contains("setuid"), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read_to_string(host_dir.path().join("gitlab.rb")).unwrap(),
+        "after\n",
+        "nothing written"
+    );
 
     let output = run(s3.env(&mut lifeboat()).args([
         "backup",

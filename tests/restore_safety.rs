@@ -77,13 +77,14 @@ fn tree(dir: &Path) -> String {
     stdout(&output)
 }
 
-fn safety_copies() -> Vec<String> {
+/// The safety-copy volumes of `target` (a volume name or host path).
+fn safety_copies(target: &str) -> Vec<String> {
     docker(&[
         "volume",
         "ls",
         "-q",
         "--filter",
-        "label=io.lifeboat.safety-copy-of",
+        &format!("label=io.lifeboat.safety-copy-of={target}"),
     ])
     .lines()
     .map(str::to_string)
@@ -197,10 +198,11 @@ fn a_restore_that_fails_half_way_keeps_the_app_stopped_until_rolled_back() {
         "{}",
         stderr(&output)
     );
+    // Nor does a prune of the backups the restore is restoring.
     let output = run(s3.env(&mut lifeboat()).args([
         "prune",
         "-p",
-        &new.project,
+        &old.project,
         "--store",
         &store,
         "--keep-last",
@@ -213,10 +215,19 @@ fn a_restore_that_fails_half_way_keeps_the_app_stopped_until_rolled_back() {
     );
 
     // Rolling back puts back what was there, restarts the app, and drops the safety copy.
+    assert!(
+        err.contains(&format!(
+            "`lifeboat restore --project {} --name {} --rollback`",
+            new.project, old.project
+        )),
+        "{err}"
+    );
     let output = run(s3.env(&mut lifeboat()).args([
         "restore",
         "-p",
         &new.project,
+        "--name",
+        &old.project,
         "--store",
         &store,
         "--rollback",
@@ -231,12 +242,9 @@ fn a_restore_that_fails_half_way_keeps_the_app_stopped_until_rolled_back() {
         docker(&["inspect", "-f", "{{.HostConfig.RestartPolicy.Name}}", &web]),
         "always"
     );
-    assert!(
-        safety_copies()
-            .iter()
-            .all(|c| !c.contains(&new.project) && !c.starts_with("lifeboat-safety-copy-of-bind")),
-        "{:?}",
-        safety_copies()
+    assert_eq!(
+        safety_copies(&small.dir.display().to_string()),
+        Vec::<String>::new()
     );
     let output = run(s3.env(&mut lifeboat()).args([
         "backup",
@@ -329,11 +337,7 @@ fn a_restore_killed_while_replacing_is_finished_by_running_it_again() {
         docker(&["inspect", "-f", "{{.State.Running}}", &web]),
         "true"
     );
-    assert!(
-        safety_copies().iter().all(|c| !c.starts_with(&app.project)),
-        "{:?}",
-        safety_copies()
-    );
+    assert_eq!(safety_copies(&data), Vec::<String>::new());
 }
 
 /// `--dry-run` prints every decision and changes nothing: no container restarted, no volume

@@ -1,7 +1,7 @@
 //! The README's "Recovering without lifeboat" commands work on a backup lifeboat made: the
 //! manifest's signature checked with `ssh-keygen -Y verify` and the allowed_signers line in the
 //! owner key, the object's sha256 against the manifest, and
-//! `aws s3 cp … - | age -d -i key | zstd -d | tar -x`.
+//! `age -d -i key < object | zstd -d | tar -x`.
 
 mod common;
 
@@ -79,8 +79,8 @@ sha256sum object.age; grep '\"sha256\":' manifest.json",
     std::fs::create_dir(&restored).unwrap();
     // Exactly the README's pipeline.
     let script = format!(
-        "set -o pipefail; aws --endpoint-url {endpoint} s3 cp {object} - | age -d -i {key} | zstd -d | tar -xpf - --numeric-owner -C {dir}",
-        endpoint = s3.endpoint,
+        "set -o pipefail; age -d -i {key} < {work}/object.age | zstd -d | tar -xpf - --numeric-owner -C {dir}",
+        work = work.path().display(),
         key = key.display(),
         dir = restored.display()
     );

@@ -119,7 +119,7 @@ pub fn init_logging(global: &GlobalOptions) {
         0 => "warn",
         1 => "info",
         _ => {
-            "debug,hyper=info,h2=info,reqwest=info,rustls=info,aws_config=info,aws_smithy_runtime=info"
+            "debug,bollard=info,hyper=info,h2=info,reqwest=info,rustls=info,aws_config=info,aws_smithy_runtime=info"
         }
     };
     let filter =
