@@ -206,7 +206,9 @@ pub async fn run(
 ) -> Result<Manifest> {
     let started_at = Utc::now();
     let backup_id = manifest::new_backup_id(started_at);
-    crate::state::recover(docker, &crate::state::state_dir(), &plan.app_name).await?;
+    let state_dir = crate::state::state_dir();
+    let _claim = crate::state::claim(&state_dir, &plan.app_name)?;
+    crate::state::recover(docker, &state_dir, &plan.app_name).await?;
     let app = App::discover(docker, &plan.selector).await?;
     let volumes: Vec<String> = app
         .containers
@@ -215,7 +217,7 @@ pub async fn run(
         .map(|m| m.name.clone().unwrap_or_else(|| m.source.clone()))
         .collect();
     let ids: Vec<String> = app.containers.iter().map(|c| c.id.clone()).collect();
-    crate::state::refuse_if_incomplete_touching(&crate::state::state_dir(), &ids, &volumes)?;
+    crate::state::refuse_if_incomplete_touching(&state_dir, &plan.app_name, &ids, &volumes)?;
     let mut context = HookContext {
         app: plan.app_name.clone(),
         backup_id: backup_id.clone(),

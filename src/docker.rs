@@ -788,10 +788,11 @@ async fn list_entries(
     Ok(names)
 }
 
-/// Whether dockerd would start this container by itself when it restarts, even though it was
-/// stopped (`restart: always`).
+/// Whether dockerd may start this container by itself when it restarts, even though it was
+/// stopped: `always`, and `on-failure` (a container stopped by a signal exited non-zero).
 pub fn restarts_with_the_engine(policy: Option<&bollard::models::RestartPolicy>) -> bool {
-    policy.and_then(|p| p.name) == Some(bollard::models::RestartPolicyNameEnum::ALWAYS)
+    use bollard::models::RestartPolicyNameEnum::{ALWAYS, ON_FAILURE};
+    matches!(policy.and_then(|p| p.name), Some(ALWAYS | ON_FAILURE))
 }
 
 /// Sets a container's restart policy (`docker update --restart`).

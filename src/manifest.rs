@@ -13,7 +13,9 @@
 //! signature over the exact manifest bytes under a key the operator gave ([`crate::auth`]),
 //! the app and backup id against the place the manifest lies, and every name, path and digest
 //! against the rules restore relies on. Format-1 manifests (written before lifeboat signed
-//! anything) are accepted only when the operator says so (`--allow-unsigned`).
+//! anything) are accepted only when the operator names one and says so (`--allow-unsigned
+//! --backup ID`): never as "the newest", never counted by prune, since a bucket writer can add
+//! one today.
 
 use crate::auth::{AuthFailure, Signer, Trust};
 use crate::pipeline::compress::Compression;
@@ -330,7 +332,8 @@ pub async fn write_signed(
 pub struct TrustPolicy {
     /// The signing keys whose manifests are genuine.
     pub trust: Trust,
-    /// Accept format-1 manifests, which carry no signature (`--allow-unsigned`).
+    /// Accept a format-1 manifest, which carries no signature, when the operator names it
+    /// (`--allow-unsigned --backup ID`).
     pub allow_unsigned: bool,
 }
 
@@ -369,6 +372,19 @@ pub fn authenticate(
     signature: Option<&[u8]>,
     policy: &TrustPolicy,
 ) -> Result<Authenticated, NotAuthentic> {
+    authenticate_as(app, backup_id, bytes, signature, policy, true)
+}
+
+/// [`authenticate`]; `named`: the operator named this backup (only then may an unsigned one
+/// be accepted).
+fn authenticate_as(
+    app: &str,
+    backup_id: &str,
+    bytes: &[u8],
+    signature: Option<&[u8]>,
+    policy: &TrustPolicy,
+    named: bool,
+) -> Result<Authenticated, NotAuthentic> {
     let refuse = |reason: String, unsigned: bool| NotAuthentic {
         app: crate::text::printable(app),
         backup_id: crate::text::printable(backup_id),
@@ -401,11 +417,12 @@ pub fn authenticate(
         ));
     }
     let authenticity = if probe.format_version < SIGNED_FORMAT {
-        if !policy.allow_unsigned {
+        if !(policy.allow_unsigned && named) {
             return Err(refuse(
                 format!(
-                    "it is a format-{} backup, written before lifeboat signed its backups, so nothing vouches that the owner made it; pass --allow-unsigned to trust it anyway (only if nobody else could write to this bucket)",
-                    probe.format_version
+                    "it is a format-{} backup, written before lifeboat signed its backups, so nothing vouches that the owner made it (a bucket writer could have added it today); to trust it anyway, name it: --allow-unsigned --backup {}",
+                    probe.format_version,
+                    crate::text::printable(backup_id)
                 ),
                 true,
             ));
@@ -498,7 +515,7 @@ pub async fn list(
                 unsigned: false,
             })
             .and_then(|(bytes, sig)| {
-                authenticate(&app, &backup_id, &bytes, sig.as_deref(), policy)
+                authenticate_as(&app, &backup_id, &bytes, sig.as_deref(), policy, false)
             });
         listed.push(Listed {
             app,

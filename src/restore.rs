@@ -311,12 +311,13 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<Result<RestoreReport, String>> {
     if dry_run {
-        let plan = plan(docker, store, request).await?;
+        let plan = plan(docker, store, request, true).await?;
         return Ok(Err(plan.describe(request)));
     }
+    let _claim = crate::state::claim(&crate::state::state_dir(), &request.app_name)?;
     let lock = crate::lock::acquire(store, &request.app_name, "restore").await?;
     let result = async {
-        let plan = plan(docker, store, request).await?;
+        let plan = plan(docker, store, request, false).await?;
         tracing::info!("restore plan:\n{}", plan.describe(request));
         execute(docker, store, request, plan, cancel).await
     }
@@ -325,16 +326,27 @@ pub async fn run(
     result.map(Ok)
 }
 
-/// Decides what the restore will do; reads only the manifest and Docker's view of the app.
-pub async fn plan(docker: &Docker, store: &Store, request: &RestoreRequest) -> Result<RestorePlan> {
-    docker::remove_stale_helpers(docker).await;
+/// Decides what the restore will do; reads only the manifest and Docker's view of the app. A
+/// `dry_run` also leaves alone what an earlier run left behind (it only reports it).
+pub async fn plan(
+    docker: &Docker,
+    store: &Store,
+    request: &RestoreRequest,
+    dry_run: bool,
+) -> Result<RestorePlan> {
     let dir = crate::state::state_dir();
-    let resuming = match crate::state::recover(docker, &dir, &request.app_name).await {
-        Ok(_) => None,
-        Err(e) => match e.downcast::<crate::state::IncompleteRestore>() {
-            Ok(incomplete) => Some(incomplete.record),
-            Err(other) => return Err(other),
-        },
+    let resuming = if dry_run {
+        crate::state::read(&dir, &request.app_name)?
+            .filter(|r| r.restore.as_ref().is_some_and(|s| s.replacing))
+    } else {
+        docker::remove_stale_helpers(docker).await;
+        match crate::state::recover(docker, &dir, &request.app_name).await {
+            Ok(_) => None,
+            Err(e) => match e.downcast::<crate::state::IncompleteRestore>() {
+                Ok(incomplete) => Some(incomplete.record),
+                Err(other) => return Err(other),
+            },
+        }
     };
     let backup_id = request.backup_id.clone().or_else(|| {
         resuming
@@ -358,6 +370,14 @@ pub async fn plan(docker: &Docker, store: &Store, request: &RestoreRequest) -> R
         );
     }
     let app = App::discover_or_empty(docker, &request.selector).await?;
+    let ids: Vec<String> = app.containers.iter().map(|c| c.id.clone()).collect();
+    let volumes: Vec<String> = app
+        .containers
+        .iter()
+        .flat_map(|c| c.mounts.iter())
+        .map(|m| m.name.clone().unwrap_or_else(|| m.source.clone()))
+        .collect();
+    crate::state::refuse_if_incomplete_touching(&dir, &request.app_name, &ids, &volumes)?;
     let current_version = match (
         &backup.manifest.app_version.version_source,
         &request.version_from,
@@ -398,6 +418,9 @@ pub async fn plan(docker: &Docker, store: &Store, request: &RestoreRequest) -> R
             None
         };
     }
+    if let Some(restore) = resuming.as_ref().and_then(|r| r.restore.as_ref()) {
+        check_resume(restore, &backup.manifest.backup_id, &targets)?;
+    }
     Ok(RestorePlan {
         backup,
         app,
@@ -406,6 +429,29 @@ pub async fn plan(docker: &Docker, store: &Store, request: &RestoreRequest) -> R
         resuming,
         spool_free: crate::pipeline::spool::free_bytes(&request.spool_dir),
     })
+}
+
+/// Finishing an unfinished restore means the same backup into the same targets: anything else
+/// would start the app on targets still half-written, or write targets with no safety copy.
+fn check_resume(earlier: &RestoreState, backup_id: &str, targets: &[Target]) -> Result<()> {
+    let mut before: Vec<&str> = earlier
+        .targets
+        .iter()
+        .map(|t| t.destination.as_str())
+        .collect();
+    let mut now: Vec<&str> = targets.iter().map(|t| t.destination.as_str()).collect();
+    before.sort_unstable();
+    now.sort_unstable();
+    if earlier.backup_id != backup_id || before != now {
+        return Err(crate::error::usage(format!(
+            "an unfinished restore of backup {} into {} must be finished first: run it again with the same --backup and --map-volume ({} into {} was asked now), or roll it back with --rollback",
+            earlier.backup_id,
+            before.join(", "),
+            backup_id,
+            now.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// The volume that keeps what a target held before a restore.
@@ -439,12 +485,23 @@ async fn plan_targets(
         AppSelector::Project(project) => Some(project.as_str()),
         AppSelector::Containers(_) => None,
     };
-    let mut mounted = Vec::new();
+    // The volumes the app's containers mount writable: what it writes itself.
+    let mut mounted: Vec<Mounted> = Vec::new();
     for container in &app.containers {
-        for mount in container.mounts.iter().filter(|m| m.kind == "volume") {
-            if let Some(name) = &mount.name {
+        for mount in container
+            .mounts
+            .iter()
+            .filter(|m| m.kind == "volume" && m.rw)
+        {
+            if let Some(name) = &mount.name
+                && !mounted.iter().any(|m| &m.name == name)
+            {
                 let labels = docker::volume_info(docker, name).await?.labels;
-                mounted.push((name.clone(), labels.get(VOLUME_LABEL).cloned()));
+                mounted.push(Mounted {
+                    name: name.clone(),
+                    compose: labels.get(VOLUME_LABEL).cloned(),
+                    project: labels.get(docker::PROJECT_LABEL).cloned(),
+                });
             }
         }
     }
@@ -515,10 +572,17 @@ fn bind_target(app: &App, request: &RestoreRequest, record: &VolumeRecord) -> Re
     })
 }
 
+/// A volume an app container mounts writable, with its compose labels.
+struct Mounted {
+    name: String,
+    compose: Option<String>,
+    project: Option<String>,
+}
+
 async fn volume_target(
     docker: &Docker,
     project: Option<&str>,
-    mounted: &[(String, Option<String>)],
+    mounted: &[Mounted],
     request: &RestoreRequest,
     record: &VolumeRecord,
 ) -> Result<Target> {
@@ -532,18 +596,17 @@ async fn volume_target(
                 .and_then(|c| request.map_volumes.get(c))
         })
         .cloned();
-    let by_compose = || {
-        let compose = record.compose_volume.as_ref()?;
-        mounted
-            .iter()
-            .find(|(_, c)| c.as_ref() == Some(compose))
-            .map(|(n, _)| n.clone())
+    let name = match mapped.clone() {
+        Some(name) => name,
+        None if mounted.iter().any(|m| m.name == record.name) => record.name.clone(),
+        None => match by_compose_name(project, mounted, record)? {
+            Some(name) => name,
+            None => match (project, &record.compose_volume) {
+                (Some(project), Some(compose)) => format!("{project}_{compose}"),
+                _ => record.name.clone(),
+            },
+        },
     };
-    let name = mapped
-        .clone()
-        .or_else(by_compose)
-        .or_else(|| Some(format!("{}_{}", project?, record.compose_volume.as_ref()?)))
-        .unwrap_or_else(|| record.name.clone());
     if !crate::text::is_volume_name(&name) {
         return Err(crate::error::usage(format!(
             "'{}' is not a Docker volume name",
@@ -552,11 +615,11 @@ async fn volume_target(
     }
     let create = if docker::volume_exists(docker, &name).await? {
         let owned = mapped.is_some()
-            || mounted.iter().any(|(n, _)| n == &name)
+            || mounted.iter().any(|m| m.name == name)
             || (project.is_some() && volume_project(docker, &name).await?.as_deref() == project);
         if !owned {
             return Err(crate::error::usage(format!(
-                "volume {name} exists but is not the app's: no container of '{}' mounts it{}; lifeboat restores only into the app's own volumes. If it is meant, name it: --map-volume {}={name}",
+                "volume {name} exists but is not the app's: no container of '{}' mounts it writable{}; lifeboat restores only into the app's own volumes. If it is meant, name it: --map-volume {}={name}",
                 request.app_name,
                 project.map_or(String::new(), |p| format!(
                     " and it is not labelled with compose project '{p}'"
@@ -582,6 +645,35 @@ async fn volume_target(
         empty: false,
         safety_copy: None,
     })
+}
+
+/// The app's volume with the record's compose volume name: of this compose project when the
+/// app is one; more than one such volume is ambiguous and refused.
+fn by_compose_name(
+    project: Option<&str>,
+    mounted: &[Mounted],
+    record: &VolumeRecord,
+) -> Result<Option<String>> {
+    let Some(compose) = &record.compose_volume else {
+        return Ok(None);
+    };
+    let candidates: Vec<&str> = mounted
+        .iter()
+        .filter(|m| m.compose.as_ref() == Some(compose))
+        .filter(|m| project.is_none() || m.project.as_deref() == project)
+        .map(|m| m.name.as_str())
+        .collect();
+    match candidates[..] {
+        [] => Ok(None),
+        [one] => Ok(Some(one.to_string())),
+        _ => Err(crate::error::usage(format!(
+            "the app mounts several volumes named '{}' in compose ({}); say which one volume {} goes into with --map-volume {}=NAME",
+            Printable(compose),
+            candidates.join(", "),
+            Printable(&record.name),
+            Printable(compose)
+        ))),
+    }
 }
 
 /// The compose project label of a volume.
@@ -765,6 +857,13 @@ async fn prepare_targets(
     if plan.resuming.is_some() {
         return Ok(());
     }
+    for copy in plan.targets.iter().filter_map(|t| t.safety_copy.as_deref()) {
+        if docker::volume_exists(docker, copy).await? {
+            return Err(anyhow!(
+                "the safety-copy volume {copy} exists already (left by an earlier restore?); look at it, and remove it with `docker volume rm {copy}` once it is not needed"
+            ));
+        }
+    }
     let targets = plan
         .targets
         .iter()
@@ -789,11 +888,6 @@ async fn prepare_targets(
     let copied = async {
         for target in plan.targets.iter().filter(|t| t.safety_copy.is_some()) {
             let copy = target.safety_copy.as_deref().unwrap_or_default();
-            if docker::volume_exists(docker, copy).await? {
-                return Err(anyhow!(
-                    "the safety-copy volume {copy} exists already (left by an earlier restore?); look at it, and remove it with `docker volume rm {copy}` once it is not needed"
-                ));
-            }
             let started = Instant::now();
             let labels = BTreeMap::from([
                 ("io.lifeboat.safety-copy-of".to_string(), target.destination.clone()),
@@ -979,8 +1073,6 @@ async fn finish(docker: &Docker, mut downtime: Downtime) -> Result<std::time::Du
     let restore = downtime.record().restore.clone();
     put_back_restart_policies(docker, restore.as_ref()).await;
     downtime.update(|r| r.restore = None)?;
-    let (restarted, took) = downtime.end(docker).await;
-    restarted.context("the volumes are restored, but the app is not fully running")?;
     for copy in restore
         .iter()
         .flat_map(|r| r.targets.iter().filter_map(|t| t.safety_copy.as_deref()))
@@ -992,6 +1084,8 @@ async fn finish(docker: &Docker, mut downtime: Downtime) -> Result<std::time::Du
             ),
         }
     }
+    let (restarted, took) = downtime.end(docker).await;
+    restarted.context("the volumes are restored, but the app is not fully running")?;
     Ok(took)
 }
 
@@ -999,9 +1093,12 @@ async fn put_back_restart_policies(docker: &Docker, restore: Option<&RestoreStat
     for (id, name, policy) in restore.iter().flat_map(|r| r.restart_policies.iter()) {
         let policy: bollard::models::RestartPolicy =
             serde_json::from_value(policy.clone()).unwrap_or_default();
+        let named = policy
+            .name
+            .map_or_else(|| "always".to_string(), |n| n.to_string());
         if let Err(e) = docker::set_restart_policy(docker, id, policy).await {
             tracing::error!(
-                "could not put back the restart policy of {name} ({e:#}); set it again with `docker update --restart always {name}`"
+                "could not put back the restart policy of {name} ({e:#}); set it again with `docker update --restart {named} {name}`"
             );
         }
     }
@@ -1016,6 +1113,7 @@ pub async fn rollback(
     selector: &AppSelector,
     stop_timeout_secs: u32,
 ) -> Result<Vec<String>> {
+    let _claim = crate::state::claim(&crate::state::state_dir(), app_name)?;
     let lock = crate::lock::acquire(store, app_name, "restore").await?;
     let result = roll_back_locked(docker, app_name, selector, stop_timeout_secs).await;
     lock.release().await;
@@ -1054,6 +1152,17 @@ async fn roll_back_locked(
             "cannot roll back: no safety copy was taken of {} (--no-safety-copy); finish the restore instead (run it again)",
             lost.join(", ")
         )));
+    }
+    for copy in restore
+        .targets
+        .iter()
+        .filter_map(|t| t.safety_copy.as_deref())
+    {
+        if !docker::volume_exists(docker, copy).await? {
+            return Err(anyhow!(
+                "cannot roll back: the safety copy {copy} is gone (removed by hand or by a volume prune?); nothing was changed. Finish the restore instead (run it again)"
+            ));
+        }
     }
     let app = App::discover_or_empty(docker, selector).await?;
     let (downtime, stopped) = Downtime::resume(docker, &app, record, stop_timeout_secs).await?;

@@ -73,6 +73,72 @@ pub struct RestoreTarget {
     pub safety_copy: Option<String>,
 }
 
+/// This process's claim on an app on this host: an exclusive `flock` on `<dir>/<app>.run`,
+/// held for the whole run and released by the kernel when the process ends, however it ends.
+/// Two runs of one app on one host never overlap, whatever store each uses, and whether the
+/// writer of a record is alive never depends on a pid (which another PID namespace or a reboot
+/// reuses).
+pub struct Claim {
+    _file: std::fs::File,
+}
+
+/// Another lifeboat run of the app is active on this host.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another lifeboat run of '{app}' is active on this host (it holds {path}); wait for it to finish"
+)]
+pub struct ClaimHeld {
+    pub app: String,
+    pub path: String,
+}
+
+fn claim_path(dir: &Path, app: &str) -> PathBuf {
+    dir.join(format!("{app}.run"))
+}
+
+/// Takes this host's claim on `app`, or fails naming the file another run holds.
+pub fn claim(dir: &Path, app: &str) -> Result<Claim> {
+    let path = claim_path(dir, app);
+    let file = (|| {
+        std::fs::create_dir_all(dir)?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+    })()
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open {} to keep two lifeboat runs of '{app}' apart ({e}); nothing was stopped. Free space there or set LIFEBOAT_STATE_DIR",
+            path.display()
+        )
+    })?;
+    if try_lock(&file) {
+        Ok(Claim { _file: file })
+    } else {
+        Err(ClaimHeld {
+            app: app.to_string(),
+            path: path.display().to_string(),
+        }
+        .into())
+    }
+}
+
+/// Whether a live run holds the claim on `app` (another process: this one's own claim on it
+/// is held by this process, so check before claiming).
+fn claimed_by_a_live_run(dir: &Path, app: &str) -> bool {
+    match std::fs::File::open(claim_path(dir, app)) {
+        Ok(file) => !try_lock(&file),
+        Err(_) => false,
+    }
+}
+
+fn try_lock(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this function's caller owns; no memory is involved.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 /// An open record; [`Record::clear`] removes it once the app runs again.
 pub struct Record {
     path: PathBuf,
@@ -99,6 +165,15 @@ pub fn write(
         restore: None,
     };
     let path = record_path(dir, app);
+    if let Ok(Some(earlier)) = read(dir, app)
+        && earlier.restore.as_ref().is_some_and(|r| r.replacing)
+    {
+        return Err(IncompleteRestore {
+            app: app.to_string(),
+            record: earlier,
+        }
+        .into());
+    }
     save(&path, &record)?;
     Ok(Record { path, record })
 }
@@ -173,10 +248,6 @@ impl Record {
     }
 }
 
-pub fn process_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
 /// A restore began replacing volumes and did not finish: the app stays stopped, and lifeboat
 /// refuses to run over it.
 #[derive(Debug, thiserror::Error)]
@@ -217,10 +288,12 @@ impl std::fmt::Display for IncompleteRestore {
     }
 }
 
-/// Fails when an unfinished restore (of any app name) stopped one of these containers or
-/// wrote one of these volumes: a backup of a project restored under another name must see it.
+/// Fails when a record of another app name covers one of these containers or volumes and
+/// either its run is alive (a restore under `--name` of the same project, say) or it is an
+/// unfinished restore: a run of a project restored under another name must see it.
 pub fn refuse_if_incomplete_touching(
     dir: &Path,
+    own_app: &str,
     container_ids: &[String],
     volumes: &[String],
 ) -> Result<()> {
@@ -232,24 +305,31 @@ pub fn refuse_if_incomplete_touching(
         let Some(app) = name.strip_suffix(".stopped.json") else {
             continue;
         };
+        if app == own_app {
+            continue;
+        }
         let Ok(Some(record)) = read(dir, app) else {
             continue;
         };
-        let Some(restore) = record.restore.as_ref().filter(|r| r.replacing) else {
-            continue;
-        };
-        if record.pid != std::process::id() && process_alive(record.pid) {
-            continue;
-        }
         let touches = record
             .containers
             .iter()
             .any(|(id, _)| container_ids.contains(id))
-            || restore
-                .targets
-                .iter()
-                .any(|t| volumes.contains(&t.destination));
-        if touches {
+            || record
+                .restore
+                .as_ref()
+                .is_some_and(|r| r.targets.iter().any(|t| volumes.contains(&t.destination)));
+        if !touches {
+            continue;
+        }
+        if claimed_by_a_live_run(dir, app) {
+            return Err(ClaimHeld {
+                app: app.to_string(),
+                path: claim_path(dir, app).display().to_string(),
+            }
+            .into());
+        }
+        if record.restore.as_ref().is_some_and(|r| r.replacing) {
             return Err(IncompleteRestore {
                 app: app.to_string(),
                 record,
@@ -260,13 +340,11 @@ pub fn refuse_if_incomplete_touching(
     Ok(())
 }
 
-/// Fails when a restore of `app` did not finish (see [`IncompleteRestore`]).
+/// Fails when a restore of `app` did not finish (see [`IncompleteRestore`]). The caller holds
+/// the app's [`Claim`], so the record's writer is gone.
 pub fn refuse_if_incomplete(dir: &Path, app: &str) -> Result<()> {
     match read(dir, app)? {
         Some(record) if record.restore.as_ref().is_some_and(|r| r.replacing) => {
-            if record.pid != std::process::id() && process_alive(record.pid) {
-                return Ok(()); // that restore is running now; the lock keeps runs apart
-            }
             Err(IncompleteRestore {
                 app: app.to_string(),
                 record,
@@ -280,7 +358,8 @@ pub fn refuse_if_incomplete(dir: &Path, app: &str) -> Result<()> {
 /// Starts again the containers an interrupted earlier run left stopped. Returns the names it
 /// started. A restore that did not finish replacing volumes is refused instead
 /// ([`IncompleteRestore`]); one interrupted while it only made safety copies has changed no
-/// volume, so its app is started and its partial copies are removed.
+/// volume, so its app is started and its partial copies are removed. The caller holds the
+/// app's [`Claim`], so whoever wrote the record is gone.
 pub async fn recover(docker: &Docker, dir: &Path, app: &str) -> Result<Vec<String>> {
     let path = record_path(dir, app);
     let record = match read(dir, app) {
@@ -292,8 +371,7 @@ pub async fn recover(docker: &Docker, dir: &Path, app: &str) -> Result<Vec<Strin
             return Ok(vec![]);
         }
     };
-    if record.pid != std::process::id() && process_alive(record.pid) {
-        // Another lifeboat is at work on this app; the lock keeps the two apart.
+    if record.pid == std::process::id() {
         return Ok(vec![]);
     }
     if let Some(restore) = &record.restore {
@@ -380,6 +458,47 @@ mod tests {
         assert_eq!(read.pid, std::process::id());
         record.clear();
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn one_claim_per_app_on_a_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = claim(dir.path(), "cvat").unwrap();
+        assert!(claimed_by_a_live_run(dir.path(), "cvat"));
+        let err = claim(dir.path(), "cvat").err().unwrap();
+        assert_eq!(
+            crate::error::class_of(&err),
+            crate::error::ExitClass::Locked
+        );
+        assert!(
+            err.to_string().contains("another lifeboat run of 'cvat'"),
+            "{err}"
+        );
+        claim(dir.path(), "other").unwrap();
+        drop(first);
+        assert!(!claimed_by_a_live_run(dir.path(), "cvat"));
+        claim(dir.path(), "cvat").unwrap();
+    }
+
+    #[test]
+    fn a_record_of_an_unfinished_restore_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut record = write(dir.path(), "cvat", "restore", vec![]).unwrap();
+        record
+            .update(|r| {
+                r.restore = Some(RestoreState {
+                    backup_id: "1".into(),
+                    replacing: true,
+                    targets: vec![],
+                    app_args: "--project cvat".into(),
+                    restart_policies: vec![],
+                })
+            })
+            .unwrap();
+        record.keep();
+        let err = write(dir.path(), "cvat", "backup", vec![]).err().unwrap();
+        assert!(err.to_string().contains("did not finish"), "{err}");
+        assert!(refuse_if_incomplete(dir.path(), "cvat").is_err());
     }
 
     #[test]

@@ -192,8 +192,9 @@ pub async fn fetch_verified(
         check_tar(tar, record).await
     };
     let (verified, written) = tokio::join!(verify, write);
-    let summary = verified?;
+    // A spool that could not be written (a full disk) is the cause when both fail.
     written.map_err(spool_error)?;
+    let summary = verified?;
     Ok((
         Spooled {
             file,

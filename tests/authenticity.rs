@@ -295,7 +295,13 @@ fn a_forged_record_never_touches_another_apps_volume() {
         "{}",
         stderr(&output)
     );
-    let output = restore_args(&s3, &app.project, &store, &key, &["--allow-unsigned"]);
+    let output = restore_args(
+        &s3,
+        &app.project,
+        &store,
+        &key,
+        &["--allow-unsigned", "--backup", FORGED_ID],
+    );
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(
         stderr(&output).contains(&format!("volume {theirs} exists but is not the app's")),
@@ -575,7 +581,16 @@ fn a_format_one_backup_restores_only_when_allowed() {
     );
     assert_eq!(app.in_volume(&data, "cat /v/db"), "current");
 
+    // Not as "the newest": a bucket writer could have added it today.
     let output = restore_args(&s3, &app.project, &store, &key, &["--allow-unsigned"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let output = restore_args(
+        &s3,
+        &app.project,
+        &store,
+        &key,
+        &["--allow-unsigned", "--backup", id],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("no signature") && stderr(&output).contains("--allow-unsigned"),
@@ -587,4 +602,66 @@ fn a_format_one_backup_restores_only_when_allowed() {
         "from-2025\nnested"
     );
     assert!(app.running().values().all(|r| *r));
+}
+
+/// A genuine backup, restored into an app that also mounts another project's volume (read-only)
+/// under the same compose volume name: only the app's own volume is written, every time.
+#[test]
+fn a_volume_another_project_lends_the_app_is_never_written() {
+    let mut lender = TestApp::new("lender");
+    let theirs = lender.volume("data");
+    lender.in_volume(&theirs, "echo theirs > /v/f");
+    let mut app = TestApp::new("borrower");
+    let ours = app.volume("data");
+    app.in_volume(&ours, "echo ours > /v/f");
+    let web = format!("{}-web-1", app.project);
+    docker(&[
+        "create",
+        "--name",
+        &web,
+        "--label",
+        &format!("com.docker.compose.project={}", app.project),
+        "--label",
+        "com.docker.compose.service=web",
+        "-v",
+        &format!("{ours}:/data"),
+        "-v",
+        &format!("{theirs}:/shared:ro"),
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    docker(&["start", &web]);
+    app.containers.push(web);
+    let s3 = S3Server::start();
+    let store = s3.bucket("lend");
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+        "--exclude-volume",
+        &theirs,
+    ]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    for round in 0..3 {
+        app.in_volume(&ours, "echo changed > /v/f");
+        let output = restore(&s3, &app.project, &store, &key);
+        assert!(
+            output.status.success(),
+            "round {round}: {}",
+            stderr(&output)
+        );
+        assert_eq!(app.in_volume(&ours, "cat /v/f"), "ours", "round {round}");
+        assert_eq!(
+            lender.in_volume(&theirs, "cat /v/f"),
+            "theirs",
+            "round {round}"
+        );
+    }
 }

@@ -203,6 +203,8 @@ fn a_hostile_archive_is_refused_before_any_volume_is_written() {
         .args([
             "restore",
             "--allow-unsigned",
+            "--backup",
+            manifest["backup_id"].as_str().unwrap(),
             "-p",
             &app.project,
             "--store",

@@ -330,6 +330,28 @@ fn a_restore_killed_while_replacing_is_finished_by_running_it_again() {
         "false"
     );
 
+    // Finishing means the same backup into the same volumes: nothing else is let through.
+    let elsewhere = app.volume("elsewhere");
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args([
+            "restore",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "--map-volume",
+        ])
+        .arg(format!("data={elsewhere}"))
+        .arg("-i")
+        .arg(&key));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("must be finished first"),
+        "{}",
+        stderr(&output)
+    );
+
     let output = restore(&s3, &app.project, &store, &key);
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(app.snapshot(&data), backed_up);

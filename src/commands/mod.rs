@@ -165,8 +165,8 @@ pub struct TrustArgs {
         value_name = "PATH"
     )]
     pub backup_key: Option<PathBuf>,
-    /// Accept format-1 backups, made before lifeboat signed its backups, as genuine: only if
-    /// nobody else could ever write to the store
+    /// Accept the format-1 backup named with --backup (made before lifeboat signed its
+    /// backups) as genuine; never counted by prune, never taken as the newest
     #[arg(long)]
     pub allow_unsigned: bool,
 }

@@ -26,7 +26,13 @@ pub async fn run(args: PruneArgs, file: ConfigFile) -> anyhow::Result<ExitCode> 
     let retention = args.retention.or(file.retention.clone());
     let app = super::app_name(args.project, &file.app)?;
     let (policy, grace) = (retention.policy()?, retention.grace()?);
-    lifeboat::state::refuse_if_incomplete(&lifeboat::state::state_dir(), &app)?;
+    let state_dir = lifeboat::state::state_dir();
+    let _claim = if args.dry_run {
+        None
+    } else {
+        Some(lifeboat::state::claim(&state_dir, &app)?)
+    };
+    lifeboat::state::refuse_if_incomplete(&state_dir, &app)?;
     let store = lifeboat::store::open(&store_options).await?;
     let keys = args.keys.keys(&file)?;
     let lock = if args.dry_run {

@@ -21,9 +21,9 @@ pub struct RestoreArgs {
     /// Restore even though the app's images differ from the ones the backup recorded
     #[arg(long)]
     pub allow_version_mismatch: bool,
-    /// Restore a format-1 backup, which carries no signature, trusting whoever could write to
-    /// the store
-    #[arg(long)]
+    /// Restore the format-1 backup named with --backup, which carries no signature, trusting
+    /// whoever could write to the store
+    #[arg(long, requires = "backup")]
     pub allow_unsigned: bool,
     /// Print the plan (backup, authenticity, version check, every target, safety copies,
     /// downtime) and change nothing
