@@ -11,6 +11,7 @@
 #
 #   bash bench/run.sh            # ≈1.2 GiB dataset, 3 rounds
 #   SIZE_MIB=4096 ROUNDS=2 bash bench/run.sh
+#   OLD=/path/to/an/older/lifeboat bash bench/run.sh   # also that binary, in the same run
 #
 # Installs what is missing (GNU time, restic, rclone, Docker, age, zstd, the aws CLI, s3s-fs)
 # and starts dockerd if none answers; run as root. Not a test: nothing asserts a time.
@@ -142,6 +143,11 @@ for round in $(seq 1 "$ROUNDS"); do
   measure "restic-backup" bash "$work/restic_backup.sh" "$round"
   measure "local-stages-to-devnull" bash "$work/stages_only.sh"
   measure "lifeboat-restore" $L restore -p $project --store s3://bench/lifeboat -i "$work/key.txt"
+  measure "lifeboat-restore-no-safety-copy" $L restore --no-safety-copy -p $project --store s3://bench/lifeboat -i "$work/key.txt"
+  if [ -n "${OLD:-}" ]; then
+    measure "old-lifeboat-backup" env -u LIFEBOAT_BACKUP_KEY_FILE "$OLD" backup -p $project --store s3://bench/old -r "$R"
+    measure "old-lifeboat-restore" env -u LIFEBOAT_BACKUP_KEY_FILE "$OLD" restore -p $project --store s3://bench/old -i "$work/key.txt"
+  fi
   measure "aws-pipeline-restore" bash "$work/peer_restore.sh"
   measure "rclone-pipeline-restore" bash "$work/rclone_restore.sh"
   measure "restic-restore" bash "$work/restic_restore.sh" "$round"

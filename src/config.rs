@@ -167,6 +167,43 @@ impl AppOptions {
     }
 }
 
+/// Which app's backups a command that reads the store acts on: the same rule as backup and
+/// restore ([`AppOptions::app_name`]), flags and variables first, then the config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AppNameOptions {
+    /// The compose project; its backups are stored under its name unless --name says otherwise
+    #[arg(long, short = 'p', env = "LIFEBOAT_PROJECT")]
+    pub project: Option<String>,
+    /// The name the backups are stored under [default: the project]
+    #[arg(long, env = "LIFEBOAT_NAME")]
+    pub name: Option<String>,
+}
+
+impl AppNameOptions {
+    /// The app name, from these options and the config file's `[app]`.
+    pub fn app_name(&self, file: &AppOptions) -> Result<String> {
+        self.merged(file).app_name()
+    }
+
+    /// The app name if one is given anywhere (`list` lists every app without).
+    pub fn app_name_if_any(&self, file: &AppOptions) -> Result<Option<String>> {
+        let merged = self.merged(file);
+        if merged.name.is_none() && merged.project.is_none() && merged.containers.is_none() {
+            return Ok(None);
+        }
+        merged.app_name().map(Some)
+    }
+
+    fn merged(&self, file: &AppOptions) -> AppOptions {
+        AppOptions {
+            project: self.project.clone(),
+            name: self.name.clone(),
+            ..Default::default()
+        }
+        .or(file.clone())
+    }
+}
+
 /// How a backup is made.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -305,14 +342,24 @@ impl RetentionOptions {
 pub struct NotifyOptions {
     /// POST a JSON report to this URL (Slack-compatible `text` field included); a secret:
     /// LIFEBOAT_WEBHOOK_URL_FILE reads it from a file
-    #[arg(long, env = "LIFEBOAT_WEBHOOK_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "LIFEBOAT_WEBHOOK_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub webhook: Option<String>,
     /// Which events go to the webhook [default: success,failure]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "EVENTS")]
     pub webhook_on: Option<Vec<crate::notify::Event>>,
     /// healthchecks.io-style check URL: pinged at URL/start, URL and URL/fail; a secret:
     /// LIFEBOAT_HEALTHCHECKS_URL_FILE reads it from a file
-    #[arg(long, env = "LIFEBOAT_HEALTHCHECKS_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "LIFEBOAT_HEALTHCHECKS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub healthchecks: Option<String>,
     /// Which events are pinged [default: start,success,failure]
     #[arg(long, value_enum, value_delimiter = ',', value_name = "EVENTS")]
@@ -358,18 +405,60 @@ impl ConfigFile {
         let text = std::fs::read_to_string(path).map_err(|e| {
             crate::error::usage(format!("cannot read config file {}: {e}", path.display()))
         })?;
-        Self::parse(&text).with_context(|| format!("in config file {}", path.display()))
+        let config =
+            Self::parse(&text).with_context(|| format!("in config file {}", path.display()))?;
+        if config.notify.webhook.is_some() || config.notify.healthchecks.is_some() {
+            refuse_open_secret_file(path, "config file (it holds a webhook or healthchecks URL)")?;
+        }
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Self> {
         toml::from_str(text).map_err(|e| {
-            let message = e.to_string();
+            let message = redact_snippets(&e.to_string());
             match nearest_valid_name(&message) {
                 Some(name) => crate::error::usage(format!("{message}did you mean `{name}`?")),
                 None => crate::error::usage(message),
             }
         })
     }
+}
+
+/// A TOML error quotes the offending line, which may hold a secret (a webhook URL): the quoted
+/// lines are cut down to their line numbers.
+fn redact_snippets(message: &str) -> String {
+    message
+        .lines()
+        .map(|line| match line.split_once('|') {
+            Some((number, rest))
+                if !number.trim().is_empty()
+                    && number.trim().chars().all(|c| c.is_ascii_digit())
+                    && !rest.trim().is_empty() =>
+            {
+                format!("{number}| (line not shown: it may hold a secret)")
+            }
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Refuses a file that holds a secret when group or others may read it, as ssh does.
+pub fn refuse_open_secret_file(path: &Path, what: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.is_file()
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        return Err(crate::error::usage(format!(
+            "the {what} {} is readable by group or others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.permissions().mode() & 0o777,
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`" (and "unknown variant"): the valid
@@ -430,6 +519,15 @@ mod tests {
         assert!(err.contains("did you mean `before-backup`?"), "{err}");
         let err = ConfigFile::parse("[stor]\n").unwrap_err().to_string();
         assert!(err.contains("stor"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_line() {
+        let err = ConfigFile::parse("[notify]\nwebhook = \"https://hooks.example/T0KEN-SECRET\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("T0KEN-SECRET"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -295,7 +295,31 @@ async fn run_one(
     }
 }
 
-/// Logs each output line and keeps the last few.
+/// The variables a host hook inherits from lifeboat: where to find programs and Docker, the
+/// user, the locale; nothing else.
+fn inherited_env() -> Vec<(String, String)> {
+    const KEEP: &[&str] = &[
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TERM",
+        "TMPDIR",
+        "DOCKER_HOST",
+        "DOCKER_CONFIG",
+        "DOCKER_CONTEXT",
+        "XDG_RUNTIME_DIR",
+    ];
+    std::env::vars()
+        .filter(|(name, _)| KEEP.contains(&name.as_str()) || name.starts_with("LC_"))
+        .collect()
+}
+
+/// Logs each output line and keeps the last few (each cut to a few hundred bytes).
 async fn collect_lines(
     output: impl AsyncRead + Unpin,
     tail: std::sync::Arc<std::sync::Mutex<VecDeque<String>>>,
@@ -307,7 +331,7 @@ async fn collect_lines(
         if tail.len() == TAIL_LINES {
             tail.pop_front();
         }
-        tail.push_back(line);
+        tail.push_back(crate::text::bounded(&line, 300));
     }
 }
 
@@ -330,6 +354,10 @@ async fn run_on_host(hook: &Hook, env: &[(String, String)]) -> Result<(i64, VecD
     let argv = hook.command.argv();
     let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
+        // Only what a hook needs: never lifeboat's credentials and secrets (nor those a
+        // `*_FILE` variable loaded).
+        .env_clear()
+        .envs(inherited_env())
         .envs(env.iter().cloned())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -383,7 +411,7 @@ async fn run_in_container(
         if tail.len() == TAIL_LINES {
             tail.pop_front();
         }
-        tail.push_back(line);
+        tail.push_back(crate::text::bounded(&line, 300));
     }
     Ok((code, tail))
 }

@@ -30,6 +30,11 @@ fn load_secret_files() -> Result<(), String> {
         if std::env::var_os(name).is_some() {
             return Err(format!("both {name} and {name}_FILE are set; keep one"));
         }
+        lifeboat::config::refuse_open_secret_file(
+            std::path::Path::new(&path),
+            &format!("secret file {name}_FILE"),
+        )
+        .map_err(|e| e.to_string())?;
         let value = std::fs::read_to_string(&path).map_err(|e| {
             format!(
                 "{name}_FILE: cannot read {}: {e}",

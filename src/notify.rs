@@ -126,8 +126,15 @@ impl Notifier {
         self.webhook.is_none() && self.healthchecks.is_none()
     }
 
-    /// Sends `report` as `event` to every target that wants it. Never fails.
+    /// Sends `report` as `event` to every target that wants it. Never fails. Error text (hook
+    /// output, commands) leaves with its URLs cut to their hosts and bounded in size.
     pub async fn send(&self, event: Event, report: &Report) {
+        let mut report = report.clone();
+        report.error = report
+            .error
+            .map(|e| crate::text::bounded(&crate::text::redact_urls(&e), 4096));
+        report.text = crate::text::bounded(&crate::text::redact_urls(&report.text), 1024);
+        let report = &report;
         if let Some(target) = self.webhook.as_ref().filter(|t| t.events.contains(&event)) {
             match serde_json::to_vec(report) {
                 Ok(body) => {

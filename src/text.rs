@@ -66,6 +66,47 @@ pub fn is_clean_absolute_path(path: &str) -> bool {
                 .all(|part| !part.is_empty() && part != "." && part != ".."))
 }
 
+/// `text` with every URL cut to its scheme and host (`https://hooks.example/…`): paths,
+/// queries and user info often carry tokens. For text that leaves lifeboat (notifications).
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let scheme_start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
+            .map_or(0, |i| i + 1);
+        let after = &rest[at + 3..];
+        let end = after
+            .find(|c: char| c.is_whitespace() || "\"'<>`)".contains(c))
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        let host_part = authority.split(['/', '?', '#']).next().unwrap_or("");
+        let host = host_part.rsplit('@').next().unwrap_or("");
+        out.push_str(&rest[..scheme_start]);
+        out.push_str(&rest[scheme_start..at]);
+        out.push_str("://");
+        out.push_str(host);
+        if authority.len() > host_part.len() || host_part.contains('@') {
+            out.push('…');
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), saying so.
+pub fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &text[..end], text.len() - end)
+}
+
 /// Bytes for people: `512 B`, `1.5 MiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -94,6 +135,18 @@ mod tests {
         assert_eq!(printable("\u{202e}txt.exe"), "\\u{202e}txt.exe");
         assert_eq!(printable("\u{9b}31m"), "\\u{9b}31m");
         assert_eq!(printable("ünïcödé"), "ünïcödé");
+    }
+
+    #[test]
+    fn urls_lose_everything_but_their_host() {
+        assert_eq!(
+            redact_urls("failed: https://user:pw@hooks.example/T/B/x?token=1 then http://h:8/p"),
+            "failed: https://hooks.example… then http://h:8…"
+        );
+        assert_eq!(redact_urls("no url here"), "no url here");
+        assert_eq!(redact_urls("s3://bucket"), "s3://bucket");
+        assert_eq!(bounded("héllo", 2), "h… (5 more bytes)");
+        assert_eq!(bounded("ok", 10), "ok");
     }
 
     #[test]

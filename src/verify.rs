@@ -14,6 +14,7 @@ use crate::pipeline::PipelineError;
 use crate::pipeline::compress::decompressing_reader;
 use crate::pipeline::download::{StoreReadError, open_object};
 use crate::pipeline::encrypt::decrypting_reader;
+use crate::pipeline::relay::relay;
 use crate::pipeline::tally::{Expected, TallyReader};
 use crate::pipeline::tar_check::{EntryRules, PolicyReader, TarSummary, TargetKind, check_archive};
 use crate::store::Store;
@@ -22,12 +23,14 @@ use object_store::ObjectStoreExt;
 use std::path::Path;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 
-/// The plaintext tar of a stored object read through `stored`.
-async fn plaintext<'a>(
-    stored: impl AsyncRead + Send + Unpin + 'a,
+/// The plaintext tar of a stored object read through `stored`: decryption (and whatever
+/// reads `stored`: the download, the hash) on a task of its own, decompression on the
+/// reader's, so that the two use two cores.
+async fn plaintext(
+    stored: impl AsyncRead + Send + Unpin + 'static,
     record: &VolumeRecord,
     identities: &[BoxIdentity],
-) -> Result<Box<dyn AsyncRead + Send + Unpin + 'a>, PipelineError> {
+) -> Result<Box<dyn AsyncRead + Send + Unpin + 'static>, PipelineError> {
     let plain = decrypting_reader(
         identities,
         BufReader::new(stored),
@@ -35,7 +38,7 @@ async fn plaintext<'a>(
     )
     .await?;
     Ok(decompressing_reader(
-        BufReader::with_capacity(256 * 1024, plain),
+        BufReader::with_capacity(256 * 1024, relay(plain)),
         record.compression,
     ))
 }

@@ -225,6 +225,90 @@ fn secrets_never_appear_in_output() {
 
     let output = run(lifeboat().arg("--help"));
     assert!(!stdout(&output).contains(secret));
+
+    // Secret settings loaded from files (`*_FILE`), then --help, a failing host hook, a bad
+    // config file and -vv: the secrets appear in no output and in no hook's environment.
+    let webhook = "https://hooks.example/services/T0KEN-webhook-8d1f";
+    let secret_file = work.path().join("aws_secret");
+    std::fs::write(&secret_file, S3_SECRET_KEY).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let webhook_file = work.path().join("webhook");
+    std::fs::write(&webhook_file, webhook).unwrap();
+    std::fs::set_permissions(&webhook_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let with_secrets = |cmd: &mut std::process::Command| {
+        cmd.env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("AWS_SECRET_ACCESS_KEY_FILE", &secret_file)
+            .env("LIFEBOAT_WEBHOOK_URL_FILE", &webhook_file);
+    };
+    let mut help = lifeboat();
+    with_secrets(&mut help);
+    let output = run(help.args(["backup", "--help"]));
+    assert!(output.status.success());
+    assert!(!stdout(&output).contains("T0KEN"), "{}", stdout(&output));
+
+    let hook_env = work.path().join("hook-env.txt");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = work.path().join("hooks.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[hook]]\non = \"before-backup\"\ncommand = \"env > {}; echo failing with {webhook}; exit 3\"\n",
+            hook_env.display()
+        ),
+    )
+    .unwrap();
+    let mut failing = lifeboat();
+    s3.env(&mut failing);
+    with_secrets(&mut failing);
+    let output = run(failing.arg("--config").arg(&config).args([
+        "-vv",
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+    ]));
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let env = std::fs::read_to_string(&hook_env).unwrap();
+    assert!(env.contains("LIFEBOAT_EVENT=before-backup"), "{env}");
+    for leaked in [
+        S3_SECRET_KEY,
+        "T0KEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+    ] {
+        assert!(!env.contains(leaked), "{leaked} reached the hook: {env}");
+    }
+    let all = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(!all.contains(S3_SECRET_KEY), "{all}");
+    assert!(
+        !all.contains("\"Env\""),
+        "no container environment at -vv: {all}"
+    );
+
+    let bad = work.path().join("bad.toml");
+    std::fs::write(&bad, format!("[notify]\nwebhook = \"{webhook}\n")).unwrap();
+    let output = run(lifeboat().arg("--config").arg(&bad).args(["list"]));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(!stderr(&output).contains("T0KEN"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("line 2"), "{}", stderr(&output));
+
+    // A secret file others may read, and a config file holding a webhook that others may read.
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut open = lifeboat();
+    with_secrets(&mut open);
+    let output = run(open.args(["list"]));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("chmod 600"), "{}", stderr(&output));
+    let open_config = work.path().join("open.toml");
+    std::fs::write(&open_config, format!("[notify]\nwebhook = \"{webhook}\"\n")).unwrap();
+    std::fs::set_permissions(&open_config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = run(lifeboat().arg("--config").arg(&open_config).args(["list"]));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("chmod 600"), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("T0KEN"), "{}", stderr(&output));
 }
 
 /// The owner's recipient, from the `# public key:` line keygen writes.

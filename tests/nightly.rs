@@ -32,6 +32,9 @@ fn config(
         ),
     )
     .unwrap();
+    // It may hold a webhook URL: a secret, refused when others may read it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
 
@@ -360,7 +363,7 @@ fn webhook_and_healthchecks_hear_about_success_and_failure_and_never_fail_a_back
         &app.project,
         &recipient,
         &format!(
-            "[notify]\nwebhook = \"{webhook}\"\nwebhook_on = [\"failure\"]\nhealthchecks = \"{ping}\"\n[[hook]]\non = \"before-backup\"\ncommand = \"exit 3\"\n"
+            "[notify]\nwebhook = \"{webhook}\"\nwebhook_on = [\"failure\"]\nhealthchecks = \"{ping}\"\n[[hook]]\non = \"before-backup\"\ncommand = \"echo see https://x.example/T0KEN-in-hook-output; exit 3\"\n"
         ),
     );
     let output = backup_with(&s3, &failing, &[]);
@@ -371,6 +374,9 @@ fn webhook_and_healthchecks_hear_about_success_and_failure_and_never_fail_a_back
     let body: serde_json::Value = serde_json::from_str(&find(&requests, "POST /hook ")).unwrap();
     assert_eq!(body["event"], "backup.failure");
     assert!(body["error"].as_str().unwrap().contains("exit code 3"));
+    // URLs in hook output leave lifeboat with their host only.
+    assert!(body["error"].as_str().unwrap().contains("https://x.example…"), "{body}");
+    assert!(!requests.concat().contains("T0KEN"), "{requests:?}");
 
     // Nobody listening: the backup still succeeds, the warning names the host, not the URL.
     let output = backup_with(

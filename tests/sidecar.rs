@@ -47,6 +47,13 @@ fn the_sidecar_image_backs_up_its_app_on_a_schedule() {
     )
     .unwrap();
     std::fs::copy(backup_key(), secrets.join("backup.key")).unwrap();
+    // Secret files readable by others are refused, as ssh does: Docker secrets without swarm
+    // are bind mounts and keep the host file's mode.
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["aws_access_key_id", "aws_secret_access_key"] {
+        std::fs::set_permissions(secrets.join(file), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+    }
 
     // The sidecar carries the app's compose project label, as in a compose file: it must leave
     // itself out of the containers it stops.

@@ -11,9 +11,8 @@ use std::process::ExitCode;
 pub struct ListArgs {
     #[command(flatten)]
     pub store: StoreOptions,
-    /// Only the backups stored under this app name (the project, or --name at backup)
-    #[arg(long, short = 'p', visible_alias = "name", env = "LIFEBOAT_PROJECT")]
-    pub project: Option<String>,
+    #[command(flatten)]
+    pub app: lifeboat::config::AppNameOptions,
     /// One JSON array on stdout, for scripts: each genuine backup's manifest with an
     /// `authenticity` field, and `{app, backup_id, authenticity: "refused", reason}` for each
     /// backup that is not
@@ -25,10 +24,7 @@ pub struct ListArgs {
 
 pub async fn run(args: ListArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store.clone());
-    let project = args
-        .project
-        .or_else(|| file.app.name.clone())
-        .or_else(|| file.app.project.clone());
+    let project = args.app.app_name_if_any(&file.app)?;
     let store = lifeboat::store::open(&store_options).await?;
     let keys = args.keys.keys(&file)?;
     let listed = lifeboat::manifest::list(

@@ -134,21 +134,6 @@ pub fn init_logging(global: &GlobalOptions) {
     }
 }
 
-/// The app name the store keys backups by: `--project`/`--name`, else the config file's
-/// `[app] name` or `project`.
-pub fn app_name(
-    flag: Option<String>,
-    file: &lifeboat::config::AppOptions,
-) -> anyhow::Result<String> {
-    flag.or_else(|| file.name.clone())
-        .or_else(|| file.project.clone())
-        .ok_or_else(|| {
-            lifeboat::error::usage(
-                "which app? pass --project NAME (the name its backups are stored under)",
-            )
-        })
-}
-
 /// The keys that decide which backups are genuine, for the commands that read backups.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TrustArgs {

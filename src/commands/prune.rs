@@ -10,9 +10,8 @@ pub struct PruneArgs {
     pub store: StoreOptions,
     #[command(flatten)]
     pub retention: RetentionOptions,
-    /// The app name the backups are stored under
-    #[arg(long, short = 'p', visible_alias = "name", env = "LIFEBOAT_PROJECT")]
-    pub project: Option<String>,
+    #[command(flatten)]
+    pub app: lifeboat::config::AppNameOptions,
     /// Show what would be removed and why the rest is kept; delete nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -24,7 +23,7 @@ pub struct PruneArgs {
 pub async fn run(args: PruneArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store.clone());
     let retention = args.retention.or(file.retention.clone());
-    let app = super::app_name(args.project, &file.app)?;
+    let app = args.app.app_name(&file.app)?;
     let (policy, grace) = (retention.policy()?, retention.grace()?);
     let state_dir = lifeboat::state::state_dir();
     let _claim = if args.dry_run {

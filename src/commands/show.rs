@@ -13,9 +13,8 @@ pub struct ShowArgs {
     pub backup: Option<String>,
     #[command(flatten)]
     pub store: StoreOptions,
-    /// The app name the backup is stored under (the project, or --name at backup)
-    #[arg(long, short = 'p', visible_alias = "name", env = "LIFEBOAT_PROJECT")]
-    pub project: Option<String>,
+    #[command(flatten)]
+    pub app: lifeboat::config::AppNameOptions,
     /// The manifest as JSON
     #[arg(long)]
     pub json: bool,
@@ -25,7 +24,7 @@ pub struct ShowArgs {
 
 pub async fn run(args: ShowArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store.clone());
-    let app = super::app_name(args.project, &file.app)?;
+    let app = args.app.app_name(&file.app)?;
     let store = lifeboat::store::open(&store_options).await?;
     let keys = args.keys.keys(&file)?;
     let found = lifeboat::manifest::read(

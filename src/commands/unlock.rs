@@ -7,14 +7,13 @@ use std::process::ExitCode;
 pub struct UnlockArgs {
     #[command(flatten)]
     pub store: StoreOptions,
-    /// The app name the lock belongs to (the project, or --name at backup)
-    #[arg(long, short = 'p', visible_alias = "name", env = "LIFEBOAT_PROJECT")]
-    pub project: Option<String>,
+    #[command(flatten)]
+    pub app: lifeboat::config::AppNameOptions,
 }
 
 pub async fn run(args: UnlockArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store);
-    let app = super::app_name(args.project, &file.app)?;
+    let app = args.app.app_name(&file.app)?;
     let store = lifeboat::store::open(&store_options).await?;
     match lifeboat::lock::unlock(&store, &app).await? {
         Some(held) => eprintln!(

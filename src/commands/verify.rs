@@ -9,9 +9,8 @@ use std::process::ExitCode;
 pub struct VerifyArgs {
     #[command(flatten)]
     pub store: StoreOptions,
-    /// The app name the backups are stored under
-    #[arg(long, short = 'p', visible_alias = "name", env = "LIFEBOAT_PROJECT")]
-    pub project: Option<String>,
+    #[command(flatten)]
+    pub app: lifeboat::config::AppNameOptions,
     /// The backup to verify [default: the newest]
     #[arg(long, value_name = "ID", conflicts_with = "all")]
     pub backup: Option<String>,
@@ -27,7 +26,7 @@ pub struct VerifyArgs {
 
 pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store.clone());
-    let app = super::app_name(args.project, &file.app)?;
+    let app = args.app.app_name(&file.app)?;
     let store = lifeboat::store::open(&store_options).await?;
     let keys = args.keys.keys(&file)?;
     let identities = keys.owner.as_ref().map(|o| &o.identities[..]);

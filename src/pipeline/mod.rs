@@ -13,6 +13,7 @@
 pub mod compress;
 pub mod download;
 pub mod encrypt;
+pub mod relay;
 pub mod spool;
 pub mod tally;
 pub mod tar_check;
