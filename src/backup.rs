@@ -265,6 +265,7 @@ async fn attempt(
     }
     check_store_reachable(store, &plan.app_name).await?;
     let lock = crate::lock::acquire(store, &plan.app_name, "backup").await?;
+    let cancel = &lock.cancel_on_loss(cancel);
     let result: Result<(Manifest, Vec<String>)> = async {
         let backup_dir = store.layout.backup_dir(&plan.app_name, backup_id);
         if !store
@@ -278,6 +279,7 @@ async fn attempt(
                 "{backup_dir} exists already (two backups started in the same millisecond?); nothing was stopped, run the backup again"
             ));
         }
+        warn_if_made_elsewhere(store, plan).await;
         let context = HookContext {
             app: plan.app_name.clone(),
             backup_id: backup_id.to_string(),
@@ -340,8 +342,7 @@ async fn attempt(
         Ok((manifest, hook_failures))
     }
     .await;
-    lock.release().await;
-    result
+    lock.finish(result).await
 }
 
 fn finish_manifest(
@@ -366,6 +367,83 @@ fn finish_manifest(
         volumes,
         signer: Some(crate::auth::openssh(&plan.signer.public())),
     }
+}
+
+/// Says so when the newest backup under this name was made on another host: a migration, or
+/// two hosts backing up under one name by mistake (their backups would count against each
+/// other in prune).
+async fn warn_if_made_elsewhere(store: &Store, plan: &BackupPlan) {
+    let policy = manifest::TrustPolicy {
+        trust: crate::auth::Trust::new(vec![plan.signer.public()]),
+        allow_unsigned: false,
+    };
+    let here = gethostname::gethostname().to_string_lossy().into_owned();
+    if let Ok(Some(newest)) =
+        manifest::newest_genuine(&store.objects, &store.layout, &plan.app_name, &policy).await
+        && newest.manifest.host != here
+    {
+        tracing::warn!(
+            "the newest backup of '{}' ({}) was made on host {}, not on this one ({here}): fine after a migration; if two hosts back up under one name by mistake, give each its own with --name",
+            plan.app_name,
+            newest.manifest.backup_id,
+            crate::text::printable(&newest.manifest.host)
+        );
+    }
+}
+
+/// Applies the retention policy after a good backup, under the app's claim and lock, and only
+/// once the new backup's objects read back from the store with the sizes its manifest
+/// records: a backup that did not really land never makes older ones go.
+pub async fn prune_after(
+    store: &Store,
+    manifest: &Manifest,
+    signer: &crate::auth::Signer,
+    policy: &crate::retention::KeepPolicy,
+    grace: chrono::Duration,
+) -> Result<crate::retention::PruneReport> {
+    read_back(store, manifest)
+        .await
+        .context("the new backup did not read back, so no older backup was pruned")?;
+    let _claim = crate::state::claim(&crate::state::state_dir(), &manifest.app)?;
+    let lock = crate::lock::acquire(store, &manifest.app, "prune").await?;
+    let trust = manifest::TrustPolicy {
+        trust: crate::auth::Trust::new(vec![signer.public()]),
+        allow_unsigned: false,
+    };
+    let result = crate::retention::prune(store, &manifest.app, policy, grace, false, &trust).await;
+    lock.finish(result).await
+}
+
+/// Checks that the manifest, its signature and every object of a backup are in the store,
+/// each object with the size the manifest records (HEAD requests).
+pub async fn read_back(store: &Store, manifest: &Manifest) -> Result<()> {
+    let (app, id) = (&manifest.app, &manifest.backup_id);
+    for key in [
+        store.layout.manifest(app, id),
+        store.layout.signature(app, id),
+    ] {
+        store
+            .objects
+            .head(&key)
+            .await
+            .map_err(|e| anyhow!("{key} does not read back: {e}"))?;
+    }
+    for record in &manifest.volumes {
+        let key = store.layout.object(app, id, &record.object);
+        let head = store
+            .objects
+            .head(&key)
+            .await
+            .map_err(|e| anyhow!("{key} does not read back: {e}"))?;
+        if head.size != record.stored_size {
+            return Err(anyhow!(
+                "{key} reads back with {} bytes, but {} were stored",
+                head.size,
+                record.stored_size
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Fails before anything is stopped when the store cannot be listed.

@@ -89,6 +89,11 @@ pub fn class_of(err: &anyhow::Error) -> ExitClass {
                         .downcast_ref::<crate::state::ClaimHeld>()
                         .map(|_| ExitClass::Locked)
                 })
+                .or_else(|| {
+                    cause
+                        .downcast_ref::<crate::lock::LockLost>()
+                        .map(|_| ExitClass::Locked)
+                })
         })
         .unwrap_or(ExitClass::Failure)
 }

@@ -527,6 +527,36 @@ pub async fn list(
     Ok(listed)
 }
 
+/// The newest backup of `app` that authenticates, looking at no more than a few of the newest
+/// (cheap: one listing, then a manifest or two).
+pub async fn newest_genuine(
+    store: &Arc<dyn ObjectStore>,
+    layout: &Layout,
+    app: &str,
+    policy: &TrustPolicy,
+) -> anyhow::Result<Option<Authenticated>> {
+    let dir = layout.app_dir(app);
+    let listing = store
+        .list_with_delimiter(Some(&dir))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list backups under '{dir}': {e}"))?;
+    let mut ids: Vec<String> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename().map(str::to_string))
+        .filter(|id| id != "locks" && crate::text::is_plain_name(id))
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    for id in ids.iter().take(5) {
+        if let Ok((bytes, sig)) = fetch(store, layout, app, id).await
+            && let Ok(found) = authenticate_as(app, id, &bytes, sig.as_deref(), policy, false)
+        {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
 /// The manifest's bytes and its signature's (if any).
 async fn fetch(
     store: &Arc<dyn ObjectStore>,
@@ -600,7 +630,7 @@ pub async fn read(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use object_store::memory::InMemory;
 

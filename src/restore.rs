@@ -316,14 +316,14 @@ pub async fn run(
     }
     let _claim = crate::state::claim(&crate::state::state_dir(), &request.app_name)?;
     let lock = crate::lock::acquire(store, &request.app_name, "restore").await?;
+    let cancel = &lock.cancel_on_loss(cancel);
     let result = async {
         let plan = plan(docker, store, request, false).await?;
         tracing::info!("restore plan:\n{}", plan.describe(request));
         execute(docker, store, request, plan, cancel).await
     }
     .await;
-    lock.release().await;
-    result.map(Ok)
+    lock.finish(result).await.map(Ok)
 }
 
 /// Decides what the restore will do; reads only the manifest and Docker's view of the app. A
@@ -1116,8 +1116,7 @@ pub async fn rollback(
     let _claim = crate::state::claim(&crate::state::state_dir(), app_name)?;
     let lock = crate::lock::acquire(store, app_name, "restore").await?;
     let result = roll_back_locked(docker, app_name, selector, stop_timeout_secs).await;
-    lock.release().await;
-    result
+    lock.finish(result).await
 }
 
 async fn roll_back_locked(

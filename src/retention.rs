@@ -136,10 +136,16 @@ pub struct PruneReport {
     pub decisions: Vec<Decision>,
     /// Incomplete backups (objects without a manifest) removed.
     pub incomplete: Vec<String>,
-    /// Backups that are not genuine (or unsigned, without `--allow-unsigned`): never counted,
-    /// never removed, reported with the reason.
+    /// Backups that are not genuine (or unsigned): never counted, never removed, reported with
+    /// the reason.
     pub not_authentic: Vec<(String, String)>,
+    /// Genuine backups dated beyond [`FUTURE_ALLOWANCE`] from now (a backup host's clock is
+    /// wrong): kept, never counted, so they cannot make other backups go.
+    pub future: Vec<(String, String)>,
 }
+
+/// How far in the future a backup may be dated (clock skew) and still count.
+pub const FUTURE_ALLOWANCE: Duration = Duration::minutes(15);
 
 /// Applies `policy` to the backups of `app`. Incomplete backups whose newest object is older
 /// than `grace` are removed too. With `dry_run` nothing is deleted.
@@ -172,8 +178,10 @@ pub async fn prune(
         let id = {
             let mut parts = meta.location.prefix_match(&app_dir).into_iter().flatten();
             match (parts.next(), parts.next()) {
-                (Some(id), Some(_)) => Some(id.as_ref().to_string()),
-                _ => None, // lock.json and anything else not inside a backup folder
+                // The locks folder is not a backup; lock.json and anything else not inside a
+                // backup folder neither.
+                (Some(id), Some(_)) if id.as_ref() != "locks" => Some(id.as_ref().to_string()),
+                _ => None,
             }
         };
         if let Some(id) = id {
@@ -183,8 +191,22 @@ pub async fn prune(
     let mut complete = Vec::new();
     let mut report = PruneReport::default();
     let listed = crate::manifest::list(&store.objects, &store.layout, Some(app), trust).await?;
+    let horizon = Utc::now() + FUTURE_ALLOWANCE;
+    let horizon_id = crate::manifest::new_backup_id(horizon);
     for entry in listed {
         match entry.outcome {
+            Ok(found) if found.manifest.started_at > horizon || entry.backup_id > horizon_id => {
+                tracing::warn!(
+                    "backup {} of '{app}' is dated {}, in the future: the clock of host {} is wrong; it is kept and not counted",
+                    entry.backup_id,
+                    found.manifest.started_at,
+                    crate::text::printable(&found.manifest.host)
+                );
+                report.future.push((
+                    entry.backup_id,
+                    crate::text::printable(&found.manifest.host),
+                ));
+            }
             Ok(found) => complete.push((entry.backup_id, found.manifest.started_at)),
             Err(why) => report.not_authentic.push((entry.backup_id, why.reason)),
         }
@@ -381,6 +403,73 @@ mod tests {
         assert_eq!(decisions[0].kept_by, vec!["newest", "last", "daily"]);
         assert!(decisions[1..].iter().all(|d| !d.keep()));
         assert!(plan(&[], &KeepPolicy::default()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn future_dated_and_forged_backups_never_make_others_go() {
+        use crate::auth::{Signer, Trust};
+        use crate::manifest::{TrustPolicy, write_signed};
+        let store = crate::store::Store {
+            objects: std::sync::Arc::new(object_store::memory::InMemory::new()),
+            layout: crate::manifest::Layout {
+                prefix: object_store::path::Path::from("p"),
+            },
+            url: "memory://".into(),
+            upload_attributes: Default::default(),
+        };
+        let signer = Signer::from_seed(&[5u8; 32]);
+        let mut ids = Vec::new();
+        for (id, at) in [
+            ("20260101T000000.000Z", "2026-01-01T00:00:00Z"),
+            ("20260102T000000.000Z", "2026-01-02T00:00:00Z"),
+            ("29990101T000000.000Z", "2999-01-01T00:00:00Z"),
+        ] {
+            let mut m = crate::manifest::tests::sample(id);
+            m.started_at = at.parse().unwrap();
+            write_signed(&store.objects, &store.layout, &m, &signer)
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        // and a forgery, newer than everything genuine in the past
+        let mut forged = crate::manifest::tests::sample("20260103T000000.000Z");
+        forged.started_at = "2026-01-03T00:00:00Z".parse().unwrap();
+        write_signed(
+            &store.objects,
+            &store.layout,
+            &forged,
+            &Signer::from_seed(&[6u8; 32]),
+        )
+        .await
+        .unwrap();
+        let trust = TrustPolicy {
+            trust: Trust::new(vec![signer.public()]),
+            allow_unsigned: false,
+        };
+        let policy = KeepPolicy {
+            last: Some(1),
+            ..Default::default()
+        };
+        let report = prune(&store, "cvat", &policy, Duration::hours(24), false, &trust)
+            .await
+            .unwrap();
+        assert_eq!(report.future.len(), 1);
+        assert_eq!(report.not_authentic.len(), 1);
+        let kept: Vec<_> = report.decisions.iter().filter(|d| d.keep()).collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].backup_id, "20260102T000000.000Z");
+        let left = crate::manifest::list(&store.objects, &store.layout, Some("cvat"), &trust)
+            .await
+            .unwrap();
+        let ids_left: Vec<&str> = left.iter().map(|l| l.backup_id.as_str()).collect();
+        assert_eq!(
+            ids_left,
+            [
+                "20260102T000000.000Z",
+                "20260103T000000.000Z",
+                "29990101T000000.000Z"
+            ]
+        );
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub struct RestoreTarget {
 /// reuses).
 pub struct Claim {
     _file: std::fs::File,
+    app: String,
 }
 
 /// Another lifeboat run of the app is active on this host.
@@ -94,6 +95,54 @@ pub struct ClaimHeld {
 
 fn claim_path(dir: &Path, app: &str) -> PathBuf {
     dir.join(format!("{app}.run"))
+}
+
+/// The apps this process holds the claim of.
+fn claimed_here() -> std::sync::MutexGuard<'static, std::collections::HashSet<String>> {
+    static CLAIMED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    CLAIMED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        claimed_here().remove(&self.app);
+    }
+}
+
+/// The id of this state directory (made once, at random): what a store lock records, so that a
+/// run finding a lock of its own state directory knows whether its holder is alive.
+pub fn state_id(dir: &Path) -> Option<String> {
+    let path = dir.join("id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        return Some(id.trim().to_string());
+    }
+    let mut random = [0u8; 12];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .ok()?;
+    let id = hex::encode(random);
+    std::fs::create_dir_all(dir).ok()?;
+    let tmp = dir.join(format!("id.{}", std::process::id()));
+    std::fs::write(&tmp, &id).ok()?;
+    // Two runs making it at once: the first rename wins, and both read the winner.
+    std::fs::hard_link(&tmp, &path).ok();
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::read_to_string(&path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// What the store lock needs to know of this host's runs of `app`.
+pub fn local_claims(app: &str) -> Option<crate::lock::LocalClaims> {
+    Some(crate::lock::LocalClaims {
+        state_id: state_id(&state_dir())?,
+        holds_claim: claimed_here().contains(app),
+    })
 }
 
 /// Takes this host's claim on `app`, or fails naming the file another run holds.
@@ -114,7 +163,11 @@ pub fn claim(dir: &Path, app: &str) -> Result<Claim> {
         )
     })?;
     if try_lock(&file) {
-        Ok(Claim { _file: file })
+        claimed_here().insert(app.to_string());
+        Ok(Claim {
+            _file: file,
+            app: app.to_string(),
+        })
     } else {
         Err(ClaimHeld {
             app: app.to_string(),

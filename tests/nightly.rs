@@ -375,7 +375,13 @@ fn webhook_and_healthchecks_hear_about_success_and_failure_and_never_fail_a_back
     assert_eq!(body["event"], "backup.failure");
     assert!(body["error"].as_str().unwrap().contains("exit code 3"));
     // URLs in hook output leave lifeboat with their host only.
-    assert!(body["error"].as_str().unwrap().contains("https://x.example…"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("https://x.example…"),
+        "{body}"
+    );
     assert!(!requests.concat().contains("T0KEN"), "{requests:?}");
 
     // Nobody listening: the backup still succeeds, the warning names the host, not the URL.

@@ -167,24 +167,13 @@ async fn back_up(
     // does not fail the backup, which is safe in the store.
     let policy = retention.policy()?;
     if !policy.is_empty() {
-        let pruned = async {
-            let lock = lifeboat::lock::acquire(&store, &manifest.app, "prune").await?;
-            let trust = lifeboat::manifest::TrustPolicy {
-                trust: lifeboat::auth::Trust::new(vec![plan.signer.public()]),
-                allow_unsigned: false,
-            };
-            let result = lifeboat::retention::prune(
-                &store,
-                &manifest.app,
-                &policy,
-                retention.grace()?,
-                false,
-                &trust,
-            )
-            .await;
-            lock.release().await;
-            result
-        }
+        let pruned = lifeboat::backup::prune_after(
+            &store,
+            &manifest,
+            &plan.signer,
+            &policy,
+            retention.grace()?,
+        )
         .await;
         match pruned {
             Ok(report) => tracing::info!(

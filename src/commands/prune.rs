@@ -41,10 +41,10 @@ pub async fn run(args: PruneArgs, file: ConfigFile) -> anyhow::Result<ExitCode> 
     };
     let result =
         lifeboat::retention::prune(&store, &app, &policy, grace, args.dry_run, &keys.policy).await;
-    if let Some(lock) = lock {
-        lock.release().await;
-    }
-    let report = result?;
+    let report = match lock {
+        Some(lock) => lock.finish(result).await?,
+        None => result?,
+    };
     let verb = if args.dry_run {
         "would remove"
     } else {
@@ -59,6 +59,11 @@ pub async fn run(args: PruneArgs, file: ConfigFile) -> anyhow::Result<ExitCode> 
     }
     for id in &report.incomplete {
         println!("{verb:<13} {id}  (incomplete: no manifest)");
+    }
+    for (id, host) in &report.future {
+        println!(
+            "left alone    {id}  (dated in the future: the clock of host {host} is wrong; not counted)"
+        );
     }
     for (id, reason) in &report.not_authentic {
         println!(

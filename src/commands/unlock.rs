@@ -15,12 +15,15 @@ pub async fn run(args: UnlockArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
     let store_options = args.store.or(file.store);
     let app = args.app.app_name(&file.app)?;
     let store = lifeboat::store::open(&store_options).await?;
-    match lifeboat::lock::unlock(&store, &app).await? {
-        Some(held) => eprintln!(
-            "removed the lock of '{app}' held by a {} on {} (pid {}) since {}",
-            held.operation, held.host, held.pid, held.acquired_at
-        ),
-        None => eprintln!("'{app}' was not locked in {}", store.url),
+    let removed = lifeboat::lock::unlock(&store, &app).await?;
+    if removed.is_empty() {
+        eprintln!("'{app}' was not locked in {}", store.url);
+    }
+    for held in removed {
+        eprintln!(
+            "removed the lock of '{app}' held by a {} on {} (pid {}, run {}) since {}",
+            held.operation, held.host, held.pid, held.run_id, held.acquired_at
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
