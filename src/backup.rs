@@ -760,6 +760,40 @@ async fn produce(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn read_back_needs_every_object_with_its_size() {
+        let store = Store {
+            objects: Arc::new(object_store::memory::InMemory::new()),
+            layout: manifest::Layout {
+                prefix: object_store::path::Path::from("p"),
+            },
+            url: "memory://".into(),
+            upload_attributes: Default::default(),
+        };
+        let m = crate::manifest::tests::sample("20260101T000000.000Z");
+        let signer = crate::auth::Signer::from_seed(&[1u8; 32]);
+        manifest::write_signed(&store.objects, &store.layout, &m, &signer)
+            .await
+            .unwrap();
+        let object = store
+            .layout
+            .object(&m.app, &m.backup_id, &m.volumes[0].object);
+        assert!(read_back(&store, &m).await.is_err(), "no object");
+        store
+            .objects
+            .put(&object, vec![0u8; 9].into())
+            .await
+            .unwrap();
+        let err = read_back(&store, &m).await.unwrap_err().to_string();
+        assert!(err.contains("9 bytes"), "{err}");
+        store
+            .objects
+            .put(&object, vec![0u8; 10].into())
+            .await
+            .unwrap();
+        read_back(&store, &m).await.unwrap();
+    }
+
     #[test]
     fn anonymous_volumes_are_recognised() {
         assert!(is_anonymous(&"a".repeat(64)));

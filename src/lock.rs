@@ -103,6 +103,25 @@ pub struct LockTimes {
     pub back_off: std::time::Duration,
 }
 
+impl LockTimes {
+    /// The defaults, or a renewal every `LIFEBOAT_LOCK_RENEW_SECS` seconds with a lease ten
+    /// times as long (for tests that must see a lost lock within seconds).
+    pub fn from_env() -> Self {
+        match std::env::var("LIFEBOAT_LOCK_RENEW_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|s| *s > 0)
+        {
+            Some(secs) => Self {
+                lease: Duration::seconds(10 * secs as i64),
+                renew_every: std::time::Duration::from_secs(secs),
+                ..Self::default()
+            },
+            None => Self::default(),
+        }
+    }
+}
+
 impl Default for LockTimes {
     fn default() -> Self {
         Self {
@@ -226,7 +245,7 @@ impl LocalClaims {
 /// Takes the lock of `app` for `operation`.
 pub async fn acquire(store: &Store, app: &str, operation: &str) -> Result<Lock> {
     let local = crate::state::local_claims(app);
-    acquire_with(store, app, operation, LockTimes::default(), local.as_ref()).await
+    acquire_with(store, app, operation, LockTimes::from_env(), local.as_ref()).await
 }
 
 /// [`acquire`] with other timings, and what this host knows of its own runs.

@@ -21,7 +21,7 @@ use crate::store::Store;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use std::path::Path;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 
 /// The plaintext tar of a stored object read through `stored`: decryption (and whatever
 /// reads `stored`: the download, the hash) on a task of its own, decompression on the
@@ -146,14 +146,24 @@ pub async fn fetch_verified(
     };
     std::fs::create_dir_all(dir).map_err(spool_error)?;
     let file = tempfile::tempfile_in(dir).map_err(spool_error)?;
-    let mut writer = tokio::fs::File::from_std(file.try_clone().map_err(spool_error)?);
-    let (to_file, mut from_tee) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
-    // The spool writer: what the verifier reads, in the same order, to the file.
-    let write = async move {
-        while let Some(chunk) = from_tee.recv().await {
-            writer.write_all(&chunk).await?;
+    let writer = file.try_clone().map_err(spool_error)?;
+    let (to_file, mut from_tee) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    // The spool writer, a thread of its own with large writes: what the verifier reads, in
+    // the same order, to the file.
+    let write = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, writer);
+        while let Some(chunk) = from_tee.blocking_recv() {
+            writer.write_all(&chunk)?;
         }
-        writer.flush().await
+        writer.flush()
+    });
+    let write = async move {
+        write.await.unwrap_or_else(|e| {
+            Err(std::io::Error::other(format!(
+                "the spool writer failed: {e}"
+            )))
+        })
     };
     let location = store
         .layout

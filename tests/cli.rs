@@ -454,3 +454,92 @@ fn keygen_writes_the_owner_key_and_the_backup_key_and_says_which_goes_where() {
         stderr(&output)
     );
 }
+
+/// `LIFEBOAT_PROJECT=demo LIFEBOAT_NAME=nightly`: every command acts on the set stored under
+/// `nightly`, never on `demo`'s (a prune used to act on the other set).
+#[test]
+fn one_name_rule_for_every_command() {
+    let mut app = TestApp::new("namerule");
+    let data = app.volume("data");
+    app.in_volume(&data, "echo x > /v/f");
+    app.service("web", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("namerule");
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    // A backup stored under the project's own name, which nothing below may touch.
+    backup_ok(&s3, &app.project, &store, &recipient);
+    let named = format!("{}-nightly", app.project);
+    let with_env = |args: &[&str]| {
+        let mut cmd = lifeboat();
+        s3.env(&mut cmd)
+            .env("LIFEBOAT_PROJECT", &app.project)
+            .env("LIFEBOAT_NAME", &named)
+            .env("LIFEBOAT_STORE", &store)
+            .env("LIFEBOAT_IDENTITY_FILE", &key)
+            .args(args);
+        run(&mut cmd)
+    };
+    for _ in 0..2 {
+        let output = with_env(&["backup", "-r", &recipient]);
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let output = with_env(&["list", "--json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().all(|m| m["app"] == named.as_str()));
+    let output = with_env(&["show", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let shown: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(shown["app"], named.as_str());
+    let output = with_env(&["verify"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains(&data), "{}", stdout(&output));
+    let output = with_env(&["prune", "--keep-last", "1"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output).matches("removed").count(),
+        1,
+        "{}",
+        stdout(&output)
+    );
+    let output = with_env(&["unlock"]);
+    assert!(
+        stderr(&output).contains(&format!("'{named}' was not locked")),
+        "{}",
+        stderr(&output)
+    );
+    // Piped into `head -1`, list and show exit quietly when head has what it wanted.
+    for command in ["list", "show", "verify"] {
+        let mut cmd = std::process::Command::new("bash");
+        s3.env(&mut cmd)
+            .env("LIFEBOAT_PROJECT", &app.project)
+            .env("LIFEBOAT_NAME", &named)
+            .env("LIFEBOAT_STORE", &store)
+            .env("LIFEBOAT_IDENTITY_FILE", &key)
+            .env("LIFEBOAT_BACKUP_KEY_FILE", backup_key())
+            .env("XDG_CONFIG_HOME", "/nonexistent/lifeboat-tests-config")
+            .args([
+                "-c",
+                &format!(
+                    "set -o pipefail; {} {command} | head -c 10",
+                    env!("CARGO_BIN_EXE_lifeboat")
+                ),
+            ]);
+        let output = run(&mut cmd);
+        assert!(output.status.success(), "{command}: {}", stderr(&output));
+        assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+    }
+    // The project's own set is intact.
+    let output = run(s3.env(&mut lifeboat()).args([
+        "list",
+        "--json",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+    ]));
+    let own: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0]["app"], app.project.as_str());
+}

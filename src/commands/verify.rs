@@ -3,6 +3,7 @@
 use super::TrustArgs;
 use lifeboat::config::{ConfigFile, Merge, StoreOptions};
 use lifeboat::text::Printable;
+use std::io::Write;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +31,7 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
     let store = lifeboat::store::open(&store_options).await?;
     let keys = args.keys.keys(&file)?;
     let identities = keys.owner.as_ref().map(|o| &o.identities[..]);
+    let mut out = std::io::stdout().lock();
     let mut failures = 0;
     let mut worst = None;
     let backups = if args.all {
@@ -41,7 +43,7 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
             match entry.outcome {
                 Ok(found) => genuine.push(found),
                 Err(refused) => {
-                    println!("FAIL  {}: {}", entry.backup_id, refused.reason);
+                    writeln!(out, "FAIL  {}: {}", entry.backup_id, refused.reason)?;
                     failures += 1;
                     worst = Some(lifeboat::error::ExitClass::Verification);
                 }
@@ -69,16 +71,18 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
         for record in &manifest.volumes {
             let name = Printable(&record.name);
             match lifeboat::verify::verify_volume(&store, manifest, record, identities).await {
-                Ok(Some(summary)) => println!(
+                Ok(Some(summary)) => writeln!(
+                    out,
                     "ok    {} {name}: {} entries, {} bytes of files, sha256 matches, {vouched}",
                     manifest.backup_id, summary.entries, summary.file_bytes
-                ),
-                Ok(None) => println!(
+                )?,
+                Ok(None) => writeln!(
+                    out,
                     "ok    {} {name}: size and sha256 match, {vouched} (no owner key: not decrypted)",
                     manifest.backup_id
-                ),
+                )?,
                 Err(e) => {
-                    println!("FAIL  {} {name}: {e}", manifest.backup_id);
+                    writeln!(out, "FAIL  {} {name}: {e}", manifest.backup_id)?;
                     failures += 1;
                     worst.get_or_insert(e.class());
                 }
