@@ -270,10 +270,19 @@ pub async fn acquire_with(
         };
         let key =
             locks_dir(store, app).join(format!("{:016}-{run_id}.json", now.timestamp_millis()));
-        let etag = store
-            .objects
-            .put(&key, body(&info))
-            .await
+        // The key is this run's own: a conditional create only guards against the
+        // impossible, but it costs nothing where the store supports it.
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let written = match store.objects.put_opts(&key, body(&info), create).await {
+            Err(object_store::Error::NotImplemented { .. }) => {
+                store.objects.put(&key, body(&info)).await
+            }
+            other => other,
+        };
+        let etag = written
             .map_err(|e| anyhow!("cannot write the lock {key}: {e}"))?
             .e_tag;
         let mut others = Vec::new();

@@ -406,7 +406,7 @@ fn after_sigkill_mid_backup_the_next_run_starts_the_app_again_and_says_so() {
         stderr(&output)
     );
     assert!(
-        stderr(&output).contains("taking over the stale lock"),
+        stderr(&output).contains("removing the stale lock"),
         "the dead run's lock is taken over: {}",
         stderr(&output)
     );
