@@ -101,3 +101,62 @@ fn prune_keeps_what_the_rules_keep_and_removes_incomplete_backups() {
     assert!(output.status.success());
     assert_eq!(list_json(&s3, &store).len(), 1);
 }
+
+/// A backup says so when the newest backup under its name was made on another host (a
+/// migration, or two hosts sharing a name by mistake: their backups would count against each
+/// other in prune).
+#[test]
+fn a_backup_names_the_other_host_that_made_the_newest_backup() {
+    let mut app = TestApp::new("otherhost");
+    let data = app.volume("data");
+    app.in_volume(&data, "echo v > /v/f");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("otherhost");
+    let work = tempfile::tempdir().unwrap();
+    let (_, recipient) = keygen(work.path());
+    // The first backup from a host called old-server (a UTS namespace of its own).
+    let mut cmd = std::process::Command::new("unshare");
+    s3.env(&mut cmd)
+        .env("LIFEBOAT_BACKUP_KEY_FILE", backup_key())
+        .env("XDG_CONFIG_HOME", "/nonexistent/lifeboat-tests-config")
+        .args(["--uts", "sh", "-c"])
+        .arg(format!(
+            "hostname old-server && exec {} backup -p {} --store {store} -r {recipient}",
+            env!("CARGO_BIN_EXE_lifeboat"),
+            app.project
+        ));
+    let output = run(&mut cmd);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(list_json(&s3, &store)[0]["host"], "old-server");
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+    ]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("was made on host old-server, not on this one"),
+        "{}",
+        stderr(&output)
+    );
+    // Once the newest is this host's own, nothing is said.
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+    ]));
+    assert!(
+        !stderr(&output).contains("made on host"),
+        "{}",
+        stderr(&output)
+    );
+}
