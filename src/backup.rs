@@ -7,15 +7,15 @@
 //! objects it had completed, so it leaves neither a manifest nor stray volume objects.
 
 use crate::docker::{self, App, AppContainer, Helper, HelperMount, VOLUME_LABEL};
+use crate::format::{self, AppVersion, Encryption, Manifest, RootMeta, SourceKind, VolumeRecord};
 use crate::hooks::{HookContext, HookEvent, Hooks};
 use crate::keys::Recipient;
-use crate::manifest::{self, AppVersion, Encryption, Manifest, SourceKind, VolumeRecord};
+use crate::manifest;
 use crate::pipeline::PipelineError;
 use crate::pipeline::compress::{CompressionSettings, compressing_writer};
 use crate::pipeline::encrypt::encrypting_writer;
 use crate::pipeline::spool::{self, SpoolBudget};
 use crate::pipeline::tally::TallyReader;
-use crate::pipeline::tar_check::RootMeta;
 use crate::pipeline::tar_end::TarEndCheck;
 use crate::pipeline::upload::{PartPolicy, UploadedParts, upload_parts};
 use crate::progress::{Progress, VolumeProgress};
@@ -205,7 +205,7 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
     let started_at = Utc::now();
-    let backup_id = manifest::new_backup_id(started_at);
+    let backup_id = format::new_backup_id(started_at);
     let state_dir = crate::state::state_dir();
     let _claim = crate::state::claim(&state_dir, &plan.app_name)?;
     crate::state::recover(docker, &state_dir, &plan.app_name).await?;
@@ -264,7 +264,13 @@ async fn attempt(
         app_version.version_source = Some(source.clone());
     }
     check_store_reachable(store, &plan.app_name).await?;
-    let lock = crate::lock::acquire(store, &plan.app_name, "backup").await?;
+    let lock = crate::lock::acquire(
+        store,
+        &plan.app_name,
+        "backup",
+        crate::state::local_claims(&plan.app_name).as_ref(),
+    )
+    .await?;
     let cancel = &lock.cancel_on_loss(cancel);
     let result: Result<(Manifest, Vec<String>)> = async {
         let backup_dir = store.layout.backup_dir(&plan.app_name, backup_id);
@@ -354,8 +360,8 @@ fn finish_manifest(
     volumes: Vec<VolumeRecord>,
 ) -> Manifest {
     Manifest {
-        format: manifest::FORMAT.into(),
-        format_version: manifest::FORMAT_VERSION,
+        format: format::FORMAT.into(),
+        format_version: format::FORMAT_VERSION,
         backup_id: backup_id.to_string(),
         app: plan.app_name.clone(),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
@@ -405,7 +411,13 @@ pub async fn prune_after(
         .await
         .context("the new backup did not read back, so no older backup was pruned")?;
     let _claim = crate::state::claim(&crate::state::state_dir(), &manifest.app)?;
-    let lock = crate::lock::acquire(store, &manifest.app, "prune").await?;
+    let lock = crate::lock::acquire(
+        store,
+        &manifest.app,
+        "prune",
+        crate::state::local_claims(&manifest.app).as_ref(),
+    )
+    .await?;
     let trust = manifest::TrustPolicy {
         trust: crate::auth::Trust::new(vec![signer.public()]),
         allow_unsigned: false,
@@ -625,7 +637,7 @@ async fn finish_uploads(
 
 async fn read_volume(job: &VolumeJob, source: &Source) -> Result<ReadVolume> {
     let (docker, compression) = (&job.docker, job.compression);
-    let object = manifest::object_name(&source.name, compression.kind);
+    let object = format::object_name(&source.name, compression.kind);
     let location = job
         .store
         .layout
@@ -752,7 +764,7 @@ async fn produce(
     compressed.shutdown().await.map_err(PipelineError::Io)?;
     Ok((
         tally.bytes(),
-        RootMeta::from_first_block(&tally.first_block()),
+        crate::pipeline::tar_check::root_meta(&tally.first_block()),
     ))
 }
 
@@ -764,7 +776,7 @@ mod tests {
     async fn read_back_needs_every_object_with_its_size() {
         let store = Store {
             objects: Arc::new(object_store::memory::InMemory::new()),
-            layout: manifest::Layout {
+            layout: crate::store::Layout {
                 prefix: object_store::path::Path::from("p"),
             },
             url: "memory://".into(),

@@ -1,8 +1,9 @@
 //! Error classes that decide lifeboat's exit code.
 //!
-//! Modules return their own typed errors; the edges wrap them in `anyhow` with context. The exit
-//! code is found by looking for an [`ExitClass`]-carrying error anywhere in the chain, so context
-//! added on the way up never hides the class.
+//! The bottom of the crate, with `format` and `text`: it imports no other module. Modules return
+//! their own typed errors; the edges wrap them in `anyhow` with context. The binary's exit path
+//! (`main.rs`) finds the exit code by looking for a classified or typed error anywhere in the
+//! chain, so context added on the way up never hides the class.
 
 use std::process::ExitCode;
 
@@ -62,40 +63,12 @@ pub fn interrupted() -> anyhow::Error {
     .into()
 }
 
-/// The class of an error: the first classified error in its chain, else `Failure`.
-pub fn class_of(err: &anyhow::Error) -> ExitClass {
+/// The class carried by the first [`ClassifiedError`] in `err`'s chain, if any. The typed errors
+/// of the layers above (a held lock, a version mismatch, a pipeline failure) have their classes
+/// too; the binary's single exit path, which knows every error type, maps those.
+pub fn classified(err: &anyhow::Error) -> Option<ExitClass> {
     err.chain()
-        .find_map(|cause| {
-            cause
-                .downcast_ref::<ClassifiedError>()
-                .map(|c| c.class)
-                .or_else(|| {
-                    cause
-                        .downcast_ref::<crate::pipeline::PipelineError>()
-                        .map(|e| e.class())
-                })
-                .or_else(|| {
-                    cause
-                        .downcast_ref::<crate::restore::VersionMismatch>()
-                        .map(|_| ExitClass::VersionMismatch)
-                })
-                .or_else(|| {
-                    cause
-                        .downcast_ref::<crate::lock::LockHeld>()
-                        .map(|_| ExitClass::Locked)
-                })
-                .or_else(|| {
-                    cause
-                        .downcast_ref::<crate::state::ClaimHeld>()
-                        .map(|_| ExitClass::Locked)
-                })
-                .or_else(|| {
-                    cause
-                        .downcast_ref::<crate::lock::LockLost>()
-                        .map(|_| ExitClass::Locked)
-                })
-        })
-        .unwrap_or(ExitClass::Failure)
+        .find_map(|cause| cause.downcast_ref::<ClassifiedError>().map(|c| c.class))
 }
 
 #[cfg(test)]
@@ -108,7 +81,7 @@ mod tests {
         let err = Err::<(), _>(verification("bad chunk"))
             .context("restoring volume db")
             .unwrap_err();
-        assert_eq!(class_of(&err), ExitClass::Verification);
-        assert_eq!(class_of(&anyhow::anyhow!("plain")), ExitClass::Failure);
+        assert_eq!(classified(&err), Some(ExitClass::Verification));
+        assert_eq!(classified(&anyhow::anyhow!("plain")), None);
     }
 }

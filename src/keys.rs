@@ -538,7 +538,10 @@ mod tests {
         std::fs::set_permissions(&owner_path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = OwnerKey::read(&owner_path).err().unwrap();
         assert!(err.to_string().contains("chmod 600"), "{err}");
-        assert_eq!(crate::error::class_of(&err), crate::error::ExitClass::Usage);
+        assert_eq!(
+            crate::error::classified(&err),
+            Some(crate::error::ExitClass::Usage)
+        );
     }
 
     #[test]
@@ -608,7 +611,10 @@ mod tests {
         std::fs::write(&protected, &encrypted).unwrap();
         let err = OwnerKey::read(&protected).err().unwrap();
         assert!(err.to_string().contains("age -d"), "{err}");
-        assert_eq!(crate::error::class_of(&err), crate::error::ExitClass::Usage);
+        assert_eq!(
+            crate::error::classified(&err),
+            Some(crate::error::ExitClass::Usage)
+        );
 
         let err = OwnerKey::read(&dir.path().join("missing.txt"))
             .err()

@@ -6,29 +6,29 @@
 //! started again whatever happens. A restore reads the manifest, refuses a different app version,
 //! verifies every object end to end, then streams the volumes back.
 //!
-//! # Layout
-//! - [`config`]: the settings, from flags, `LIFEBOAT_*` variables and a TOML file.
-//! - [`docker`]: finding the app, stopping and starting it, the archive streams in and out.
-//! - [`pipeline`]: the streaming stages (hash, compress, encrypt, upload, download, tar check).
-//! - [`store`]: store URLs to `object_store` clients, S3 credentials from aws-config.
-//! - [`manifest`]: the self-describing record of one backup, and the bucket layout.
-//! - [`keys`]: age recipients and identities.
-//! - [`lock`]: one run per app and store at a time.
-//! - [`backup`], [`restore`], [`verify`]: the operations the subcommands run.
-//! - [`hooks`]: the operator's commands around a backup, each volume and a restore.
-//! - [`notify`]: webhook and healthchecks pings about each backup.
-//! - [`progress`]: per-volume progress bars on a terminal.
-//! - [`retention`]: which backups a keep policy keeps (`lifeboat prune`).
-//! - [`shutdown`]: SIGINT/SIGTERM turned into a cancellation token.
-//! - [`stopped`]: the downtime window that always starts the app again.
-//! - [`state`]: the local record that restarts an app a killed run left stopped.
-//! - [`error`]: error classes and the exit codes they map to.
+//! # Layout, bottom to top
+//! Each layer uses only the layers below it; `main.rs` and `commands/` (the binary) sit on top.
+//! - Leaves: [`format`] (the types written to the bucket), [`error`] (exit classes), [`text`]
+//!   (name rules, printing what came from the bucket), [`shutdown`], [`progress`].
+//! - Keys: [`auth`] (manifest signatures), [`keys`] (age recipients, identities, key files).
+//! - Adapters: [`pipeline`] (the streaming stages: hash, compress, encrypt, upload, download,
+//!   tar policy), [`docker`] (everything asked of the engine), [`store`] (store URLs to
+//!   `object_store` clients, the bucket layout), [`manifest`] (reading, signing, authenticating
+//!   manifests), [`lock`] (one run per app and store), [`hooks`], [`notify`].
+//! - Local state: [`state`] (what a killed run left behind), [`stopped`] (the downtime window
+//!   that always starts the app again).
+//! - Operations: [`backup`], [`verify`], [`restore`], [`retention`] (`prune`).
+//! - [`config`]: the settings, from flags, `LIFEBOAT_*` variables and a TOML file, turned into
+//!   the objects the operations take.
+//!
+//! The mapping of errors to exit codes is the binary's (`main.rs`): it alone knows every layer.
 
 pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod docker;
 pub mod error;
+pub mod format;
 pub mod hooks;
 pub mod keys;
 pub mod lock;

@@ -17,7 +17,7 @@
 //! [`Lock::lost`] — the operation then aborts like on a signal and exits 5 ([`LockLost`]).
 //! Where the store supports conditional updates, renewal is `If-Match` on the lock's ETag,
 //! so a removal in between is seen. A lock written by this host's state directory whose
-//! local claim is free (its process is gone, see [`crate::state::claim`]) is stale at once.
+//! local claim is free (its process is gone: `state::claim`) is stale at once.
 
 use crate::store::Store;
 use anyhow::{Result, anyhow};
@@ -52,7 +52,7 @@ pub struct LockInfo {
     pub pid: u32,
     pub acquired_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
-    /// The id of the state directory of the run (see [`crate::state::host_id`]).
+    /// The id of the state directory of the run (see `state::state_id`).
     #[serde(default)]
     pub state_id: Option<String>,
 }
@@ -242,10 +242,15 @@ impl LocalClaims {
     }
 }
 
-/// Takes the lock of `app` for `operation`.
-pub async fn acquire(store: &Store, app: &str, operation: &str) -> Result<Lock> {
-    let local = crate::state::local_claims(app);
-    acquire_with(store, app, operation, LockTimes::from_env(), local.as_ref()).await
+/// Takes the lock of `app` for `operation`. `local` is what this host's state directory knows
+/// of its own runs (`state::local_claims`): a lock one of them left behind is taken over at once.
+pub async fn acquire(
+    store: &Store,
+    app: &str,
+    operation: &str,
+    local: Option<&LocalClaims>,
+) -> Result<Lock> {
+    acquire_with(store, app, operation, LockTimes::from_env(), local).await
 }
 
 /// [`acquire`] with other timings, and what this host knows of its own runs.
@@ -529,7 +534,7 @@ pub async fn holders(store: &Store, app: &str) -> Result<Vec<LockInfo>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Layout;
+    use crate::store::Layout;
     use object_store::memory::InMemory;
 
     fn store_over(objects: Arc<dyn object_store::ObjectStore>) -> Store {

@@ -4,7 +4,7 @@
 mod commands;
 
 use clap::Parser;
-use lifeboat::error::{ExitClass, class_of};
+use lifeboat::error::{ClassifiedError, ExitClass};
 use std::process::ExitCode;
 
 /// Secrets that may be given as files (Docker secrets): `NAME_FILE=/run/secrets/x` sets `NAME`
@@ -67,23 +67,7 @@ fn limit_malloc_arenas() {}
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    if let Err(message) = load_secret_files() {
-        eprintln!("error: {message}");
-        return ExitClass::Usage.code();
-    }
-    let cli = commands::Cli::parse();
-    commands::init_logging(&cli.global);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitClass::Failure.code();
-        }
-    };
-    match runtime.block_on(commands::run(cli)) {
+    match run() {
         Ok(code) => code,
         // `lifeboat list | head -1`: the reader has what it wanted.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
@@ -94,10 +78,68 @@ fn main() -> ExitCode {
     }
 }
 
+/// Everything but the exit: every error, from the secret files to the subcommand, comes back
+/// here to [`main`], the one place that turns it into a message and an exit code.
+fn run() -> anyhow::Result<ExitCode> {
+    load_secret_files().map_err(lifeboat::error::usage)?;
+    let cli = commands::Cli::parse();
+    commands::init_logging(&cli.global);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(commands::run(cli))
+}
+
+/// The exit class of an error: the first error in its chain that carries one. This is the only
+/// place that knows every error type of every layer, so the layers need not know each other's.
+pub(crate) fn class_of(err: &anyhow::Error) -> ExitClass {
+    use lifeboat::{lock, pipeline::PipelineError, restore::VersionMismatch, state::ClaimHeld};
+    err.chain()
+        .find_map(|cause| {
+            if let Some(e) = cause.downcast_ref::<ClassifiedError>() {
+                Some(e.class)
+            } else if let Some(e) = cause.downcast_ref::<PipelineError>() {
+                Some(e.class())
+            } else if cause.is::<VersionMismatch>() {
+                Some(ExitClass::VersionMismatch)
+            } else if cause.is::<lock::LockHeld>()
+                || cause.is::<lock::LockLost>()
+                || cause.is::<ClaimHeld>()
+            {
+                Some(ExitClass::Locked)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(ExitClass::Failure)
+}
+
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn class_survives_context() {
+        let err = Err::<(), _>(lifeboat::error::verification("bad chunk"))
+            .context("restoring volume db")
+            .unwrap_err();
+        assert_eq!(class_of(&err), ExitClass::Verification);
+        assert_eq!(class_of(&anyhow::anyhow!("plain")), ExitClass::Failure);
+        let held = anyhow::Error::new(lifeboat::state::ClaimHeld {
+            app: "cvat".into(),
+            path: "/x".into(),
+        })
+        .context("restore");
+        assert_eq!(class_of(&held), ExitClass::Locked);
+    }
 }

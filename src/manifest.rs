@@ -18,288 +18,113 @@
 //! one today.
 
 use crate::auth::{AuthFailure, Signer, Trust};
-use crate::pipeline::compress::Compression;
-use crate::pipeline::tar_check::RootMeta;
-use chrono::{DateTime, Utc};
+use crate::format::{FORMAT, FORMAT_VERSION, MANIFEST_NAME, Manifest, SIGNED_FORMAT, SourceKind};
+use crate::store::Layout;
 use futures::TryStreamExt;
-use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use serde::Deserialize;
 use std::sync::Arc;
 
-pub const FORMAT: &str = "lifeboat-backup";
-pub const FORMAT_VERSION: u32 = 2;
-/// The first format whose manifests are signed.
-pub const SIGNED_FORMAT: u32 = 2;
-pub const MANIFEST_NAME: &str = "manifest.json";
-pub const SIGNATURE_NAME: &str = "manifest.json.sig";
-
-/// One backup, as recorded in `manifest.json`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Manifest {
-    pub format: String,
-    pub format_version: u32,
-    pub backup_id: String,
-    /// The compose project (or the name given with --name).
-    pub app: String,
-    pub host: String,
-    pub lifeboat_version: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    /// Seconds from stopping the first container to starting the last one again.
-    pub downtime_seconds: f64,
-    pub app_version: AppVersion,
-    pub volumes: Vec<VolumeRecord>,
-    /// The key that signed this manifest (`ssh-ed25519 …`), for people and `ssh-keygen`; what
-    /// is trusted is decided by the keys the operator gives, never by this field.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signer: Option<String>,
-}
-
-/// What the app ran when it was backed up.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct AppVersion {
-    /// Per compose service (or container name when not in a compose project).
-    pub services: BTreeMap<String, ServiceImage>,
-    /// One version string read from a label, an env var or a file, when configured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    /// Where `version` was read (e.g. `label:org.opencontainers.image.version`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version_source: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ServiceImage {
-    pub container: String,
-    /// The image reference the container was created from (`repo:tag`).
-    pub image: String,
-    /// The image id (`sha256:…`).
-    pub image_id: String,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    /// A Docker named volume.
-    Volume,
-    /// A bind-mounted host directory, backed up on request by container path.
-    Bind,
-}
-
-/// One volume (or bind mount) of a backup.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct VolumeRecord {
-    /// The Docker volume name (`cvat_cvat_db`), or `bind:<service>:<path>` for a bind mount.
-    pub name: String,
-    pub kind: SourceKind,
-    /// The compose volume name (`cvat_db`), the key restore maps volumes by.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compose_volume: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<String>,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// The service (or container) and the path the data was read through.
-    pub service: String,
-    pub container_path: String,
-    /// Object key relative to the backup's folder.
-    pub object: String,
-    pub stored_size: u64,
-    pub sha256: String,
-    /// Size of the uncompressed tar stream.
-    pub tar_size: u64,
-    pub compression: Compression,
-    pub encryption: Encryption,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root: Option<RootMeta>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Encryption {
-    /// Always `age`.
-    pub scheme: String,
-    /// Public recipients only.
-    pub recipients: Vec<String>,
-}
-
-impl Manifest {
-    pub fn total_stored(&self) -> u64 {
-        self.volumes.iter().map(|v| v.stored_size).sum()
+/// Checks everything restore relies on, whoever wrote the manifest: that it lies where it
+/// says (`app`, `backup_id`), and that every name, path, object and digest in it is one
+/// lifeboat could have written. Returns the first problem.
+pub fn check(manifest: &Manifest, app: &str, backup_id: &str) -> Result<(), String> {
+    use crate::text::{Printable, is_clean_absolute_path, is_plain_name, is_volume_name};
+    if manifest.app != app {
+        return Err(format!(
+            "it names app '{}' but lies under '{app}'",
+            Printable(&manifest.app)
+        ));
     }
-
-    pub fn total_tar(&self) -> u64 {
-        self.volumes.iter().map(|v| v.tar_size).sum()
+    if manifest.backup_id != backup_id {
+        return Err(format!(
+            "it names backup id '{}' but lies under '{backup_id}'",
+            Printable(&manifest.backup_id)
+        ));
     }
-
-    /// Checks everything restore relies on, whoever wrote the manifest: that it lies where it
-    /// says (`app`, `backup_id`), and that every name, path, object and digest in it is one
-    /// lifeboat could have written. Returns the first problem.
-    pub fn check(&self, app: &str, backup_id: &str) -> Result<(), String> {
-        use crate::text::{Printable, is_clean_absolute_path, is_plain_name, is_volume_name};
-        if self.app != app {
+    if !is_plain_name(backup_id) || !is_plain_name(app) {
+        return Err("its app or backup id is not a plain name".into());
+    }
+    if manifest.volumes.is_empty() {
+        return Err("it lists no volume".into());
+    }
+    let mut objects = std::collections::HashSet::new();
+    let mut names = std::collections::HashSet::new();
+    for record in &manifest.volumes {
+        let name = Printable(&record.name);
+        if !is_plain_name(&record.service) {
             return Err(format!(
-                "it names app '{}' but lies under '{app}'",
-                Printable(&self.app)
+                "volume {name}: service '{}' is not a plain name",
+                Printable(&record.service)
             ));
         }
-        if self.backup_id != backup_id {
+        if !is_clean_absolute_path(&record.container_path) {
             return Err(format!(
-                "it names backup id '{}' but lies under '{backup_id}'",
-                Printable(&self.backup_id)
+                "volume {name}: container path '{}' is not a clean absolute path",
+                Printable(&record.container_path)
             ));
         }
-        if !is_plain_name(backup_id) || !is_plain_name(app) {
-            return Err("its app or backup id is not a plain name".into());
-        }
-        if self.volumes.is_empty() {
-            return Err("it lists no volume".into());
-        }
-        let mut objects = std::collections::HashSet::new();
-        let mut names = std::collections::HashSet::new();
-        for record in &self.volumes {
-            let name = Printable(&record.name);
-            if !is_plain_name(&record.service) {
+        match record.kind {
+            SourceKind::Volume if !is_volume_name(&record.name) => {
                 return Err(format!(
-                    "volume {name}: service '{}' is not a plain name",
-                    Printable(&record.service)
+                    "'{name}' is not a Docker volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)"
                 ));
             }
-            if !is_clean_absolute_path(&record.container_path) {
-                return Err(format!(
-                    "volume {name}: container path '{}' is not a clean absolute path",
-                    Printable(&record.container_path)
-                ));
-            }
-            match record.kind {
-                SourceKind::Volume if !is_volume_name(&record.name) => {
-                    return Err(format!(
-                        "'{name}' is not a Docker volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)"
-                    ));
-                }
-                SourceKind::Bind
-                    if record.name
-                        != format!("bind:{}:{}", record.service, record.container_path) =>
-                {
-                    return Err(format!(
-                        "bind mount '{name}' does not match its service and path"
-                    ));
-                }
-                _ => {}
-            }
-            if let Some(compose) = &record.compose_volume
-                && !is_plain_name(compose)
+            SourceKind::Bind
+                if record.name != format!("bind:{}:{}", record.service, record.container_path) =>
             {
                 return Err(format!(
-                    "volume {name}: compose volume '{}' is not a plain name",
-                    Printable(compose)
+                    "bind mount '{name}' does not match its service and path"
                 ));
             }
-            let suffix = format!(".{}.age", record.compression.extension());
-            if !is_plain_name(&record.object) || !record.object.ends_with(&suffix) {
+            _ => {}
+        }
+        if let Some(compose) = &record.compose_volume
+            && !is_plain_name(compose)
+        {
+            return Err(format!(
+                "volume {name}: compose volume '{}' is not a plain name",
+                Printable(compose)
+            ));
+        }
+        let suffix = format!(".{}.age", record.compression.extension());
+        if !is_plain_name(&record.object) || !record.object.ends_with(&suffix) {
+            return Err(format!(
+                "volume {name}: object '{}' is not a plain name ending in {suffix}",
+                Printable(&record.object)
+            ));
+        }
+        if !objects.insert(record.object.as_str()) || !names.insert(record.name.as_str()) {
+            return Err(format!(
+                "volume {name}: its name or object '{}' appears twice",
+                Printable(&record.object)
+            ));
+        }
+        if record.sha256.len() != 64
+            || !record
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(format!(
+                "volume {name}: sha256 is not 64 lowercase hex digits"
+            ));
+        }
+        let texts = record
+            .labels
+            .iter()
+            .flat_map(|(k, v)| [k, v])
+            .chain(record.driver.iter())
+            .chain(record.encryption.recipients.iter());
+        for text in texts {
+            if text.len() > 4096 || crate::text::printable(text) != *text {
                 return Err(format!(
-                    "volume {name}: object '{}' is not a plain name ending in {suffix}",
-                    Printable(&record.object)
+                    "volume {name}: a label, driver or recipient holds control characters"
                 ));
-            }
-            if !objects.insert(record.object.as_str()) || !names.insert(record.name.as_str()) {
-                return Err(format!(
-                    "volume {name}: its name or object '{}' appears twice",
-                    Printable(&record.object)
-                ));
-            }
-            if record.sha256.len() != 64
-                || !record
-                    .sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
-                return Err(format!(
-                    "volume {name}: sha256 is not 64 lowercase hex digits"
-                ));
-            }
-            let texts = record
-                .labels
-                .iter()
-                .flat_map(|(k, v)| [k, v])
-                .chain(record.driver.iter())
-                .chain(record.encryption.recipients.iter());
-            for text in texts {
-                if text.len() > 4096 || crate::text::printable(text) != *text {
-                    return Err(format!(
-                        "volume {name}: a label, driver or recipient holds control characters"
-                    ));
-                }
             }
         }
-        Ok(())
     }
-}
-
-/// A new backup id: the UTC time to the millisecond, sortable as a string.
-pub fn new_backup_id(now: DateTime<Utc>) -> String {
-    now.format("%Y%m%dT%H%M%S%.3fZ").to_string()
-}
-
-/// Where the backups of one app live in a store.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    pub prefix: Path,
-}
-
-impl Layout {
-    pub fn app_dir(&self, app: &str) -> Path {
-        self.prefix.clone().join(app)
-    }
-
-    pub fn backup_dir(&self, app: &str, backup_id: &str) -> Path {
-        self.app_dir(app).join(backup_id)
-    }
-
-    pub fn manifest(&self, app: &str, backup_id: &str) -> Path {
-        self.backup_dir(app, backup_id).join(MANIFEST_NAME)
-    }
-
-    pub fn signature(&self, app: &str, backup_id: &str) -> Path {
-        self.backup_dir(app, backup_id).join(SIGNATURE_NAME)
-    }
-
-    pub fn object(&self, app: &str, backup_id: &str, object: &str) -> Path {
-        self.backup_dir(app, backup_id).join(object)
-    }
-
-    /// The app and backup id of a manifest's key, if it lies where manifests lie.
-    pub fn ids_of(&self, key: &Path) -> Option<(String, String)> {
-        let mut parts = key.prefix_match(&self.prefix)?;
-        let app = parts.next()?.as_ref().to_string();
-        let id = parts.next()?.as_ref().to_string();
-        (parts.next()?.as_ref() == MANIFEST_NAME && parts.next().is_none()).then_some((app, id))
-    }
-}
-
-/// The object name of a volume: its name made safe for a key, plus the codec extensions. A
-/// name that had to be changed gets a short hash of the original, so that two records never
-/// share an object (`bind:web:/a/b` and `bind:web:/a_b` would otherwise).
-pub fn object_name(volume: &str, compression: Compression) -> String {
-    use sha2::Digest;
-    let safe: String = volume
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let unique = if safe == volume {
-        safe
-    } else {
-        let digest = sha2::Sha256::digest(volume.as_bytes());
-        format!("{safe}-{}", &hex::encode(digest)[..8])
-    };
-    format!("{unique}.{}.age", compression.extension())
+    Ok(())
 }
 
 /// Writes the signature, then the manifest (the commit point); refuses to overwrite either.
@@ -454,8 +279,7 @@ fn authenticate_as(
             false,
         ));
     }
-    manifest
-        .check(app, backup_id)
+    check(&manifest, app, backup_id)
         .map_err(|reason| refuse(reason, authenticity == Authenticity::Unsigned))?;
     Ok(Authenticated {
         manifest,
@@ -632,7 +456,13 @@ pub async fn read(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::format::{
+        AppVersion, Compression, Encryption, VolumeRecord, new_backup_id, object_name,
+    };
+    use chrono::Utc;
     use object_store::memory::InMemory;
+    use object_store::path::Path;
+    use std::collections::BTreeMap;
 
     pub fn sample(id: &str) -> Manifest {
         Manifest {
@@ -906,8 +736,8 @@ pub(crate) mod tests {
             .await
             .unwrap_err();
         assert_eq!(
-            crate::error::class_of(&err),
-            crate::error::ExitClass::Verification
+            crate::error::classified(&err),
+            Some(crate::error::ExitClass::Verification)
         );
         let text = err.to_string();
         assert!(

@@ -14,15 +14,12 @@
 //! safety copies back after a restore that did not finish.
 
 use crate::docker::{self, App, AppSelector, Helper, HelperMount, VOLUME_LABEL};
+use crate::format::{AppVersion, ServiceImage, SourceKind, VolumeRecord};
 use crate::hooks::{HookContext, HookEvent};
 use crate::keys::OwnerKey;
-use crate::manifest::{
-    self, AppVersion, Authenticated, Authenticity, ServiceImage, SourceKind, TrustPolicy,
-    VolumeRecord,
-};
+use crate::manifest::{self, Authenticated, Authenticity, TrustPolicy};
 use crate::pipeline::PipelineError;
 use crate::pipeline::tally::TallyReader;
-use crate::pipeline::tar_check::RootMeta;
 use crate::state::{RestoreState, RestoreTarget, StoppedRecord};
 use crate::stopped::Downtime;
 use crate::store::Store;
@@ -315,7 +312,13 @@ pub async fn run(
         return Ok(Err(plan.describe(request)));
     }
     let _claim = crate::state::claim(&crate::state::state_dir(), &request.app_name)?;
-    let lock = crate::lock::acquire(store, &request.app_name, "restore").await?;
+    let lock = crate::lock::acquire(
+        store,
+        &request.app_name,
+        "restore",
+        crate::state::local_claims(&request.app_name).as_ref(),
+    )
+    .await?;
     let cancel = &lock.cancel_on_loss(cancel);
     let result = async {
         let plan = plan(docker, store, request, false).await?;
@@ -1056,7 +1059,7 @@ async fn write_from_spool(
     let root = target
         .record
         .root
-        .or_else(|| RootMeta::from_first_block(&tally.first_block()));
+        .or_else(|| crate::pipeline::tar_check::root_meta(&tally.first_block()));
     if let Some(root) = root {
         docker::set_dir_meta(docker, &helper.id, docker::HELPER_PATH, &root)
             .await
@@ -1114,7 +1117,13 @@ pub async fn rollback(
     stop_timeout_secs: u32,
 ) -> Result<Vec<String>> {
     let _claim = crate::state::claim(&crate::state::state_dir(), app_name)?;
-    let lock = crate::lock::acquire(store, app_name, "restore").await?;
+    let lock = crate::lock::acquire(
+        store,
+        app_name,
+        "restore",
+        crate::state::local_claims(app_name).as_ref(),
+    )
+    .await?;
     let result = roll_back_locked(docker, app_name, selector, stop_timeout_secs).await;
     lock.finish(result).await
 }

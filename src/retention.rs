@@ -192,7 +192,7 @@ pub async fn prune(
     let mut report = PruneReport::default();
     let listed = crate::manifest::list(&store.objects, &store.layout, Some(app), trust).await?;
     let horizon = Utc::now() + FUTURE_ALLOWANCE;
-    let horizon_id = crate::manifest::new_backup_id(horizon);
+    let horizon_id = crate::format::new_backup_id(horizon);
     for entry in listed {
         match entry.outcome {
             Ok(found) if found.manifest.started_at > horizon || entry.backup_id > horizon_id => {
@@ -214,7 +214,7 @@ pub async fn prune(
     for (id, metas) in &dirs {
         if metas
             .iter()
-            .any(|m| m.location.filename() == Some(crate::manifest::MANIFEST_NAME))
+            .any(|m| m.location.filename() == Some(crate::format::MANIFEST_NAME))
         {
             continue;
         } else if metas
@@ -241,7 +241,7 @@ pub async fn prune(
         // next prune removes, never a listed backup with missing objects.
         let (manifests, others): (Vec<_>, Vec<_>) = metas
             .iter()
-            .partition(|m| m.location.filename() == Some(crate::manifest::MANIFEST_NAME));
+            .partition(|m| m.location.filename() == Some(crate::format::MANIFEST_NAME));
         for meta in manifests.into_iter().chain(others) {
             store
                 .objects
@@ -411,7 +411,7 @@ mod tests {
         use crate::manifest::{TrustPolicy, write_signed};
         let store = crate::store::Store {
             objects: std::sync::Arc::new(object_store::memory::InMemory::new()),
-            layout: crate::manifest::Layout {
+            layout: crate::store::Layout {
                 prefix: object_store::path::Path::from("p"),
             },
             url: "memory://".into(),

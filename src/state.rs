@@ -520,8 +520,8 @@ mod tests {
         assert!(claimed_by_a_live_run(dir.path(), "cvat"));
         let err = claim(dir.path(), "cvat").err().unwrap();
         assert_eq!(
-            crate::error::class_of(&err),
-            crate::error::ExitClass::Locked
+            err.downcast_ref::<ClaimHeld>().map(|_| "held"),
+            Some("held")
         );
         assert!(
             err.to_string().contains("another lifeboat run of 'cvat'"),

@@ -6,8 +6,8 @@
 //! (`GOOGLE_*` variables) and `file:///path`. Every client gets timeouts that suit long
 //! streaming transfers: no total request timeout, a read timeout instead, and retries.
 
-use crate::config::StoreOptions;
-use crate::manifest::Layout;
+use crate::format::{MANIFEST_NAME, SIGNATURE_NAME};
+use crate::pipeline::upload::PartPolicy;
 use anyhow::{Context, Result};
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsCredential};
@@ -19,6 +19,8 @@ use object_store::{
     Attribute, Attributes, BackoffConfig, ClientOptions, CredentialProvider, ObjectStore,
     RetryConfig,
 };
+use serde::Deserialize;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -317,6 +319,119 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Where backups are stored.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreOptions {
+    /// Store URL: s3://bucket/prefix, az://container/prefix, gs://bucket/prefix or
+    /// file:///path [default: a local folder, ~/.local/share/lifeboat/backups]
+    #[arg(long = "store", visible_aliases = ["to", "from"], env = "LIFEBOAT_STORE", value_name = "URL")]
+    pub url: Option<String>,
+    /// S3: endpoint of an S3-compatible server [default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the profile's]
+    #[arg(long, env = "LIFEBOAT_S3_ENDPOINT", value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// S3: region [default: from the AWS configuration chain, else us-east-1]
+    #[arg(long, env = "LIFEBOAT_S3_REGION")]
+    pub region: Option<String>,
+    /// S3: the AWS profile to take credentials and region from [default: AWS_PROFILE]
+    #[arg(long, env = "LIFEBOAT_AWS_PROFILE")]
+    pub profile: Option<String>,
+    /// S3: virtual-hosted-style requests instead of path-style
+    #[arg(long, env = "LIFEBOAT_S3_VIRTUAL_HOSTED")]
+    pub virtual_hosted_style: bool,
+    /// S3: storage class of the volume objects (STANDARD_IA, GLACIER_IR, …) [default: the bucket's]
+    #[arg(long, env = "LIFEBOAT_S3_STORAGE_CLASS", value_name = "CLASS")]
+    pub storage_class: Option<String>,
+    /// S3: server-side encryption: AES256 (SSE-S3), aws:kms (SSE-KMS) or aws:kms:dsse
+    #[arg(long, env = "LIFEBOAT_S3_SSE", value_name = "KIND")]
+    pub sse: Option<String>,
+    /// S3: the KMS key for aws:kms / aws:kms:dsse [default: the bucket's]
+    #[arg(long, env = "LIFEBOAT_S3_SSE_KMS_KEY_ID", value_name = "KEY")]
+    pub sse_kms_key_id: Option<String>,
+    /// Seconds a connection to the store may stay silent before the request is retried (a
+    /// download resumes where it stopped); an upload part must also move 8 MiB per this many
+    /// seconds or the upload is aborted [default: 120]
+    #[arg(long, env = "LIFEBOAT_IO_TIMEOUT", value_name = "SECONDS")]
+    pub io_timeout: Option<u64>,
+    /// Size of the first upload parts in MiB; later parts grow [default: 8]
+    #[arg(long, env = "LIFEBOAT_PART_SIZE_MIB", value_name = "MIB")]
+    pub part_size_mib: Option<usize>,
+    /// The store's limit on parts per object [default: 10000; some S3-compatibles: 1000]
+    #[arg(long, env = "LIFEBOAT_MAX_PARTS")]
+    pub max_parts: Option<usize>,
+    /// Upload parts in flight at once; memory is about this × the part size [default: 4]
+    #[arg(long, env = "LIFEBOAT_PARTS_IN_FLIGHT")]
+    pub parts_in_flight: Option<usize>,
+}
+impl StoreOptions {
+    pub fn part_policy(&self) -> Result<PartPolicy> {
+        let default = PartPolicy::default();
+        let policy = PartPolicy {
+            first_part_size: self
+                .part_size_mib
+                .map_or(default.first_part_size, |m| m << 20),
+            max_parts: self.max_parts.unwrap_or(default.max_parts),
+            parts_in_flight: self.parts_in_flight.unwrap_or(default.parts_in_flight),
+            stall_timeout: self.io_timeout.map_or(default.stall_timeout, |s| {
+                std::time::Duration::from_secs(s.max(1))
+            }),
+        };
+        if policy.first_part_size == 0 || policy.max_parts == 0 || policy.parts_in_flight == 0 {
+            return Err(crate::error::usage(
+                "part_size_mib, max_parts and parts_in_flight must be at least 1",
+            ));
+        }
+        Ok(policy)
+    }
+
+    /// The store URL, or the local-folder default.
+    pub fn url_or_default(&self) -> String {
+        self.url.clone().unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+                .unwrap_or_else(|| PathBuf::from("/var/lib"));
+            format!("file://{}", base.join("lifeboat/backups").display())
+        })
+    }
+}
+
+/// Where the backups of one app live in a store.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub prefix: Path,
+}
+
+impl Layout {
+    pub fn app_dir(&self, app: &str) -> Path {
+        self.prefix.clone().join(app)
+    }
+
+    pub fn backup_dir(&self, app: &str, backup_id: &str) -> Path {
+        self.app_dir(app).join(backup_id)
+    }
+
+    pub fn manifest(&self, app: &str, backup_id: &str) -> Path {
+        self.backup_dir(app, backup_id).join(MANIFEST_NAME)
+    }
+
+    pub fn signature(&self, app: &str, backup_id: &str) -> Path {
+        self.backup_dir(app, backup_id).join(SIGNATURE_NAME)
+    }
+
+    pub fn object(&self, app: &str, backup_id: &str, object: &str) -> Path {
+        self.backup_dir(app, backup_id).join(object)
+    }
+
+    /// The app and backup id of a manifest's key, if it lies where manifests lie.
+    pub fn ids_of(&self, key: &Path) -> Option<(String, String)> {
+        let mut parts = key.prefix_match(&self.prefix)?;
+        let app = parts.next()?.as_ref().to_string();
+        let id = parts.next()?.as_ref().to_string();
+        (parts.next()?.as_ref() == MANIFEST_NAME && parts.next().is_none()).then_some((app, id))
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 //! passed does it write anything, and then from the spool ([`open_spooled`]): the bytes written
 //! are the bytes verified, downloaded once, and no plaintext touches the disk.
 
+use crate::format::{Manifest, SourceKind, VolumeRecord};
 use crate::keys::BoxIdentity;
-use crate::manifest::{Manifest, SourceKind, VolumeRecord};
 use crate::pipeline::PipelineError;
 use crate::pipeline::compress::decompressing_reader;
 use crate::pipeline::download::{StoreReadError, open_object};

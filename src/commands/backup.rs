@@ -2,11 +2,12 @@
 
 use lifeboat::backup::{BackupPlan, VolumeSelection};
 use lifeboat::config::{
-    AppOptions, BackupOptions, ConfigFile, Merge, NotifyOptions, RetentionOptions, StoreOptions,
+    AppOptions, BackupOptions, ConfigFile, Merge, NotifyOptions, RetentionOptions,
 };
 use lifeboat::keys;
 use lifeboat::notify::{Event, Report};
 use lifeboat::pipeline::compress::CompressionSettings;
+use lifeboat::store::StoreOptions;
 use lifeboat::text::human_bytes;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -130,7 +131,7 @@ pub async fn run_with(
 
 /// The one summary line of a run.
 fn summary(
-    manifest: &lifeboat::manifest::Manifest,
+    manifest: &lifeboat::format::Manifest,
     store: &str,
     took: std::time::Duration,
 ) -> String {
@@ -153,7 +154,7 @@ async fn back_up(
     file: ConfigFile,
     verbose: bool,
     cancel: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<(lifeboat::manifest::Manifest, String)> {
+) -> anyhow::Result<(lifeboat::format::Manifest, String)> {
     let started = std::time::Instant::now();
     let (mut plan, store_options, retention) = build_plan(args, file)?;
     plan.progress = lifeboat::progress::Progress::on_terminal();

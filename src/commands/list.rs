@@ -1,8 +1,10 @@
 //! `lifeboat list`: the complete backups in a store, each marked by whether it is genuine.
 
 use super::TrustArgs;
-use lifeboat::config::{ConfigFile, Merge, StoreOptions};
-use lifeboat::manifest::{Authenticity, Listed, Manifest};
+use lifeboat::config::{ConfigFile, Merge};
+use lifeboat::format::Manifest;
+use lifeboat::manifest::{Authenticity, Listed};
+use lifeboat::store::StoreOptions;
 use lifeboat::text::{Printable, human_bytes};
 use std::io::Write;
 use std::process::ExitCode;

@@ -1,7 +1,8 @@
 //! `lifeboat prune`: remove the backups no keep rule keeps.
 
 use super::TrustArgs;
-use lifeboat::config::{ConfigFile, Merge, RetentionOptions, StoreOptions};
+use lifeboat::config::{ConfigFile, Merge, RetentionOptions};
+use lifeboat::store::StoreOptions;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -37,7 +38,15 @@ pub async fn run(args: PruneArgs, file: ConfigFile) -> anyhow::Result<ExitCode> 
     let lock = if args.dry_run {
         None
     } else {
-        Some(lifeboat::lock::acquire(&store, &app, "prune").await?)
+        Some(
+            lifeboat::lock::acquire(
+                &store,
+                &app,
+                "prune",
+                lifeboat::state::local_claims(&app).as_ref(),
+            )
+            .await?,
+        )
     };
     let result =
         lifeboat::retention::prune(&store, &app, &policy, grace, args.dry_run, &keys.policy).await;

@@ -1,8 +1,9 @@
 //! `lifeboat restore`: verify a backup, then stream it back into the app's volumes; or show
 //! the plan (`--dry-run`), or roll back a restore that did not finish (`--rollback`).
 
-use lifeboat::config::{AppOptions, ConfigFile, Merge, RestoreOptions, StoreOptions};
+use lifeboat::config::{AppOptions, ConfigFile, Merge, RestoreOptions};
 use lifeboat::restore::RestoreRequest;
+use lifeboat::store::StoreOptions;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 

@@ -65,7 +65,7 @@ pub async fn run(args: ScheduleArgs, file: ConfigFile, verbose: bool) -> anyhow:
             Err(e) => {
                 failed += 1;
                 tracing::error!(
-                    exit_code = lifeboat::error::class_of(&e) as u8,
+                    exit_code = crate::class_of(&e) as u8,
                     "scheduled backup failed: {e:#}"
                 );
             }

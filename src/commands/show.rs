@@ -1,8 +1,9 @@
 //! `lifeboat show`: one backup's manifest, for people or scripts, once it is authenticated.
 
 use super::TrustArgs;
-use lifeboat::config::{ConfigFile, Merge, StoreOptions};
+use lifeboat::config::{ConfigFile, Merge};
 use lifeboat::manifest::Authenticity;
+use lifeboat::store::StoreOptions;
 use lifeboat::text::{Printable, human_bytes};
 use std::io::Write;
 use std::process::ExitCode;

@@ -1,6 +1,7 @@
 //! `lifeboat unlock`: remove the lock a dead run left behind.
 
-use lifeboat::config::{ConfigFile, Merge, StoreOptions};
+use lifeboat::config::{ConfigFile, Merge};
+use lifeboat::store::StoreOptions;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]

@@ -1,7 +1,8 @@
 //! `lifeboat verify`: the whole read path of one or all backups, touching no volume.
 
 use super::TrustArgs;
-use lifeboat::config::{ConfigFile, Merge, StoreOptions};
+use lifeboat::config::{ConfigFile, Merge};
+use lifeboat::store::StoreOptions;
 use lifeboat::text::Printable;
 use std::io::Write;
 use std::process::ExitCode;

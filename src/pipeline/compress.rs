@@ -4,9 +4,9 @@
 //! Decoders read every frame up to the end of their input, so the stages below them (age, the
 //! hash check) always see end of stream and can detect truncation.
 
+use crate::format::Compression;
 use async_compression::Level;
 use async_compression::tokio::{bufread, write};
-use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::io::{self, Write};
 use std::pin::Pin;
@@ -14,39 +14,6 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
-
-/// How a volume's tar stream is compressed. Recorded in the manifest per volume.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    /// zstd, on every core (default level 3)
-    #[default]
-    Zstd,
-    /// gzip (default level 6); slower, for tools that only know gzip
-    Gzip,
-    /// no compression, for data that is already compressed
-    None,
-}
-
-impl Compression {
-    /// The object name's extension before `.age`.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Compression::Zstd => "tar.zst",
-            Compression::Gzip => "tar.gz",
-            Compression::None => "tar",
-        }
-    }
-
-    /// The valid level range, for validating settings.
-    pub fn level_range(self) -> Option<std::ops::RangeInclusive<i32>> {
-        match self {
-            Compression::Zstd => Some(1..=19),
-            Compression::Gzip => Some(1..=9),
-            Compression::None => None,
-        }
-    }
-}
 
 /// Settings of the compressor.
 #[derive(Debug, Clone, Copy)]

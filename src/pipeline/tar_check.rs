@@ -14,44 +14,32 @@ pub use super::tar_policy::{
     PolicyViolation, TargetKind,
 };
 use super::tar_policy::{SeenEntry, normalize, size_disagreement};
+use crate::format::RootMeta;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_tar::{Archive, EntryType, Header};
 
-/// Mode, owner and mtime of the volume's root directory (the archive's `./` entry), which the
-/// Docker archive API does not apply on extraction; restore sets them separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RootMeta {
-    pub mode: u32,
-    pub uid: u64,
-    pub gid: u64,
-    pub mtime: u64,
-}
-
-impl RootMeta {
-    /// Reads the root entry from the first 512-byte block of a volume tar, if the archive starts
-    /// with a plain `./` directory header.
-    pub fn from_first_block(block: &[u8]) -> Option<Self> {
-        if block.len() < 512 {
-            return None;
-        }
-        let header = Header::from_byte_slice(&block[..512]);
-        if header.entry_type() != EntryType::Directory {
-            return None;
-        }
-        let path = header.path().ok()?;
-        if !normalize(&path).ok()?.as_os_str().is_empty() {
-            return None;
-        }
-        Some(Self {
-            mode: header.mode().ok()?,
-            uid: header.uid().ok()?,
-            gid: header.gid().ok()?,
-            mtime: header.mtime().ok()?,
-        })
+/// Reads the root entry from the first 512-byte block of a volume tar, if the archive starts
+/// with a plain `./` directory header.
+pub fn root_meta(block: &[u8]) -> Option<RootMeta> {
+    if block.len() < 512 {
+        return None;
     }
+    let header = Header::from_byte_slice(&block[..512]);
+    if header.entry_type() != EntryType::Directory {
+        return None;
+    }
+    let path = header.path().ok()?;
+    if !normalize(&path).ok()?.as_os_str().is_empty() {
+        return None;
+    }
+    Some(RootMeta {
+        mode: header.mode().ok()?,
+        uid: header.uid().ok()?,
+        gid: header.gid().ok()?,
+        mtime: header.mtime().ok()?,
+    })
 }
 
 /// What a checked archive held.
@@ -383,7 +371,7 @@ mod tests {
         h.set_gid(998);
         h.set_mtime(1_600_000_000);
         h.set_cksum();
-        let meta = RootMeta::from_first_block(h.as_bytes()).unwrap();
+        let meta = root_meta(h.as_bytes()).unwrap();
         assert_eq!(
             meta,
             RootMeta {
@@ -394,6 +382,6 @@ mod tests {
             }
         );
         let file = header("./f", EntryType::Regular, 0, None);
-        assert!(RootMeta::from_first_block(file.as_bytes()).is_none());
+        assert!(root_meta(file.as_bytes()).is_none());
     }
 }
