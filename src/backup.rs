@@ -7,18 +7,15 @@
 //! objects it had completed, so it leaves neither a manifest nor stray volume objects.
 
 use crate::docker::{self, App, AppContainer, Helper, HelperMount, VOLUME_LABEL};
-use crate::format::{self, AppVersion, Encryption, Manifest, RootMeta, SourceKind, VolumeRecord};
+use crate::format::{self, AppVersion, Encryption, Manifest, SourceKind, VolumeRecord};
 use crate::hooks::{HookContext, HookEvent, Hooks};
 use crate::keys::Recipient;
 use crate::manifest;
-use crate::pipeline::PipelineError;
-use crate::pipeline::compress::{CompressionSettings, compressing_writer};
-use crate::pipeline::encrypt::encrypting_writer;
+use crate::pipeline::compress::CompressionSettings;
+use crate::pipeline::seal::{Destination, SealError, Sealer, Sealing, seal};
 use crate::pipeline::spool::{self, SpoolBudget};
-use crate::pipeline::tally::TallyReader;
-use crate::pipeline::tar_end::TarEndCheck;
-use crate::pipeline::upload::{PartPolicy, UploadedParts, upload_parts};
-use crate::progress::{Progress, VolumeProgress};
+use crate::pipeline::upload::PartPolicy;
+use crate::progress::Progress;
 use crate::store::Store;
 use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
@@ -27,7 +24,6 @@ use object_store::ObjectStoreExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::{AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 /// Which volumes to back up.
@@ -490,20 +486,14 @@ struct VolumeJob {
 struct ReadVolume {
     /// The record, without the stored size and hash the upload will give.
     record: VolumeRecord,
-    location: object_store::path::Path,
     what: String,
-    upload: tokio::task::JoinHandle<Result<UploadedParts, PipelineError>>,
-    /// Cancels this upload alone.
-    cancel: CancellationToken,
+    sealing: Sealing,
 }
 
 impl ReadVolume {
     /// Stops the upload and aborts its multipart upload.
     async fn abandon(self) {
-        self.cancel.cancel();
-        if let Ok(Ok(parts)) = self.upload.await {
-            parts.abort().await;
-        }
+        self.sealing.abandon().await;
     }
 }
 
@@ -590,34 +580,15 @@ async fn finish_uploads(
     while let Some(volume) = pending.next() {
         let ReadVolume {
             mut record,
-            location,
             what,
-            upload,
-            cancel: _,
+            sealing,
         } = volume;
-        let stored = match upload.await {
-            Ok(Ok(parts)) => {
-                let (size, sha256) = (parts.size, parts.sha256.clone());
-                parts
-                    .complete()
-                    .await
-                    .map(|()| (size, sha256))
-                    .map_err(|e| {
-                        anyhow::Error::new(e)
-                            .context(format!("completing the upload of {location}"))
-                    })
-            }
-            Ok(Err(PipelineError::Cancelled)) => Err(crate::error::interrupted()),
-            Ok(Err(e)) => {
-                Err(anyhow::Error::new(e).context(format!("uploading {what} to {location}")))
-            }
-            Err(join_error) => Err(anyhow!("the upload of {what} failed: {join_error}")),
-        };
+        let stored = sealing.finish().await.map_err(|e| seal_error(e, &what));
         match stored {
-            Ok((size, sha256)) => {
-                record.stored_size = size;
-                record.sha256 = sha256;
-                tracing::info!(volume = %record.name, stored_bytes = size, "volume stored");
+            Ok(sealed) => {
+                record.stored_size = sealed.stored_size;
+                record.sha256 = sealed.sha256;
+                tracing::info!(volume = %record.name, stored_bytes = sealed.stored_size, "volume stored");
                 records.push(record);
             }
             Err(error) => {
@@ -638,10 +609,16 @@ async fn finish_uploads(
 async fn read_volume(job: &VolumeJob, source: &Source) -> Result<ReadVolume> {
     let (docker, compression) = (&job.docker, job.compression);
     let object = format::object_name(&source.name, compression.kind);
-    let location = job
-        .store
-        .layout
-        .object(&job.app_name, &job.backup_id, &object);
+    let to = Destination {
+        objects: Arc::clone(&job.store.objects),
+        location: job
+            .store
+            .layout
+            .object(&job.app_name, &job.backup_id, &object),
+        attributes: job.store.upload_attributes.clone(),
+        parts: job.policy,
+        spool: job.spool.clone(),
+    };
     let what = format!(
         "volume {} (read through {} at {})",
         source.name, source.service, source.container_path
@@ -651,10 +628,22 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<ReadVolume> {
         source.compose_volume.as_deref().unwrap_or(&source.name),
         source.host_dir.clone(),
     );
-    let result = stream_volume(job, &helper, &location, &what, &progress).await;
+    let tar = docker::tar_of(docker, &helper.id, docker::HELPER_PATH);
+    let sealer = Sealer {
+        recipients: Arc::clone(&job.recipients),
+        compression,
+    };
+    let result = seal(
+        progress.count_read(tokio_util::io::StreamReader::new(tar)),
+        &sealer,
+        &to,
+        &progress,
+        &job.cancel,
+    )
+    .await;
     drop(progress);
     helper.remove(docker).await;
-    let (tar_size, root, upload, cancel) = result?;
+    let sealing = result.map_err(|e| seal_error(e, &what))?;
     Ok(ReadVolume {
         record: VolumeRecord {
             name: source.name.clone(),
@@ -667,105 +656,31 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<ReadVolume> {
             object,
             stored_size: 0,
             sha256: String::new(),
-            tar_size,
+            tar_size: sealing.tar_size,
             compression: compression.kind,
             encryption: Encryption {
                 scheme: "age".into(),
                 recipients: job.recipients.iter().map(|r| r.text.clone()).collect(),
             },
-            root,
+            root: sealing.root,
         },
-        location,
         what,
-        upload,
-        cancel,
+        sealing,
     })
 }
 
-type Upload = tokio::task::JoinHandle<Result<UploadedParts, PipelineError>>;
-
-/// Streams the helper's volume to its end into an upload task (through the spool, if any):
-/// (tar size, root, the upload, its cancellation).
-async fn stream_volume(
-    job: &VolumeJob,
-    helper: &Helper,
-    location: &object_store::path::Path,
-    what: &str,
-    progress: &VolumeProgress,
-) -> Result<(u64, Option<RootMeta>, Upload, CancellationToken)> {
-    let (pipe_writer, pipe_reader) = spool::pipe(job.spool.as_ref())
-        .map_err(|e| anyhow!("cannot set up the spool for {what}: {e}"))?;
-    let cancel = job.cancel.child_token();
-    let upload = tokio::spawn({
-        let objects = Arc::clone(&job.store.objects);
-        let (location, attributes) = (location.clone(), job.store.upload_attributes.clone());
-        let (policy, cancel) = (job.policy, cancel.clone());
-        async move {
-            upload_parts(
-                &objects,
-                &location,
-                attributes,
-                pipe_reader,
-                &policy,
-                &cancel,
-            )
-            .await
+/// The message of a failed volume: what was backed up, and the stage that failed.
+fn seal_error(error: SealError, what: &str) -> anyhow::Error {
+    match error {
+        SealError::Cancelled => crate::error::interrupted(),
+        SealError::Upload { location, source } => {
+            anyhow::Error::new(source).context(format!("uploading {what} to {location}"))
         }
-    });
-    let tar = docker::tar_of(&job.docker, &helper.id, docker::HELPER_PATH);
-    let produced = produce(
-        progress.count_read(tokio_util::io::StreamReader::new(tar)),
-        Arc::clone(&job.recipients),
-        job.compression,
-        progress.count_stored(pipe_writer),
-    )
-    .await;
-    match produced {
-        Ok((tar_size, root)) => Ok((tar_size, root, upload, cancel)),
-        Err(produce_error) => {
-            // An upload that failed first is the cause: the producer then only saw the pipe
-            // close. Otherwise the producer's error is, and the upload is abandoned.
-            cancel.cancel();
-            let upload_result = upload.await;
-            if job.cancel.is_cancelled() {
-                return Err(crate::error::interrupted());
-            }
-            match upload_result {
-                Ok(Err(upload_error)) if !matches!(upload_error, PipelineError::Cancelled) => {
-                    Err(anyhow::Error::new(upload_error)
-                        .context(format!("uploading {what} to {location}")))
-                }
-                Ok(Ok(parts)) => {
-                    parts.abort().await;
-                    Err(anyhow::Error::new(produce_error).context(format!("backing up {what}")))
-                }
-                _ => Err(anyhow::Error::new(produce_error).context(format!("backing up {what}"))),
-            }
+        SealError::Read(source) => anyhow::Error::new(source).context(format!("backing up {what}")),
+        SealError::Spool(source) => {
+            anyhow!("cannot set up the spool for {what}: {source}")
         }
     }
-}
-
-/// Docker's tar stream → tally → compress → encrypt → the pipe to the uploader.
-async fn produce(
-    tar: impl tokio::io::AsyncRead + Send + Unpin,
-    recipients: Arc<Vec<Recipient>>,
-    compression: CompressionSettings,
-    pipe: impl tokio::io::AsyncWrite + Send + Unpin + 'static,
-) -> Result<(u64, Option<RootMeta>), PipelineError> {
-    let (tar, tally) = TallyReader::counting(TarEndCheck::new(tar));
-    let encrypted = encrypting_writer(&recipients, pipe).await?;
-    let mut compressed = compressing_writer(encrypted, compression);
-    tokio::io::copy_buf(
-        &mut BufReader::with_capacity(256 * 1024, tar),
-        &mut compressed,
-    )
-    .await
-    .map_err(PipelineError::Io)?;
-    compressed.shutdown().await.map_err(PipelineError::Io)?;
-    Ok((
-        tally.bytes(),
-        crate::pipeline::tar_check::root_meta(&tally.first_block()),
-    ))
 }
 
 #[cfg(test)]

@@ -11,13 +11,14 @@
 //! - Leaves: [`format`] (the types written to the bucket), [`error`] (exit classes), [`text`]
 //!   (name rules, printing what came from the bucket), [`shutdown`], [`progress`].
 //! - Keys: [`auth`] (manifest signatures), [`keys`] (age recipients, identities, key files).
-//! - Adapters: [`pipeline`] (the streaming stages: hash, compress, encrypt, upload, download,
-//!   tar policy), [`docker`] (everything asked of the engine), [`store`] (store URLs to
+//! - Adapters: [`pipeline`] (the streaming stages, and the two chains that put them together:
+//!   `seal` writes a volume, `open` reads one back), [`docker`] (everything asked of the engine), [`store`] (store URLs to
 //!   `object_store` clients, the bucket layout), [`manifest`] (reading, signing, authenticating
 //!   manifests), [`lock`] (one run per app and store), [`hooks`], [`notify`].
 //! - Local state: [`state`] (what a killed run left behind), [`stopped`] (the downtime window
 //!   that always starts the app again).
-//! - Operations: [`backup`], [`verify`], [`restore`], [`retention`] (`prune`).
+//! - Operations: [`backup`], [`restore`], [`retention`] (`prune`); `lifeboat verify` runs the
+//!   read chain ([`pipeline::open`]) over a backup's objects.
 //! - [`config`]: the settings, from flags, `LIFEBOAT_*` variables and a TOML file, turned into
 //!   the objects the operations take.
 //!
@@ -43,4 +44,3 @@ pub mod state;
 pub mod stopped;
 pub mod store;
 pub mod text;
-pub mod verify;

@@ -19,12 +19,12 @@ use crate::hooks::{HookContext, HookEvent};
 use crate::keys::OwnerKey;
 use crate::manifest::{self, Authenticated, Authenticity, TrustPolicy};
 use crate::pipeline::PipelineError;
+use crate::pipeline::open::{self, Spooled};
 use crate::pipeline::tally::TallyReader;
 use crate::state::{RestoreState, RestoreTarget, StoppedRecord};
 use crate::stopped::Downtime;
 use crate::store::Store;
 use crate::text::Printable;
-use crate::verify::{self, Spooled};
 use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
 use futures::TryStreamExt;
@@ -768,8 +768,19 @@ async fn fetch_all(
     let mut spooled = Vec::with_capacity(plan.targets.len());
     for target in &plan.targets {
         let started = Instant::now();
+        let location =
+            store
+                .layout
+                .object(&manifest.app, &manifest.backup_id, &target.record.object);
+        let fetch = open::fetch_verified(
+            &store.objects,
+            &location,
+            &target.record,
+            &request.owner.identities,
+            &request.spool_dir,
+        );
         let fetched = tokio::select! {
-            fetched = verify::fetch_verified(store, manifest, &target.record, &request.owner.identities, &request.spool_dir) => fetched,
+            fetched = fetch => fetched,
             _ = cancel.cancelled() => return Err(crate::error::interrupted()),
         };
         let (spool, summary) = fetched.map_err(anyhow::Error::new).with_context(|| {
@@ -1032,7 +1043,7 @@ async fn write_from_spool(
     helper: &Helper,
 ) -> Result<()> {
     let started = Instant::now();
-    let tar = verify::open_spooled(spool, &target.record, &request.owner.identities).await?;
+    let tar = open::open_spooled(spool, &target.record, &request.owner.identities).await?;
     docker::empty_dir(docker, &helper.id, docker::HELPER_PATH).await?;
     let (tar, tally) = TallyReader::counting(tar);
     let body = tokio_util::io::ReaderStream::with_capacity(tar, 256 * 1024);

@@ -71,7 +71,17 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
         };
         for record in &manifest.volumes {
             let name = Printable(&record.name);
-            match lifeboat::verify::verify_volume(&store, manifest, record, identities).await {
+            let location = store
+                .layout
+                .object(&manifest.app, &manifest.backup_id, &record.object);
+            let verified = lifeboat::pipeline::open::verify_volume(
+                &store.objects,
+                &location,
+                record,
+                identities,
+            )
+            .await;
+            match verified {
                 Ok(Some(summary)) => writeln!(
                     out,
                     "ok    {} {name}: {} entries, {} bytes of files, sha256 matches, {vouched}",

@@ -1,11 +1,14 @@
-//! The streaming stages a volume passes through, each small and tested alone.
+//! The streaming stages a volume passes through, each small and tested alone, and the chains
+//! that put them together. Under the operations, beside `docker` and `store`: stages take an
+//! object store and a path, and see only the bucket format (`format`) and the keys.
 //!
-//! Backup:  Docker tar stream → [`tar_end`] (ended properly?) → [`tally`] (tar size, root
-//!          entry) → [`compress`] → [`encrypt`]
-//!          → pipe → [`upload`] (parts, sha256 of the stored object, abort on failure).
-//! Restore: [`download`] → [`tally`] (size and sha256 against the manifest) → [`encrypt`]
-//!          (decrypt) → [`compress`] (decompress) → [`tar_check`] (the entry policy, either
-//!          reading the whole archive or as a pass-through on the Docker archive upload).
+//! Backup:  [`seal`] — Docker tar stream → [`tar_end`] (ended properly?) → [`tally`] (tar
+//!          size, root entry) → [`compress`] → [`encrypt`] → pipe or [`spool`] → [`upload`]
+//!          (parts, sha256 of the stored object, abort on failure).
+//! Restore: [`open`] — [`download`] → [`tally`] (size and sha256 against the manifest) →
+//!          [`encrypt`] (decrypt, on its own task: [`relay`]) → [`compress`] (decompress) →
+//!          [`tar_check`] (the entry policy, either reading the whole archive or as a
+//!          pass-through on the Docker archive upload).
 //!
 //! Every stage streams: memory is bounded by the upload parts in flight plus small buffers,
 //! whatever the size of the volume, and no plaintext is written to local disk.
@@ -13,7 +16,9 @@
 pub mod compress;
 pub mod download;
 pub mod encrypt;
+pub mod open;
 pub mod relay;
+pub mod seal;
 pub mod spool;
 pub mod tally;
 pub mod tar_check;

@@ -7,20 +7,24 @@
 //! ciphertext goes to a local spool file ([`fetch_verified`]); only when every object has
 //! passed does it write anything, and then from the spool ([`open_spooled`]): the bytes written
 //! are the bytes verified, downloaded once, and no plaintext touches the disk.
+//!
+//! The read chain of [`super::seal`], written once, in data order. Like every stage it takes an
+//! object store and the object's path; the bucket layout is the caller's.
 
-use crate::format::{Manifest, SourceKind, VolumeRecord};
+use super::PipelineError;
+use super::compress::decompressing_reader;
+use super::download::{StoreReadError, open_object};
+use super::encrypt::decrypting_reader;
+use super::relay::relay;
+use super::tally::{Expected, TallyReader};
+use super::tar_check::{EntryRules, PolicyReader, TarSummary, TargetKind, check_archive};
+use crate::format::{SourceKind, VolumeRecord};
 use crate::keys::BoxIdentity;
-use crate::pipeline::PipelineError;
-use crate::pipeline::compress::decompressing_reader;
-use crate::pipeline::download::{StoreReadError, open_object};
-use crate::pipeline::encrypt::decrypting_reader;
-use crate::pipeline::relay::relay;
-use crate::pipeline::tally::{Expected, TallyReader};
-use crate::pipeline::tar_check::{EntryRules, PolicyReader, TarSummary, TargetKind, check_archive};
-use crate::store::Store;
 use futures::TryStreamExt;
-use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use std::path::Path;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 
 /// The plaintext tar of a stored object read through `stored`: decryption (and whatever
@@ -75,23 +79,12 @@ async fn check_tar(
 /// The stored object of `record`, its size and sha256 checked against the manifest as it is
 /// read (the check fires at the end of the stream).
 async fn open_checked(
-    store: &Store,
-    manifest: &Manifest,
+    objects: &Arc<dyn ObjectStore>,
+    location: &ObjectPath,
     record: &VolumeRecord,
 ) -> Result<impl AsyncRead + Send + Unpin + use<>, PipelineError> {
-    let location = store
-        .layout
-        .object(&manifest.app, &manifest.backup_id, &record.object);
-    // A cheap first check that names truncation or replacement plainly; the sha256 over the
-    // whole stream stays the real check.
-    let head = store.objects.head(&location).await?;
-    if head.size != record.stored_size {
-        return Err(PipelineError::Verification(format!(
-            "stored object {location} is {} bytes but the manifest records {} bytes (truncated or replaced)",
-            head.size, record.stored_size
-        )));
-    }
-    let raw = open_object(&store.objects, &location).await?;
+    check_size(objects, location, record).await?;
+    let raw = open_object(objects, location).await?;
     let expected = Expected {
         size: record.stored_size,
         sha256: record.sha256.clone(),
@@ -99,14 +92,32 @@ async fn open_checked(
     Ok(TallyReader::expecting(raw, expected).0)
 }
 
-/// Verifies one volume. Without identities only size and sha256 are checked.
+/// A cheap first check that names truncation or replacement plainly; the sha256 over the whole
+/// stream stays the real check.
+async fn check_size(
+    objects: &Arc<dyn ObjectStore>,
+    location: &ObjectPath,
+    record: &VolumeRecord,
+) -> Result<(), PipelineError> {
+    let head = objects.head(location).await?;
+    if head.size != record.stored_size {
+        return Err(PipelineError::Verification(format!(
+            "stored object {location} is {} bytes but the manifest records {} bytes (truncated or replaced)",
+            head.size, record.stored_size
+        )));
+    }
+    Ok(())
+}
+
+/// Verifies the object of one volume at `location`. Without identities only size and sha256
+/// are checked.
 pub async fn verify_volume(
-    store: &Store,
-    manifest: &Manifest,
+    objects: &Arc<dyn ObjectStore>,
+    location: &ObjectPath,
     record: &VolumeRecord,
     identities: Option<&[BoxIdentity]>,
 ) -> Result<Option<TarSummary>, PipelineError> {
-    let mut stored = open_checked(store, manifest, record).await?;
+    let mut stored = open_checked(objects, location, record).await?;
     let Some(identities) = identities else {
         let mut sink = vec![0u8; 256 * 1024];
         while stored
@@ -128,12 +139,12 @@ pub struct Spooled {
     pub size: u64,
 }
 
-/// Downloads the object of `record` once into a spool file in `dir` while verifying it end to
+/// Downloads the object of `record` at `location` once into a spool file in `dir` while verifying it end to
 /// end (size, sha256, decryption, decompression, every tar entry): a [`Spooled`] exists only
 /// for an object that passed.
 pub async fn fetch_verified(
-    store: &Store,
-    manifest: &Manifest,
+    objects: &Arc<dyn ObjectStore>,
+    location: &ObjectPath,
     record: &VolumeRecord,
     identities: &[BoxIdentity],
     dir: &Path,
@@ -165,19 +176,9 @@ pub async fn fetch_verified(
             )))
         })
     };
-    let location = store
-        .layout
-        .object(&manifest.app, &manifest.backup_id, &record.object);
-    let head = store.objects.head(&location).await?;
-    if head.size != record.stored_size {
-        return Err(PipelineError::Verification(format!(
-            "stored object {location} is {} bytes but the manifest records {} bytes (truncated or replaced)",
-            head.size, record.stored_size
-        )));
-    }
-    let stream = store
-        .objects
-        .get(&location)
+    check_size(objects, location, record).await?;
+    let stream = objects
+        .get(location)
         .await?
         .into_stream()
         .map_err(|e| std::io::Error::other(StoreReadError(e)))
