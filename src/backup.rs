@@ -239,8 +239,8 @@ pub async fn run(
     Ok(manifest)
 }
 
-/// Everything between finding the app and the after-backup hooks: the manifest, and the
-/// after-volume hooks that failed.
+/// One backup under the store lock: the version record and the lock first, then
+/// [`locked_attempt`]; the lock is given back whatever happens.
 async fn attempt(
     docker: &Docker,
     store: &Store,
@@ -251,14 +251,7 @@ async fn attempt(
     backup_id: &str,
 ) -> Result<(Manifest, Vec<String>)> {
     let sources = plan_sources(docker, app, &plan.selection).await?;
-    let mut app_version = AppVersion {
-        services: app.images(),
-        ..Default::default()
-    };
-    if let Some(source) = &plan.version_from {
-        app_version.version = Some(docker::read_version(docker, app, source).await?);
-        app_version.version_source = Some(source.clone());
-    }
+    let app_version = record_version(docker, app, plan).await?;
     check_store_reachable(store, &plan.app_name).await?;
     let lock = crate::lock::acquire(
         store,
@@ -267,84 +260,129 @@ async fn attempt(
         crate::state::local_claims(&plan.app_name).as_ref(),
     )
     .await?;
-    let cancel = &lock.cancel_on_loss(cancel);
-    let result: Result<(Manifest, Vec<String>)> = async {
-        let backup_dir = store.layout.backup_dir(&plan.app_name, backup_id);
-        if !store
-            .objects
-            .list_with_delimiter(Some(&backup_dir))
-            .await?
-            .objects
-            .is_empty()
-        {
-            return Err(anyhow!(
-                "{backup_dir} exists already (two backups started in the same millisecond?); nothing was stopped, run the backup again"
-            ));
-        }
-        warn_if_made_elsewhere(store, plan).await;
-        let context = HookContext {
-            app: plan.app_name.clone(),
-            backup_id: backup_id.to_string(),
-            ..Default::default()
-        };
-        plan.hooks
-            .run(docker, Some(app), HookEvent::BeforeBackup, &context)
-            .await
-            .context("nothing was stopped and no backup was made")?;
-        docker::remove_stale_helpers(docker).await;
-        tracing::info!(app = %plan.app_name, backup = %backup_id, volumes = sources.len(), store = %store.url, "starting backup");
-
-        let spool = plan.spool_budget();
-        let work = read_volumes(
-            VolumeJob {
-                docker: docker.clone(),
-                store: store.clone(),
-                app: app.clone(),
-                app_name: plan.app_name.clone(),
-                backup_id: backup_id.to_string(),
-                recipients: Arc::clone(&plan.recipients),
-                compression: plan.compression,
-                policy: plan.part_policy,
-                hooks: Arc::clone(&plan.hooks),
-                progress: plan.progress.clone(),
-                spool: spool.clone(),
-                cancel: cancel.clone(),
-            },
-            sources,
-        );
-        let window = crate::stopped::while_stopped(docker, app, &plan.app_name, "backup", plan.stop_timeout_secs, cancel, work).await?;
-        let (outcome, restarted, downtime) = (window.outcome, window.restarted, window.downtime);
-        let (read, hook_failures) = match (outcome, &restarted) {
-            (Ok(done), _) => done,
-            (Err(error), Ok(())) => return Err(error),
-            (Err(error), Err(restart_error)) => {
-                return Err(error.context(format!("and also: {restart_error:#}")));
-            }
-        };
-        if spool.is_some() {
-            tracing::info!(downtime_s = format!("{:.1}", downtime.as_secs_f64()), "every volume is read and the app started again; finishing the uploads from the spool");
-        }
-        let volumes = match finish_uploads(store, &plan.app_name, backup_id, read).await {
-            Ok(volumes) => volumes,
-            Err(error) => {
-                return Err(match restarted {
-                    Ok(()) => error,
-                    Err(restart_error) => error.context(format!("and also: {restart_error:#}")),
-                });
-            }
-        };
-        let manifest = finish_manifest(plan, backup_id, started_at, downtime, app_version, volumes);
-        manifest::write_signed(&store.objects, &store.layout, &manifest, &plan.signer).await?;
-        if let Err(restart_error) = restarted {
-            // The data is safe and recorded; the restart failure is what to report.
-            return Err(restart_error.context(format!(
-                "backup {backup_id} is complete, but the app is not fully running"
-            )));
-        }
-        Ok((manifest, hook_failures))
-    }
-    .await;
+    let cancel = lock.cancel_on_loss(cancel);
+    let job = VolumeJob {
+        docker: docker.clone(),
+        store: store.clone(),
+        app: app.clone(),
+        app_name: plan.app_name.clone(),
+        backup_id: backup_id.to_string(),
+        recipients: Arc::clone(&plan.recipients),
+        compression: plan.compression,
+        policy: plan.part_policy,
+        hooks: Arc::clone(&plan.hooks),
+        progress: plan.progress.clone(),
+        spool: plan.spool_budget(),
+        cancel,
+    };
+    let result = locked_attempt(job, plan, sources, started_at, app_version).await;
     lock.finish(result).await
+}
+
+/// What the app runs: the image of each service, and the version string the operator named.
+async fn record_version(docker: &Docker, app: &App, plan: &BackupPlan) -> Result<AppVersion> {
+    let mut app_version = AppVersion {
+        services: app.images(),
+        ..Default::default()
+    };
+    if let Some(source) = &plan.version_from {
+        app_version.version = Some(docker::read_version(docker, app, source).await?);
+        app_version.version_source = Some(source.clone());
+    }
+    Ok(app_version)
+}
+
+/// The backup itself, in its order: checks and the before-backup hook with the app running;
+/// every volume read while it is stopped; the uploads finished once it runs again; the signed
+/// manifest last. A restart that failed is reported after the data is safe.
+async fn locked_attempt(
+    job: VolumeJob,
+    plan: &BackupPlan,
+    sources: Vec<Source>,
+    started_at: chrono::DateTime<Utc>,
+    app_version: AppVersion,
+) -> Result<(Manifest, Vec<String>)> {
+    let (docker, store, backup_id) = (job.docker.clone(), job.store.clone(), job.backup_id.clone());
+    let (app, cancel, spooled) = (job.app.clone(), job.cancel.clone(), job.spool.is_some());
+    before_stopping(&job, plan, sources.len()).await?;
+    let window = crate::stopped::while_stopped(
+        &docker,
+        &app,
+        &plan.app_name,
+        "backup",
+        plan.stop_timeout_secs,
+        &cancel,
+        read_volumes(job, sources),
+    )
+    .await?;
+    let restarted = window.restarted;
+    let (read, hook_failures) = window
+        .outcome
+        .map_err(|error| and_also(error, &restarted))?;
+    if spooled {
+        tracing::info!(
+            downtime_s = format!("{:.1}", window.downtime.as_secs_f64()),
+            "every volume is read and the app started again; finishing the uploads from the spool"
+        );
+    }
+    let volumes = finish_uploads(&store, &plan.app_name, &backup_id, read)
+        .await
+        .map_err(|error| and_also(error, &restarted))?;
+    let manifest = finish_manifest(
+        plan,
+        &backup_id,
+        started_at,
+        window.downtime,
+        app_version,
+        volumes,
+    );
+    manifest::write_signed(&store.objects, &store.layout, &manifest, &plan.signer).await?;
+    if let Err(restart_error) = restarted {
+        // The data is safe and recorded; the restart failure is what to report.
+        return Err(restart_error.context(format!(
+            "backup {backup_id} is complete, but the app is not fully running"
+        )));
+    }
+    Ok((manifest, hook_failures))
+}
+
+/// A failure, with the app's failed restart (if it failed too) added to its message.
+fn and_also(error: anyhow::Error, restarted: &Result<()>) -> anyhow::Error {
+    match restarted {
+        Ok(()) => error,
+        Err(restart_error) => error.context(format!("and also: {restart_error:#}")),
+    }
+}
+
+/// What happens while the app still runs: the backup's folder must be new, the before-backup
+/// hook must pass, helpers a killed run left behind go.
+async fn before_stopping(job: &VolumeJob, plan: &BackupPlan, volumes: usize) -> Result<()> {
+    let (store, backup_id) = (&job.store, &job.backup_id);
+    let backup_dir = store.layout.backup_dir(&plan.app_name, backup_id);
+    let existing = store.objects.list_with_delimiter(Some(&backup_dir)).await?;
+    if !existing.objects.is_empty() {
+        return Err(anyhow!(
+            "{backup_dir} exists already (two backups started in the same millisecond?); nothing was stopped, run the backup again"
+        ));
+    }
+    warn_if_made_elsewhere(store, plan).await;
+    let context = HookContext {
+        app: plan.app_name.clone(),
+        backup_id: backup_id.to_string(),
+        ..Default::default()
+    };
+    plan.hooks
+        .run(
+            &job.docker,
+            Some(&job.app),
+            HookEvent::BeforeBackup,
+            &context,
+        )
+        .await
+        .context("nothing was stopped and no backup was made")?;
+    docker::remove_stale_helpers(&job.docker).await;
+    tracing::info!(app = %plan.app_name, backup = %backup_id, volumes, store = %store.url, "starting backup");
+    Ok(())
 }
 
 fn finish_manifest(

@@ -18,7 +18,9 @@
 //! one today.
 
 use crate::auth::{AuthFailure, Signer, Trust};
-use crate::format::{FORMAT, FORMAT_VERSION, MANIFEST_NAME, Manifest, SIGNED_FORMAT, SourceKind};
+use crate::format::{
+    FORMAT, FORMAT_VERSION, MANIFEST_NAME, Manifest, SIGNED_FORMAT, SourceKind, VolumeRecord,
+};
 use crate::store::Layout;
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
@@ -29,7 +31,7 @@ use std::sync::Arc;
 /// says (`app`, `backup_id`), and that every name, path, object and digest in it is one
 /// lifeboat could have written. Returns the first problem.
 pub fn check(manifest: &Manifest, app: &str, backup_id: &str) -> Result<(), String> {
-    use crate::text::{Printable, is_clean_absolute_path, is_plain_name, is_volume_name};
+    use crate::text::{Printable, is_plain_name};
     if manifest.app != app {
         return Err(format!(
             "it names app '{}' but lies under '{app}'",
@@ -51,77 +53,86 @@ pub fn check(manifest: &Manifest, app: &str, backup_id: &str) -> Result<(), Stri
     let mut objects = std::collections::HashSet::new();
     let mut names = std::collections::HashSet::new();
     for record in &manifest.volumes {
-        let name = Printable(&record.name);
-        if !is_plain_name(&record.service) {
-            return Err(format!(
-                "volume {name}: service '{}' is not a plain name",
-                Printable(&record.service)
-            ));
-        }
-        if !is_clean_absolute_path(&record.container_path) {
-            return Err(format!(
-                "volume {name}: container path '{}' is not a clean absolute path",
-                Printable(&record.container_path)
-            ));
-        }
-        match record.kind {
-            SourceKind::Volume if !is_volume_name(&record.name) => {
-                return Err(format!(
-                    "'{name}' is not a Docker volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)"
-                ));
-            }
-            SourceKind::Bind
-                if record.name != format!("bind:{}:{}", record.service, record.container_path) =>
-            {
-                return Err(format!(
-                    "bind mount '{name}' does not match its service and path"
-                ));
-            }
-            _ => {}
-        }
-        if let Some(compose) = &record.compose_volume
-            && !is_plain_name(compose)
-        {
-            return Err(format!(
-                "volume {name}: compose volume '{}' is not a plain name",
-                Printable(compose)
-            ));
-        }
-        let suffix = format!(".{}.age", record.compression.extension());
-        if !is_plain_name(&record.object) || !record.object.ends_with(&suffix) {
-            return Err(format!(
-                "volume {name}: object '{}' is not a plain name ending in {suffix}",
-                Printable(&record.object)
-            ));
-        }
+        check_record(record)?;
         if !objects.insert(record.object.as_str()) || !names.insert(record.name.as_str()) {
             return Err(format!(
-                "volume {name}: its name or object '{}' appears twice",
+                "volume {}: its name or object '{}' appears twice",
+                Printable(&record.name),
                 Printable(&record.object)
             ));
         }
-        if record.sha256.len() != 64
-            || !record
-                .sha256
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+    }
+    Ok(())
+}
+
+/// The rules for one volume record: plain names, a clean container path, an object name of
+/// the record's own codec, a sha256 in hex, and no control characters in any text.
+fn check_record(record: &VolumeRecord) -> Result<(), String> {
+    use crate::text::{Printable, is_clean_absolute_path, is_plain_name, is_volume_name};
+    let name = Printable(&record.name);
+    if !is_plain_name(&record.service) {
+        return Err(format!(
+            "volume {name}: service '{}' is not a plain name",
+            Printable(&record.service)
+        ));
+    }
+    if !is_clean_absolute_path(&record.container_path) {
+        return Err(format!(
+            "volume {name}: container path '{}' is not a clean absolute path",
+            Printable(&record.container_path)
+        ));
+    }
+    match record.kind {
+        SourceKind::Volume if !is_volume_name(&record.name) => {
             return Err(format!(
-                "volume {name}: sha256 is not 64 lowercase hex digits"
+                "'{name}' is not a Docker volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)"
             ));
         }
-        let texts = record
-            .labels
-            .iter()
-            .flat_map(|(k, v)| [k, v])
-            .chain(record.driver.iter())
-            .chain(record.encryption.recipients.iter());
-        for text in texts {
-            if text.len() > 4096 || crate::text::printable(text) != *text {
-                return Err(format!(
-                    "volume {name}: a label, driver or recipient holds control characters"
-                ));
-            }
+        SourceKind::Bind
+            if record.name != format!("bind:{}:{}", record.service, record.container_path) =>
+        {
+            return Err(format!(
+                "bind mount '{name}' does not match its service and path"
+            ));
+        }
+        _ => {}
+    }
+    if let Some(compose) = &record.compose_volume
+        && !is_plain_name(compose)
+    {
+        return Err(format!(
+            "volume {name}: compose volume '{}' is not a plain name",
+            Printable(compose)
+        ));
+    }
+    let suffix = format!(".{}.age", record.compression.extension());
+    if !is_plain_name(&record.object) || !record.object.ends_with(&suffix) {
+        return Err(format!(
+            "volume {name}: object '{}' is not a plain name ending in {suffix}",
+            Printable(&record.object)
+        ));
+    }
+    if record.sha256.len() != 64
+        || !record
+            .sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(format!(
+            "volume {name}: sha256 is not 64 lowercase hex digits"
+        ));
+    }
+    let texts = record
+        .labels
+        .iter()
+        .flat_map(|(k, v)| [k, v])
+        .chain(record.driver.iter())
+        .chain(record.encryption.recipients.iter());
+    for text in texts {
+        if text.len() > 4096 || crate::text::printable(text) != *text {
+            return Err(format!(
+                "volume {name}: a label, driver or recipient holds control characters"
+            ));
         }
     }
     Ok(())
@@ -216,37 +227,13 @@ fn authenticate_as(
         reason,
         unsigned,
     };
-    #[derive(Deserialize)]
-    struct Probe {
-        format: String,
-        format_version: u32,
-    }
-    let probe: Probe = serde_json::from_slice(bytes)
-        .map_err(|e| refuse(format!("its manifest is not valid JSON ({e})"), false))?;
-    if probe.format != FORMAT {
-        return Err(refuse(
-            format!(
-                "its manifest is not a lifeboat manifest (format '{}')",
-                crate::text::printable(&probe.format)
-            ),
-            false,
-        ));
-    }
-    if probe.format_version > FORMAT_VERSION {
-        return Err(refuse(
-            format!(
-                "its manifest has format version {}, newer than the {FORMAT_VERSION} this lifeboat reads: it was possibly written by a newer lifeboat; upgrade lifeboat to restore it",
-                probe.format_version
-            ),
-            false,
-        ));
-    }
-    let authenticity = if probe.format_version < SIGNED_FORMAT {
+    let version = format_version(bytes).map_err(|reason| refuse(reason, false))?;
+    let authenticity = if version < SIGNED_FORMAT {
         if !(policy.allow_unsigned && named) {
             return Err(refuse(
                 format!(
                     "it is a format-{} backup, written before lifeboat signed its backups, so nothing vouches that the owner made it (a bucket writer could have added it today); to trust it anyway, name it: --allow-unsigned --backup {}",
-                    probe.format_version,
+                    version,
                     crate::text::printable(backup_id)
                 ),
                 true,
@@ -254,26 +241,13 @@ fn authenticate_as(
         }
         Authenticity::Unsigned
     } else {
-        let fingerprint = policy.trust.verify(bytes, signature).map_err(|failure| {
-            let hint = match failure {
-                AuthFailure::UnknownSigner(_) if policy.trust.is_empty() => {
-                    "; no key to check it with was given".to_string()
-                }
-                AuthFailure::UnknownSigner(_) => format!(
-                    " (made with another key, or forged){}",
-                    claimed_recipients(bytes).map_or(String::new(), |r| format!(
-                        "; it says it is encrypted to {r}: if that is yours, pass that owner key with --identity"
-                    ))
-                ),
-                _ => " (forged or altered in the bucket)".to_string(),
-            };
-            refuse(format!("{failure}{hint}"), false)
-        })?;
+        let fingerprint =
+            verify_signature(bytes, signature, policy).map_err(|reason| refuse(reason, false))?;
         Authenticity::Signed(fingerprint)
     };
     let manifest: Manifest = serde_json::from_slice(bytes)
         .map_err(|e| refuse(format!("its manifest is not valid ({e})"), false))?;
-    if manifest.format_version != probe.format_version {
+    if manifest.format_version != version {
         return Err(refuse(
             "its manifest names two format versions".into(),
             false,
@@ -284,6 +258,54 @@ fn authenticate_as(
     Ok(Authenticated {
         manifest,
         authenticity,
+    })
+}
+
+/// The format version a manifest claims, read before anything else of it: a manifest of another
+/// format, or of a newer version than this lifeboat reads, is refused with the reason.
+fn format_version(bytes: &[u8]) -> Result<u32, String> {
+    #[derive(Deserialize)]
+    struct Probe {
+        format: String,
+        format_version: u32,
+    }
+    let probe: Probe = serde_json::from_slice(bytes)
+        .map_err(|e| format!("its manifest is not valid JSON ({e})"))?;
+    if probe.format != FORMAT {
+        return Err(format!(
+            "its manifest is not a lifeboat manifest (format '{}')",
+            crate::text::printable(&probe.format)
+        ));
+    }
+    if probe.format_version > FORMAT_VERSION {
+        return Err(format!(
+            "its manifest has format version {}, newer than the {FORMAT_VERSION} this lifeboat reads: it was possibly written by a newer lifeboat; upgrade lifeboat to restore it",
+            probe.format_version
+        ));
+    }
+    Ok(probe.format_version)
+}
+
+/// The fingerprint of the trusted key whose signature covers `bytes`, or why there is none.
+fn verify_signature(
+    bytes: &[u8],
+    signature: Option<&[u8]>,
+    policy: &TrustPolicy,
+) -> Result<String, String> {
+    policy.trust.verify(bytes, signature).map_err(|failure| {
+        let hint = match failure {
+            AuthFailure::UnknownSigner(_) if policy.trust.is_empty() => {
+                "; no key to check it with was given".to_string()
+            }
+            AuthFailure::UnknownSigner(_) => format!(
+                " (made with another key, or forged){}",
+                claimed_recipients(bytes).map_or(String::new(), |r| format!(
+                    "; it says it is encrypted to {r}: if that is yours, pass that owner key with --identity"
+                ))
+            ),
+            _ => " (forged or altered in the bucket)".to_string(),
+        };
+        format!("{failure}{hint}")
     })
 }
 

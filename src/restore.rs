@@ -14,7 +14,7 @@
 //! safety copies back after a restore that did not finish.
 
 use crate::docker::{self, App, AppSelector, Helper, HelperMount, VOLUME_LABEL};
-use crate::format::{AppVersion, ServiceImage, SourceKind, VolumeRecord};
+use crate::format::{AppVersion, Manifest, ServiceImage, SourceKind, VolumeRecord};
 use crate::hooks::{HookContext, HookEvent};
 use crate::keys::OwnerKey;
 use crate::manifest::{self, Authenticated, Authenticity, TrustPolicy};
@@ -338,25 +338,9 @@ pub async fn plan(
     dry_run: bool,
 ) -> Result<RestorePlan> {
     let dir = crate::state::state_dir();
-    let resuming = if dry_run {
-        crate::state::read(&dir, &request.app_name)?
-            .filter(|r| r.restore.as_ref().is_some_and(|s| s.replacing))
-    } else {
-        docker::remove_stale_helpers(docker).await;
-        match crate::state::recover(docker, &dir, &request.app_name).await {
-            Ok(_) => None,
-            Err(e) => match e.downcast::<crate::state::IncompleteRestore>() {
-                Ok(incomplete) => Some(incomplete.record),
-                Err(other) => return Err(other),
-            },
-        }
-    };
-    let backup_id = request.backup_id.clone().or_else(|| {
-        resuming
-            .as_ref()
-            .and_then(|r| r.restore.as_ref())
-            .map(|r| r.backup_id.clone())
-    });
+    let resuming = unfinished_restore(docker, &dir, &request.app_name, dry_run).await?;
+    let earlier = resuming.as_ref().and_then(|r| r.restore.as_ref());
+    let backup_id = (request.backup_id.clone()).or_else(|| earlier.map(|r| r.backup_id.clone()));
     let backup = manifest::read(
         &store.objects,
         &store.layout,
@@ -381,47 +365,24 @@ pub async fn plan(
         .map(|m| m.name.clone().unwrap_or_else(|| m.source.clone()))
         .collect();
     crate::state::refuse_if_incomplete_touching(&dir, &request.app_name, &ids, &volumes)?;
-    let current_version = match (
-        &backup.manifest.app_version.version_source,
-        &request.version_from,
-    ) {
-        (_, Some(source)) | (Some(source), None) if !app.containers.is_empty() => {
-            Some(docker::read_version(docker, &app, source).await?)
-        }
-        _ => None,
-    };
-    let differences = compare_versions(
-        &backup.manifest.app_version,
-        &app.images(),
-        current_version.as_deref(),
-    );
+    let differences = version_differences(docker, &app, request, &backup.manifest).await?;
     let mut targets = plan_targets(docker, &app, request, &backup.manifest.volumes).await?;
-    let earlier: Vec<RestoreTarget> = resuming
-        .as_ref()
-        .and_then(|r| r.restore.as_ref())
-        .map(|r| r.targets.clone())
-        .unwrap_or_default();
     for target in &mut targets {
-        if target.create.is_none() {
-            let helper = Helper::create(docker, &target.mount, true).await?;
-            let empty = docker::is_empty(docker, &helper.id).await;
-            helper.remove(docker).await;
-            target.empty = empty?;
-        } else {
-            target.empty = true;
-        }
-        target.safety_copy = if resuming.is_some() {
-            earlier
+        target.empty = target.create.is_some() || is_empty_target(docker, target).await?;
+        target.safety_copy = match earlier {
+            // Finishing: the copies the unfinished restore made, none new.
+            Some(earlier) => earlier
+                .targets
                 .iter()
                 .find(|t| t.destination == target.destination)
-                .and_then(|t| t.safety_copy.clone())
-        } else if request.safety_copy && !target.empty {
-            Some(safety_copy_name(&target.destination, target.is_bind()))
-        } else {
-            None
+                .and_then(|t| t.safety_copy.clone()),
+            None if request.safety_copy && !target.empty => {
+                Some(safety_copy_name(&target.destination, target.is_bind()))
+            }
+            None => None,
         };
     }
-    if let Some(restore) = resuming.as_ref().and_then(|r| r.restore.as_ref()) {
+    if let Some(restore) = earlier {
         check_resume(restore, &backup.manifest.backup_id, &targets)?;
     }
     Ok(RestorePlan {
@@ -432,6 +393,57 @@ pub async fn plan(
         resuming,
         spool_free: crate::pipeline::spool::free_bytes(&request.spool_dir),
     })
+}
+
+/// The record of a restore of this app that stopped while replacing, if there is one: that
+/// restore must be finished (or rolled back) first. Anything else a killed run left behind
+/// (stopped containers, helpers) is put right here, unless this is a dry run.
+async fn unfinished_restore(
+    docker: &Docker,
+    dir: &std::path::Path,
+    app_name: &str,
+    dry_run: bool,
+) -> Result<Option<StoppedRecord>> {
+    if dry_run {
+        return Ok(crate::state::read(dir, app_name)?
+            .filter(|r| r.restore.as_ref().is_some_and(|s| s.replacing)));
+    }
+    docker::remove_stale_helpers(docker).await;
+    match crate::state::recover(docker, dir, app_name).await {
+        Ok(_) => Ok(None),
+        Err(e) => match e.downcast::<crate::state::IncompleteRestore>() {
+            Ok(incomplete) => Ok(Some(incomplete.record)),
+            Err(other) => Err(other),
+        },
+    }
+}
+
+/// How the app that runs now differs from the one the backup recorded.
+async fn version_differences(
+    docker: &Docker,
+    app: &App,
+    request: &RestoreRequest,
+    manifest: &Manifest,
+) -> Result<Vec<String>> {
+    let current_version = match (&manifest.app_version.version_source, &request.version_from) {
+        (_, Some(source)) | (Some(source), None) if !app.containers.is_empty() => {
+            Some(docker::read_version(docker, app, source).await?)
+        }
+        _ => None,
+    };
+    Ok(compare_versions(
+        &manifest.app_version,
+        &app.images(),
+        current_version.as_deref(),
+    ))
+}
+
+/// Whether an existing target holds nothing (then it needs no safety copy).
+async fn is_empty_target(docker: &Docker, target: &Target) -> Result<bool> {
+    let helper = Helper::create(docker, &target.mount, true).await?;
+    let empty = docker::is_empty(docker, &helper.id).await;
+    helper.remove(docker).await;
+    empty
 }
 
 /// Finishing an unfinished restore means the same backup into the same targets: anything else
@@ -785,7 +797,7 @@ async fn fetch_all(
         };
         let (spool, summary) = fetched.map_err(anyhow::Error::new).with_context(|| {
             format!(
-                "verifying volume {} of backup {} (nothing was changed)",
+                "verifying volume {} of backup {}, object {location} (nothing was changed)",
                 Printable(&target.record.name),
                 manifest.backup_id
             )

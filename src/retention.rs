@@ -157,76 +157,16 @@ pub async fn prune(
     dry_run: bool,
     trust: &crate::manifest::TrustPolicy,
 ) -> anyhow::Result<PruneReport> {
-    use futures::TryStreamExt;
-    use object_store::ObjectStoreExt;
-    use std::collections::BTreeMap;
     if policy.is_empty() {
         return Err(crate::error::usage(
             "no keep rule: give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within",
         ));
     }
-    let app_dir = store.layout.app_dir(app);
-    let objects: Vec<object_store::ObjectMeta> = store
-        .objects
-        .list(Some(&app_dir))
-        .try_collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot list {app_dir}: {e}"))?;
-    // backup id → its objects
-    let mut dirs: BTreeMap<String, Vec<object_store::ObjectMeta>> = BTreeMap::new();
-    for meta in objects {
-        let id = {
-            let mut parts = meta.location.prefix_match(&app_dir).into_iter().flatten();
-            match (parts.next(), parts.next()) {
-                // The locks folder is not a backup; lock.json and anything else not inside a
-                // backup folder neither.
-                (Some(id), Some(_)) if id.as_ref() != "locks" => Some(id.as_ref().to_string()),
-                _ => None,
-            }
-        };
-        if let Some(id) = id {
-            dirs.entry(id).or_default().push(meta);
-        }
-    }
-    let mut complete = Vec::new();
+    let dirs = backup_folders(store, app).await?;
     let mut report = PruneReport::default();
-    let listed = crate::manifest::list(&store.objects, &store.layout, Some(app), trust).await?;
-    let horizon = Utc::now() + FUTURE_ALLOWANCE;
-    let horizon_id = crate::format::new_backup_id(horizon);
-    for entry in listed {
-        match entry.outcome {
-            Ok(found) if found.manifest.started_at > horizon || entry.backup_id > horizon_id => {
-                tracing::warn!(
-                    "backup {} of '{app}' is dated {}, in the future: the clock of host {} is wrong; it is kept and not counted",
-                    entry.backup_id,
-                    found.manifest.started_at,
-                    crate::text::printable(&found.manifest.host)
-                );
-                report.future.push((
-                    entry.backup_id,
-                    crate::text::printable(&found.manifest.host),
-                ));
-            }
-            Ok(found) => complete.push((entry.backup_id, found.manifest.started_at)),
-            Err(why) => report.not_authentic.push((entry.backup_id, why.reason)),
-        }
-    }
-    for (id, metas) in &dirs {
-        if metas
-            .iter()
-            .any(|m| m.location.filename() == Some(crate::format::MANIFEST_NAME))
-        {
-            continue;
-        } else if metas
-            .iter()
-            .map(|m| m.last_modified)
-            .max()
-            .is_some_and(|t| t < Utc::now() - grace)
-        {
-            report.incomplete.push(id.clone());
-        }
-    }
-    report.decisions = plan(&complete, policy);
+    let counted = counted_backups(store, app, trust, &mut report).await?;
+    report.incomplete = incomplete(&dirs, grace);
+    report.decisions = plan(&counted, policy);
     if dry_run {
         return Ok(report);
     }
@@ -236,22 +176,107 @@ pub async fn prune(
         .filter(|d| !d.keep())
         .map(|d| &d.backup_id);
     for id in doomed.chain(report.incomplete.iter()) {
-        let metas = &dirs[id];
-        // The manifest goes first: an interrupted prune leaves an incomplete backup, which the
-        // next prune removes, never a listed backup with missing objects.
-        let (manifests, others): (Vec<_>, Vec<_>) = metas
-            .iter()
-            .partition(|m| m.location.filename() == Some(crate::format::MANIFEST_NAME));
-        for meta in manifests.into_iter().chain(others) {
-            store
-                .objects
-                .delete(&meta.location)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot delete {}: {e}", meta.location))?;
-        }
+        remove_backup(store, &dirs[id]).await?;
         tracing::info!(backup = %id, "removed");
     }
     Ok(report)
+}
+
+type Folders = std::collections::BTreeMap<String, Vec<object_store::ObjectMeta>>;
+
+/// Every object under the app's folder, by the backup folder it lies in. The locks folder is
+/// not a backup; a file lying beside the backup folders neither.
+async fn backup_folders(store: &crate::store::Store, app: &str) -> anyhow::Result<Folders> {
+    use futures::TryStreamExt;
+    let app_dir = store.layout.app_dir(app);
+    let objects: Vec<object_store::ObjectMeta> = store
+        .objects
+        .list(Some(&app_dir))
+        .try_collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot list {app_dir}: {e}"))?;
+    let mut dirs = Folders::new();
+    for meta in objects {
+        let id = {
+            let mut parts = meta.location.prefix_match(&app_dir).into_iter().flatten();
+            match (parts.next(), parts.next()) {
+                (Some(id), Some(_)) if id.as_ref() != "locks" => Some(id.as_ref().to_string()),
+                _ => None,
+            }
+        };
+        if let Some(id) = id {
+            dirs.entry(id).or_default().push(meta);
+        }
+    }
+    Ok(dirs)
+}
+
+/// The backups the keep rules count: genuine ones, dated no later than the clock-skew
+/// allowance. Future-dated and unauthenticated ones go into `report`, counted never.
+async fn counted_backups(
+    store: &crate::store::Store,
+    app: &str,
+    trust: &crate::manifest::TrustPolicy,
+    report: &mut PruneReport,
+) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
+    let listed = crate::manifest::list(&store.objects, &store.layout, Some(app), trust).await?;
+    let horizon = Utc::now() + FUTURE_ALLOWANCE;
+    let horizon_id = crate::format::new_backup_id(horizon);
+    let mut counted = Vec::new();
+    for entry in listed {
+        match entry.outcome {
+            Ok(found) if found.manifest.started_at > horizon || entry.backup_id > horizon_id => {
+                let host = crate::text::printable(&found.manifest.host);
+                tracing::warn!(
+                    "backup {} of '{app}' is dated {}, in the future: the clock of host {host} is wrong; it is kept and not counted",
+                    entry.backup_id,
+                    found.manifest.started_at,
+                );
+                report.future.push((entry.backup_id, host));
+            }
+            Ok(found) => counted.push((entry.backup_id, found.manifest.started_at)),
+            Err(why) => report.not_authentic.push((entry.backup_id, why.reason)),
+        }
+    }
+    Ok(counted)
+}
+
+/// Backup folders without a manifest whose newest object is older than `grace`: the leftovers
+/// of failed runs (a run still writing one is younger).
+fn incomplete(dirs: &Folders, grace: Duration) -> Vec<String> {
+    dirs.iter()
+        .filter(|(_, metas)| {
+            !metas
+                .iter()
+                .any(|m| m.location.filename() == Some(crate::format::MANIFEST_NAME))
+                && metas
+                    .iter()
+                    .map(|m| m.last_modified)
+                    .max()
+                    .is_some_and(|t| t < Utc::now() - grace)
+        })
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// Deletes one backup's objects, the manifest first: an interrupted prune leaves an incomplete
+/// backup, which the next prune removes, never a listed backup with missing objects.
+async fn remove_backup(
+    store: &crate::store::Store,
+    metas: &[object_store::ObjectMeta],
+) -> anyhow::Result<()> {
+    use object_store::ObjectStoreExt;
+    let (manifests, others): (Vec<_>, Vec<_>) = metas
+        .iter()
+        .partition(|m| m.location.filename() == Some(crate::format::MANIFEST_NAME));
+    for meta in manifests.into_iter().chain(others) {
+        store
+            .objects
+            .delete(&meta.location)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot delete {}: {e}", meta.location))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -59,32 +59,64 @@ pub struct RestoreArgs {
 }
 
 pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::Result<ExitCode> {
-    let app = args.app.or(file.app.clone());
-    let store_options = args.store.or(file.store.clone());
-    let options = args.restore.or(file.restore.clone());
+    let app = args.app.clone().or(file.app.clone());
+    let store_options = args.store.clone().or(file.store.clone());
     if args.rollback {
-        let store = lifeboat::store::open(&store_options).await?;
-        let docker = lifeboat::docker::connect().await?;
-        let app_name = app.app_name()?;
-        let put_back = lifeboat::restore::rollback(
-            &docker,
-            &store,
-            &app_name,
-            &app.selector()?,
-            app.stop_timeout(),
-        )
-        .await?;
-        println!(
-            "rolled back the unfinished restore of {app_name}: {} hold what they held before, and the app is started",
-            put_back.join(", ")
-        );
-        return Ok(ExitCode::SUCCESS);
+        return rollback(&app, &store_options).await;
     }
     if args.no_verify {
         tracing::warn!(
             "--no-verify is ignored: restore downloads every object once and verifies it before writing anything"
         );
     }
+    let (dry_run, request) = (args.dry_run, request(args, &file, &app)?);
+    let store = lifeboat::store::open(&store_options).await?;
+    let docker = lifeboat::docker::connect().await?;
+    let cancel = lifeboat::shutdown::cancel_on_signals();
+    match lifeboat::restore::run(&docker, &store, &request, dry_run, &cancel).await? {
+        Err(plan) => println!("{plan}\n(dry run: nothing was changed)"),
+        Ok(report) => {
+            if verbose || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                println!(
+                    "restored backup {} of {}: {} volumes, downtime {:.1} s",
+                    report.backup_id,
+                    report.app,
+                    report.targets,
+                    report.downtime.as_secs_f64()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--rollback`: puts the safety copies of an unfinished restore back.
+async fn rollback(app: &AppOptions, store_options: &StoreOptions) -> anyhow::Result<ExitCode> {
+    let store = lifeboat::store::open(store_options).await?;
+    let docker = lifeboat::docker::connect().await?;
+    let app_name = app.app_name()?;
+    let put_back = lifeboat::restore::rollback(
+        &docker,
+        &store,
+        &app_name,
+        &app.selector()?,
+        app.stop_timeout(),
+    )
+    .await?;
+    println!(
+        "rolled back the unfinished restore of {app_name}: {} hold what they held before, and the app is started",
+        put_back.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The flags and the config file as one restore request.
+fn request(
+    args: RestoreArgs,
+    file: &ConfigFile,
+    app: &AppOptions,
+) -> anyhow::Result<RestoreRequest> {
+    let options = args.restore.or(file.restore.clone());
     let identity = options.identity.ok_or_else(|| {
         lifeboat::error::usage(
             "restore needs the owner key, which decrypts the backup and vouches for it: pass --identity key.txt",
@@ -109,7 +141,7 @@ pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::
         .spool_dir
         .or_else(|| file.backup.spool_dir.clone())
         .unwrap_or_else(|| lifeboat::state::state_dir().join("spool"));
-    let request = RestoreRequest {
+    Ok(RestoreRequest {
         app_name: app.app_name()?,
         selector: app.selector()?,
         backup_id: args.backup,
@@ -123,23 +155,5 @@ pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::
         hooks: std::sync::Arc::new(lifeboat::hooks::Hooks::from_config(&file.hook)?),
         spool_dir,
         safety_copy: !args.no_safety_copy,
-    };
-    let store = lifeboat::store::open(&store_options).await?;
-    let docker = lifeboat::docker::connect().await?;
-    let cancel = lifeboat::shutdown::cancel_on_signals();
-    match lifeboat::restore::run(&docker, &store, &request, args.dry_run, &cancel).await? {
-        Err(plan) => println!("{plan}\n(dry run: nothing was changed)"),
-        Ok(report) => {
-            if verbose || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                println!(
-                    "restored backup {} of {}: {} volumes, downtime {:.1} s",
-                    report.backup_id,
-                    report.app,
-                    report.targets,
-                    report.downtime.as_secs_f64()
-                );
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    })
 }

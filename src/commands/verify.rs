@@ -64,40 +64,9 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
         ]
     };
     for found in &backups {
-        let manifest = &found.manifest;
-        let vouched = match &found.authenticity {
-            lifeboat::manifest::Authenticity::Signed(fp) => format!("signed by {fp}"),
-            lifeboat::manifest::Authenticity::Unsigned => "UNSIGNED (format 1)".into(),
-        };
-        for record in &manifest.volumes {
-            let name = Printable(&record.name);
-            let location = store
-                .layout
-                .object(&manifest.app, &manifest.backup_id, &record.object);
-            let verified = lifeboat::pipeline::open::verify_volume(
-                &store.objects,
-                &location,
-                record,
-                identities,
-            )
-            .await;
-            match verified {
-                Ok(Some(summary)) => writeln!(
-                    out,
-                    "ok    {} {name}: {} entries, {} bytes of files, sha256 matches, {vouched}",
-                    manifest.backup_id, summary.entries, summary.file_bytes
-                )?,
-                Ok(None) => writeln!(
-                    out,
-                    "ok    {} {name}: size and sha256 match, {vouched} (no owner key: not decrypted)",
-                    manifest.backup_id
-                )?,
-                Err(e) => {
-                    writeln!(out, "FAIL  {} {name}: {e}", manifest.backup_id)?;
-                    failures += 1;
-                    worst.get_or_insert(e.class());
-                }
-            }
+        for class in verify_objects(&mut out, &store, found, identities).await? {
+            failures += 1;
+            worst.get_or_insert(class);
         }
     }
     match worst {
@@ -107,4 +76,46 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
             Ok(class.code())
         }
     }
+}
+
+/// Reads every object of one genuine backup through the read chain, printing a line per
+/// volume; returns the exit classes of the ones that failed.
+async fn verify_objects(
+    out: &mut impl Write,
+    store: &lifeboat::store::Store,
+    found: &lifeboat::manifest::Authenticated,
+    identities: Option<&[lifeboat::keys::BoxIdentity]>,
+) -> anyhow::Result<Vec<lifeboat::error::ExitClass>> {
+    let manifest = &found.manifest;
+    let vouched = match &found.authenticity {
+        lifeboat::manifest::Authenticity::Signed(fp) => format!("signed by {fp}"),
+        lifeboat::manifest::Authenticity::Unsigned => "UNSIGNED (format 1)".into(),
+    };
+    let mut failed = Vec::new();
+    for record in &manifest.volumes {
+        let name = Printable(&record.name);
+        let location = store
+            .layout
+            .object(&manifest.app, &manifest.backup_id, &record.object);
+        let verified =
+            lifeboat::pipeline::open::verify_volume(&store.objects, &location, record, identities)
+                .await;
+        match verified {
+            Ok(Some(summary)) => writeln!(
+                out,
+                "ok    {} {name}: {} entries, {} bytes of files, sha256 matches, {vouched}",
+                manifest.backup_id, summary.entries, summary.file_bytes
+            )?,
+            Ok(None) => writeln!(
+                out,
+                "ok    {} {name}: size and sha256 match, {vouched} (no owner key: not decrypted)",
+                manifest.backup_id
+            )?,
+            Err(e) => {
+                writeln!(out, "FAIL  {} {name}: {e}", manifest.backup_id)?;
+                failed.push(e.class());
+            }
+        }
+    }
+    Ok(failed)
 }
