@@ -432,6 +432,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("did you mean `url`?"), "{err}");
+        assert!(
+            err.contains("expected one of `url`, `endpoint`") && err.contains("`parts_in_flight`"),
+            "the valid keys are listed: {err}"
+        );
         let err = ConfigFile::parse("[retention]\nkeep_dayly = 7\n")
             .unwrap_err()
             .to_string();

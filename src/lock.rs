@@ -725,6 +725,44 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_lock_is_renewed_past_its_first_lease_on_every_kind_of_store() {
+        for store in [
+            store(),
+            store_over(Arc::new(IgnoresConditions(InMemory::new()))),
+        ] {
+            let times = LockTimes {
+                lease: Duration::milliseconds(600),
+                renew_every: std::time::Duration::from_millis(100),
+                back_off: std::time::Duration::from_millis(50),
+            };
+            let lock = acquire_with(&store, "cvat", "backup", times, None)
+                .await
+                .unwrap();
+            let first = holders(&store, "cvat").await.unwrap()[0].clone();
+            // Three leases long: only renewals keep it.
+            tokio::time::sleep(std::time::Duration::from_millis(1800)).await;
+            assert!(!lock.lost().is_cancelled(), "still held");
+            let now = holders(&store, "cvat").await.unwrap();
+            assert_eq!(now.len(), 1);
+            assert_eq!(now[0].run_id, first.run_id);
+            assert!(
+                now[0].expires_at > first.expires_at + Duration::milliseconds(900)
+                    && now[0].expires_at > Utc::now(),
+                "the lease moved on: {} then {}",
+                first.expires_at,
+                now[0].expires_at
+            );
+            assert!(
+                acquire_with(&store, "cvat", "restore", quick(), None)
+                    .await
+                    .is_err(),
+                "a renewed lock still keeps others out"
+            );
+            assert!(lock.release().await.is_none());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_holder_whose_lease_ran_out_never_renews_over_a_takeover() {
         let store = store_over(Arc::new(IgnoresConditions(InMemory::new())));
         let times = LockTimes {

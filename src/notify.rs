@@ -252,8 +252,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unreachable_target_is_logged_not_fatal() {
+    async fn a_failing_target_is_retried_then_given_up_not_fatal() {
+        // A webhook that answers 500 to everything, counting what it got.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let posts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        std::thread::spawn({
+            let posts = std::sync::Arc::clone(&posts);
+            move || {
+                use std::io::{Read, Write};
+                for stream in listener.incoming() {
+                    let mut stream = stream.unwrap();
+                    let mut request = [0u8; 65536];
+                    let n = stream.read(&mut request).unwrap_or(0);
+                    if request[..n].starts_with(b"POST /hook ") {
+                        posts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                }
+            }
+        });
         let notifier = Notifier::new(
+            Some(&format!("http://127.0.0.1:{port}/hook")),
+            None,
+            None,
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        // Returns after its retries: a failed notification never fails the backup.
+        notifier
+            .send(Event::Failure, &Report::new(Event::Failure, "app"))
+            .await;
+        assert_eq!(
+            posts.load(std::sync::atomic::Ordering::SeqCst),
+            ATTEMPTS as usize,
+            "every attempt reached the webhook"
+        );
+
+        // Nothing listens: the same, without hanging.
+        let nobody = Notifier::new(
             Some("http://127.0.0.1:9/hook"),
             None,
             None,
@@ -261,8 +301,7 @@ mod tests {
             Duration::from_millis(200),
         )
         .unwrap();
-        // Returns (after its retries) instead of failing or hanging.
-        notifier
+        nobody
             .send(Event::Failure, &Report::new(Event::Failure, "app"))
             .await;
     }

@@ -188,13 +188,26 @@ fn wrong_key_and_corrupted_or_truncated_objects_fail_verification_and_touch_noth
     std::fs::write(&object, &flipped).unwrap();
     let output = restore(&s3, &app.project, &store, &key);
     assert_eq!(output.status.code(), Some(4), "bit flip");
-    assert!(stderr(&output).contains("damaged"), "{}", stderr(&output));
+    let object_key = object
+        .strip_prefix(s3.object_file("damage", ""))
+        .unwrap()
+        .display()
+        .to_string();
+    assert!(
+        stderr(&output).contains("damaged") && stderr(&output).contains(&object_key),
+        "exit 4 naming the object {object_key}: {}",
+        stderr(&output)
+    );
     assert_eq!(app.snapshot(&data), snapshot);
 
     std::fs::write(&object, &original[..original.len() - 1000]).unwrap();
     let output = restore(&s3, &app.project, &store, &key);
     assert_eq!(output.status.code(), Some(4), "truncated");
-    assert!(stderr(&output).contains("truncated"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("truncated") && stderr(&output).contains(&object_key),
+        "{}",
+        stderr(&output)
+    );
     assert_eq!(app.snapshot(&data), snapshot);
     assert!(app.running().values().all(|r| *r));
 

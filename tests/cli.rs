@@ -13,6 +13,7 @@ fn check_config_reaches_the_store_and_docker_and_lists_what_a_backup_takes() {
     let s3 = S3Server::start();
     let store = s3.bucket("checkcfg");
     let (_, recipient) = keygen(tempfile::tempdir().unwrap().path());
+    let started = docker(&["inspect", "-f", "{{.State.StartedAt}}", &app.containers[0]]);
     let output = run(s3.env(&mut lifeboat()).args([
         "check-config",
         "-p",
@@ -28,9 +29,11 @@ fn check_config_reaches_the_store_and_docker_and_lists_what_a_backup_takes() {
         text.contains("is reachable") && text.contains(&format!("volume {}_data", app.project)),
         "{text}"
     );
-    assert!(
-        app.running().values().all(|r| *r),
-        "check-config stops nothing"
+    assert!(app.running().values().all(|r| *r));
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.StartedAt}}", &app.containers[0]]),
+        started,
+        "check-config stops nothing: the container was never restarted"
     );
 
     let work = tempfile::tempdir().unwrap();

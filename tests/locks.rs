@@ -5,8 +5,11 @@
 mod common;
 #[path = "common/condless.rs"]
 mod condless;
+#[path = "common/proxy.rs"]
+mod proxy;
 
 use common::*;
+use proxy::FaultProxy;
 use std::process::{Command, Stdio};
 
 /// Starts `lifeboat backup` as if on its own host (a state directory of its own, so that only

@@ -25,10 +25,11 @@ fn the_sidecar_image_backs_up_its_app_on_a_schedule() {
     let data = app.volume("data");
     app.in_volume(&data, &fill_script(1));
     app.service("web", IMAGE, &[("data", "/data")], &[], true);
+    let before = app.snapshot(&data);
     let s3 = S3Server::start();
     let store = s3.bucket("sidecar");
     let work = tempfile::tempdir().unwrap();
-    let (_, recipient) = keygen(work.path());
+    let (key, recipient) = keygen(work.path());
     let secrets = work.path().join("secrets");
     std::fs::create_dir(&secrets).unwrap();
     std::fs::write(
@@ -112,4 +113,11 @@ fn the_sidecar_image_backs_up_its_app_on_a_schedule() {
         !stderr(&output).contains(S3_SECRET_KEY),
         "no secret in the logs"
     );
+
+    // What the sidecar stored restores byte for byte with the owner key.
+    app.wipe(&data);
+    let output = restore(&s3, &app.project, &store, &key);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(app.snapshot(&data), before);
+    assert!(app.running().values().all(|r| *r));
 }

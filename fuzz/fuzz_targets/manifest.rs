@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lifeboat::manifest::{TrustPolicy, authenticate};
+use lifeboat::manifest::{TrustPolicy, authenticate, check};
 
 fuzz_target!(|data: &[u8]| {
     let policy = TrustPolicy {
@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         ..Default::default()
     };
     if let Ok(found) = authenticate("app", "20260101T000000.000Z", data, None, &policy) {
-        assert!(found.manifest.check("app", "20260101T000000.000Z").is_ok());
+        assert!(check(&found.manifest, "app", "20260101T000000.000Z").is_ok());
         for record in &found.manifest.volumes {
             assert!(!record.object.contains('/') && !record.object.contains(".."));
         }

@@ -431,7 +431,15 @@ mod tests {
 
     #[test]
     fn the_default_budget_follows_free_space() {
-        let limit = SpoolBudget::default_limit(Path::new("/nonexistent/sub/dir"));
-        assert!(limit <= 16 << 30);
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).expect("statvfs of a temporary directory");
+        // A spool directory not made yet: its nearest existing ancestor's file system counts.
+        let limit = SpoolBudget::default_limit(&dir.path().join("not/made/yet"));
+        let expected = (free / 2).min(16 << 30);
+        assert!(limit > 0, "free space {free} gives a budget");
+        assert!(
+            limit.abs_diff(expected) < 256 << 20,
+            "half the free space ({free}) up to 16 GiB: {limit} vs {expected}"
+        );
     }
 }

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Builds the PostgreSQL test image for the disaster drill without a registry: a Debian rootfs
 # made by debootstrap with postgresql, imported with `docker import`. Skipped when the image
-# exists already (it is cached between runs on one machine).
+# exists already, built by this very script (it is cached between runs on one machine, and
+# labelled with a hash of this file: a changed recipe builds it again).
 set -euo pipefail
 IMAGE=lifeboat-test/postgres:15
-if docker image inspect "$IMAGE" >/dev/null 2>&1; then exit 0; fi
+recipe=$(sha256sum "$0" | cut -c1-16)
+built=$(docker image inspect -f '{{index .Config.Labels "io.lifeboat.test.recipe"}}' "$IMAGE" 2>/dev/null || true)
+if [ "$built" = "$recipe" ]; then exit 0; fi
 command -v debootstrap >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
 mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
 mirror=${mirror:-http://deb.debian.org/debian}
@@ -28,5 +31,6 @@ mkdir -p "$root/var/lib/postgresql/data"
 chroot "$root" chown -R postgres:postgres /var/lib/postgresql
 chmod 700 "$root/var/lib/postgresql/data"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-tar -C "$root" -c . | docker import -c 'USER postgres' -c 'CMD ["/usr/local/bin/pg-start"]' - "$IMAGE" >/dev/null
+tar -C "$root" -c . | docker import -c 'USER postgres' -c 'CMD ["/usr/local/bin/pg-start"]' \
+  -c "LABEL io.lifeboat.test.recipe=$recipe" - "$IMAGE" >/dev/null
 echo "==> built $IMAGE" >&2
