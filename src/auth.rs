@@ -7,6 +7,8 @@
 //! backup key), never under a key the bucket names. The manifest binds everything else: the
 //! app, the backup id, each volume's object, sizes and sha256, root metadata, app version,
 //! recipients and times. This module knows nothing of manifests: it signs and checks bytes.
+//!
+//! Where it sits: Keys layer: uses only `text`; `keys` and `manifest` build on it.
 
 use ssh_key::{HashAlg, LineEnding, PrivateKey, PublicKey, SshSig};
 

@@ -5,6 +5,9 @@
 //! error in any stage, after a panic in the volume task, and after SIGINT/SIGTERM (the token
 //! cancels the uploads, which abort their multipart uploads). A failed backup deletes the
 //! objects it had completed, so it leaves neither a manifest nor stray volume objects.
+//!
+//! Where it sits: An operation, on top of the library: uses `docker`, `pipeline::seal`, `store`,
+//! `manifest`, `lock`, `stopped`, `state` and `hooks`; only `commands/backup.rs` calls it.
 
 use crate::docker::{self, App, AppContainer, Helper, HelperMount, VOLUME_LABEL};
 use crate::format::{self, AppVersion, Encryption, Manifest, SourceKind, VolumeRecord};

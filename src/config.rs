@@ -2,6 +2,9 @@
 //! variables (clap reads both; flags win) and sections of the TOML config file (which fills what
 //! neither gave). Unknown keys in the file are errors. Each struct merges with [`Merge::or`]
 //! and is validated once, where it is turned into the objects the operations use.
+//!
+//! Where it sits: Above the adapters it configures (`store`, `docker`, `hooks`, `notify`,
+//! `retention`), below the binary; nothing in the library imports it.
 
 use crate::format::Compression;
 use crate::store::StoreOptions;

@@ -9,6 +9,9 @@
 //! their environment; their own failure is reported but never turns stored data into a failed
 //! backup. Every hook has a timeout; a host command that overruns is killed with its whole
 //! process group.
+//!
+//! Where it sits: An adapter beside `docker` (it runs `docker exec` through it); operations call
+//! it.
 
 use crate::docker::App;
 use anyhow::{Result, anyhow};

@@ -12,6 +12,8 @@
 //!
 //! Extra recipients (age `age1…` or SSH public keys) may be added to a backup; they can decrypt
 //! but not vouch for a backup.
+//!
+//! Where it sits: Keys layer: uses `auth` and `error`; the pipeline and the operations use it.
 
 use crate::auth::{Signer, Trust};
 use anyhow::{Context, Result};

@@ -18,6 +18,9 @@
 //! Where the store supports conditional updates, renewal is `If-Match` on the lock's ETag,
 //! so a removal in between is seen. A lock written by this host's state directory whose
 //! local claim is free (its process is gone: `state::claim`) is stale at once.
+//!
+//! Where it sits: An adapter over `store`: knows nothing of Docker or local state (the caller
+//! passes `state::local_claims`).
 
 use crate::store::Store;
 use anyhow::{Result, anyhow};

@@ -1,5 +1,7 @@
 //! The `lifeboat` command line: parses arguments, sets up logging, runs one subcommand, and
 //! turns its outcome into an exit code (see `error::ExitClass` and README.md).
+//!
+//! Where it sits: The top: the only place that knows every error type, and so the one exit path.
 
 mod commands;
 

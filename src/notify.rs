@@ -5,6 +5,8 @@
 //! A notification never changes a backup's outcome: every failure to deliver one (after a few
 //! retries, each with a short timeout) is logged and otherwise ignored. The URLs are secrets
 //! (a ping URL is enough to fake a success), so they are never logged; only their host is.
+//!
+//! Where it sits: An adapter at the edge of the library: uses only `text` and `error`.
 
 use anyhow::Result;
 use serde::Serialize;

@@ -8,6 +8,8 @@
 //! The size comes from walking the volume's directory on this host (`Mountpoint` from
 //! `docker volume inspect`) alongside the backup; when lifeboat cannot see it (a remote
 //! `DOCKER_HOST`, not root), the bar shows bytes and throughput without an ETA.
+//!
+//! Where it sits: A leaf: depends on nothing in the crate.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io;

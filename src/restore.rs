@@ -12,6 +12,9 @@
 //! leaves the app stopped, see [`crate::state`]); replaces each target from the spool — the
 //! bytes written are the bytes verified; and starts the app again. [`rollback`] puts the
 //! safety copies back after a restore that did not finish.
+//!
+//! Where it sits: An operation, on top of the library: uses `docker`, `pipeline::open`, `store`,
+//! `manifest`, `lock`, `stopped`, `state` and `hooks`; only `commands/restore.rs` calls it.
 
 use crate::docker::{self, App, AppSelector, Helper, HelperMount, VOLUME_LABEL};
 use crate::format::{AppVersion, Manifest, ServiceImage, SourceKind, VolumeRecord};

@@ -2,6 +2,8 @@
 //!
 //! The handler stays installed after the first signal, so a second Ctrl-C cannot kill lifeboat
 //! while it is starting the app's containers again.
+//!
+//! Where it sits: A leaf: depends on nothing in the crate.
 
 use tokio_util::sync::CancellationToken;
 

@@ -8,6 +8,9 @@
 //! containers again, saying so — unless the record says a restore had begun replacing volumes
 //! and did not finish: then the app stays stopped, and every run refuses to go on until the
 //! operator finishes the restore (runs it again) or rolls it back ([`IncompleteRestore`]).
+//!
+//! Where it sits: Local state, above `docker` and `lock` (it gives the lock this host's claims),
+//! below the operations.
 
 use anyhow::{Context, Result};
 use bollard::Docker;

@@ -5,6 +5,9 @@
 //! [`while_stopped`] is the whole window for work that may always be followed by a restart
 //! (a backup: the volumes are only read). A restore opens a [`Downtime`] itself, because a
 //! failure after it began replacing volumes must leave the app stopped ([`Downtime::keep`]).
+//!
+//! Where it sits: Local state, above `docker` and `state`, below the operations that bracket their
+//! work with it.
 
 use crate::docker::{self, App, Stopped};
 use crate::state::{Record, StoppedRecord};

@@ -5,6 +5,9 @@
 //! expire), `az://container/prefix` (`AZURE_*` variables), `gs://bucket/prefix`
 //! (`GOOGLE_*` variables) and `file:///path`. Every client gets timeouts that suit long
 //! streaming transfers: no total request timeout, a read timeout instead, and retries.
+//!
+//! Where it sits: An adapter: sees `format` and the upload settings of `pipeline`; `manifest`,
+//! `lock` and the operations build on it.
 
 use crate::format::{MANIFEST_NAME, SIGNATURE_NAME};
 use crate::pipeline::upload::PartPolicy;

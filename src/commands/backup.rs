@@ -1,4 +1,7 @@
 //! `lifeboat backup`: one backup of one app.
+//!
+//! Where it sits: The binary's edge: turns flags and the config file into a `BackupPlan` for
+//! `lifeboat::backup` and prints the result.
 
 use lifeboat::backup::{BackupPlan, VolumeSelection};
 use lifeboat::config::{

@@ -1,6 +1,9 @@
 //! `lifeboat check-config`: validate the settings and reach the store and Docker, naming the
 //! first problem and its fix; say which keys are loaded and whether the store's backups are
 //! signed by them. Changes nothing.
+//!
+//! Where it sits: The binary's edge: asks the library's adapters (store, Docker, keys) and prints
+//! what they answer.
 
 use super::backup::{BackupArgs, build_plan};
 use lifeboat::config::ConfigFile;

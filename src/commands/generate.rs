@@ -1,5 +1,7 @@
 //! `lifeboat completions SHELL` and `lifeboat man`: generated from the clap definition, so
 //! they always match the flags.
+//!
+//! Where it sits: The binary's edge: reads only the clap definitions.
 
 use clap::CommandFactory;
 use std::process::ExitCode;

@@ -1,5 +1,7 @@
 //! `lifeboat keygen`: a new owner key (to keep offline) and its backup key (for the backup
 //! host), or the backup key of an existing owner key.
+//!
+//! Where it sits: The binary's edge: writes what `lifeboat::keys` generates.
 
 use lifeboat::keys::{self, BackupKey, OwnerKey};
 use std::io::Write;

@@ -1,4 +1,6 @@
 //! `lifeboat list`: the complete backups in a store, each marked by whether it is genuine.
+//!
+//! Where it sits: The binary's edge: prints what `lifeboat::manifest::list` finds.
 
 use super::TrustArgs;
 use lifeboat::config::{ConfigFile, Merge};

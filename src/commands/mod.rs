@@ -1,5 +1,8 @@
 //! The subcommands, one file each, dispatched by [`Command`]. The doc comments are the
 //! `--help` text. Settings come from flags, `LIFEBOAT_*` variables and the `--config` file.
+//!
+//! Where it sits: The binary's edge, under `main.rs`: the options every command shares, and the
+//! dispatch to one file per subcommand.
 
 mod backup;
 mod check_config;

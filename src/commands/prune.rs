@@ -1,4 +1,6 @@
 //! `lifeboat prune`: remove the backups no keep rule keeps.
+//!
+//! Where it sits: The binary's edge: flags to `lifeboat::retention::prune`, under the store lock.
 
 use super::TrustArgs;
 use lifeboat::config::{ConfigFile, Merge, RetentionOptions};

@@ -1,5 +1,8 @@
 //! `lifeboat restore`: verify a backup, then stream it back into the app's volumes; or show
 //! the plan (`--dry-run`), or roll back a restore that did not finish (`--rollback`).
+//!
+//! Where it sits: The binary's edge: flags to a `RestoreRequest` for `lifeboat::restore`, and the
+//! result printed.
 
 use lifeboat::config::{AppOptions, ConfigFile, Merge, RestoreOptions};
 use lifeboat::restore::RestoreRequest;

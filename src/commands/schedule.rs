@@ -1,6 +1,8 @@
 //! `lifeboat schedule`: run backups on a cron schedule, in the foreground (the sidecar's
 //! command). One failed run is logged and does not stop the schedule; SIGINT/SIGTERM stops it
 //! (a backup in progress is cancelled cleanly: uploads aborted, the app started again).
+//!
+//! Where it sits: The binary's edge: runs the backup command on a cron schedule.
 
 use super::backup::BackupArgs;
 use lifeboat::config::ConfigFile;

@@ -1,4 +1,6 @@
 //! `lifeboat show`: one backup's manifest, for people or scripts, once it is authenticated.
+//!
+//! Where it sits: The binary's edge: prints one authenticated manifest.
 
 use super::TrustArgs;
 use lifeboat::config::{ConfigFile, Merge};

@@ -1,4 +1,6 @@
 //! `lifeboat unlock`: remove the lock a dead run left behind.
+//!
+//! Where it sits: The binary's edge: `lifeboat::lock::unlock`, printed.
 
 use lifeboat::config::{ConfigFile, Merge};
 use lifeboat::store::StoreOptions;

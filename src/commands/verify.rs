@@ -1,4 +1,7 @@
 //! `lifeboat verify`: the whole read path of one or all backups, touching no volume.
+//!
+//! Where it sits: The binary's edge: runs `lifeboat::pipeline::open` over a backup's objects and
+//! prints a line per volume.
 
 use super::TrustArgs;
 use lifeboat::config::{ConfigFile, Merge};

@@ -4,6 +4,9 @@
 //!
 //! Containers are kept in a safe start order: a compose service starts after the services it
 //! `depends_on` (from the `com.docker.compose.depends_on` label); stopping goes in reverse.
+//!
+//! Where it sits: Inside `docker`, an adapter: sees `format` (and `error`) only; reads version
+//! files through `archive`.
 
 use super::{DEPENDS_ON_LABEL, ONEOFF_LABEL, PROJECT_LABEL, SERVICE_LABEL, read_file};
 use crate::format::ServiceImage;

@@ -2,6 +2,8 @@
 //! and created-but-never-started containers (the daemon mounts the container's volumes for the
 //! copy): the tar stream of a directory, extraction into one, the root directory's metadata,
 //! and small files read whole.
+//!
+//! Where it sits: Inside `docker`, an adapter: sees `format` only.
 
 use crate::format::RootMeta;
 use anyhow::{Context, Result, anyhow};

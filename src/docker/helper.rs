@@ -2,6 +2,9 @@
 //! that mounts a volume at [`HELPER_PATH`] so restore can reach volumes no app container
 //! mounts, empty them, copy trees between them (safety copies), and create or remove volumes.
 //! Helpers carry their owner, so ones a killed run left behind are removed.
+//!
+//! Where it sits: Inside `docker`, an adapter: uses `archive` for its copies, and
+//! `pipeline::tar_check` to read a copied tree's root entry.
 
 use super::{extract_into, set_dir_meta, tar_of};
 use anyhow::{Context, Result, anyhow};

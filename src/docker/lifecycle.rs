@@ -1,5 +1,7 @@
 //! Stopping and starting the app's containers, restart policies while it is down, and commands
 //! run inside a running container (hooks). A start retries while dockerd restarts.
+//!
+//! Where it sits: Inside `docker`, an adapter: uses `app` for the containers it stops and starts.
 
 use super::{App, engine_unreachable};
 use anyhow::{Result, anyhow};

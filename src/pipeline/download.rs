@@ -3,6 +3,8 @@
 //! object_store resumes a broken GET with ranged requests; errors that still come out of the
 //! stream are wrapped in [`StoreReadError`] so that the end of a read chain can tell a network
 //! failure from damaged data.
+//!
+//! Where it sits: A stage in `pipeline`: sees an object store and a path.
 
 use super::PipelineError;
 use futures::TryStreamExt;

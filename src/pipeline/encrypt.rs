@@ -3,6 +3,8 @@
 //! Encryption is a writer placed after the compressor; decryption a reader placed after the
 //! download. Closing the writer writes the final chunk: without `shutdown()` the object is
 //! truncated. A truncated object is only detected at its end, so readers must read to EOF.
+//!
+//! Where it sits: A stage in `pipeline`: sees the keys only.
 
 use super::PipelineError;
 use crate::keys::{BoxIdentity, Recipient};

@@ -10,6 +10,9 @@
 //!
 //! The read chain of [`super::seal`], written once, in data order. Like every stage it takes an
 //! object store and the object's path; the bucket layout is the caller's.
+//!
+//! Where it sits: A chain in `pipeline`, under the operations (`restore`, and the `verify`
+//! command): sees an object store and a path, never the bucket layout.
 
 use super::PipelineError;
 use super::compress::decompressing_reader;

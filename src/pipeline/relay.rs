@@ -6,6 +6,8 @@
 //! `DEPTH` chunks of `CHUNK` bytes wait); an error of the input reaches the reader as the same
 //! `io::Error` (kind and source kept), so the end of the chain still tells damaged data from
 //! a failed store or disk. Dropping the reader stops the task.
+//!
+//! Where it sits: A stage in `pipeline`: plain async I/O, nothing of lifeboat.
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;

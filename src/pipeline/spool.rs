@@ -12,6 +12,8 @@
 //!
 //! Two threads per pipe do the blocking file I/O: one appends what the writer sends, one reads
 //! it back in order for the reader. Errors (a full disk) reach both ends with the spool's path.
+//!
+//! Where it sits: A stage in `pipeline`: local files only.
 
 use bytes::Bytes;
 use std::fs::File;

@@ -4,6 +4,8 @@
 //!
 //! The reader is moved into the next stage; the [`TallyHandle`] stays with the caller and is
 //! read once the chain has reached end of stream.
+//!
+//! Where it sits: A stage in `pipeline`: plain async I/O.
 
 use sha2::{Digest, Sha256};
 use std::io;

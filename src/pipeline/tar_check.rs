@@ -7,6 +7,8 @@
 //! both must accept, and both must see the same entries (path, link target, type, size) —
 //! Docker extracts with yet another parser (Go's archive/tar), and whatever tar readers read
 //! differently is where a check and an extraction can part ways.
+//!
+//! Where it sits: A stage in `pipeline`: sees `format` for the root metadata it reads.
 
 use super::PipelineError;
 pub use super::tar_policy::{

@@ -7,6 +7,8 @@
 //! cleanly, so the archive API's body simply ends early. Without this check such a truncated
 //! volume would be stored as a complete backup. A zero block inside a file's data does not
 //! fool it: only blocks where a header is due count.
+//!
+//! Where it sits: A stage in `pipeline`: plain async I/O.
 
 use super::tar_walk::{self, BLOCK, Body, Visit, Walker};
 use std::io;

@@ -31,6 +31,8 @@
 //!   file capabilities (`SCHILY.xattr.security.capability`, setuid by another name).
 //! - the end: the end-of-archive marker (two zero blocks) at a header position, only zeros
 //!   after it, and at least one entry.
+//!
+//! Where it sits: Inside `pipeline`, under `tar_check`: pure rules over tar headers.
 
 use super::tar_walk::{self, BLOCK, Body, Format, Visit, Walker};
 use std::collections::{BTreeMap, VecDeque};

@@ -5,6 +5,9 @@
 //!
 //! Also here: the header fields both of those read, parsed the strict way — only encodings that
 //! Go's archive/tar (what dockerd extracts with) and tokio-tar read as the same value.
+//!
+//! Where it sits: Inside `pipeline`, under `tar_check` and `tar_policy`: the header walk they
+//! share.
 
 use std::io;
 

@@ -9,6 +9,8 @@
 //! completes once it knows the producer of the stream succeeded, or aborts. A failed part, a
 //! cancellation, or an [`UploadedParts`] dropped unfinished aborts the multipart upload, so no
 //! half-written object and no orphan parts remain.
+//!
+//! Where it sits: A stage in `pipeline`: sees an object store and a path.
 
 use super::PipelineError;
 use bytes::Bytes;
