@@ -123,10 +123,17 @@ fn one_chosen_volume_in_gzip_without_a_spool_with_json_logs_restores_identically
             &store,
             "--backup",
             &first,
+            // Kept for old scripts: restore always verifies, and says so.
+            "--no-verify",
             "-i",
         ])
         .arg(&key));
     assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--no-verify is ignored"),
+        "{}",
+        stderr(&output)
+    );
     assert_eq!(
         app.snapshot(&chosen),
         before,
