@@ -145,8 +145,11 @@ for round in $(seq 1 "$ROUNDS"); do
   measure "lifeboat-restore" $L restore -p $project --store s3://bench/lifeboat -i "$work/key.txt"
   measure "lifeboat-restore-no-safety-copy" $L restore --no-safety-copy -p $project --store s3://bench/lifeboat -i "$work/key.txt"
   if [ -n "${OLD:-}" ]; then
-    measure "old-lifeboat-backup" env -u LIFEBOAT_BACKUP_KEY_FILE "$OLD" backup -p $project --store s3://bench/old -r "$R"
-    measure "old-lifeboat-restore" env -u LIFEBOAT_BACKUP_KEY_FILE "$OLD" restore -p $project --store s3://bench/old -i "$work/key.txt"
+    # A lifeboat from before signed backups (format 1) knows no backup key.
+    old_env=(env)
+    "$OLD" keygen --help 2>/dev/null | grep -q -- --backup-key-output || old_env=(env -u LIFEBOAT_BACKUP_KEY_FILE)
+    measure "old-lifeboat-backup" "${old_env[@]}" "$OLD" backup -p $project --store s3://bench/old -r "$R"
+    measure "old-lifeboat-restore" "${old_env[@]}" "$OLD" restore -p $project --store s3://bench/old -i "$work/key.txt"
   fi
   measure "aws-pipeline-restore" bash "$work/peer_restore.sh"
   measure "rclone-pipeline-restore" bash "$work/rclone_restore.sh"

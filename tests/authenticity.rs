@@ -196,8 +196,10 @@ fn a_forged_bind_mount_record_never_touches_the_host_directory() {
         "-v",
         &format!("{}:/etc/app:ro", host_dir.path().display()),
         IMAGE,
-        "sleep",
-        "3600",
+        // Stops at once on SIGTERM (a bare `sleep` as PID 1 ignores it: 60 s per stop).
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
     ]);
     docker(&["start", &web]);
     app.containers.push(web);
@@ -628,8 +630,10 @@ fn a_volume_another_project_lends_the_app_is_never_written() {
         "-v",
         &format!("{theirs}:/shared:ro"),
         IMAGE,
-        "sleep",
-        "3600",
+        // Stops at once on SIGTERM (a bare `sleep` as PID 1 ignores it: 60 s per stop).
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
     ]);
     docker(&["start", &web]);
     app.containers.push(web);
