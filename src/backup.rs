@@ -275,7 +275,8 @@ async fn attempt(
         policy: plan.part_policy,
         hooks: Arc::clone(&plan.hooks),
         progress: plan.progress.clone(),
-        spool: plan.spool_budget(),
+        // Set up once the before-backup hook has run: a hook may prepare the spool's disk.
+        spool: None,
         cancel,
     };
     let result = locked_attempt(job, plan, sources, started_at, app_version).await;
@@ -299,15 +300,17 @@ async fn record_version(docker: &Docker, app: &App, plan: &BackupPlan) -> Result
 /// every volume read while it is stopped; the uploads finished once it runs again; the signed
 /// manifest last. A restart that failed is reported after the data is safe.
 async fn locked_attempt(
-    job: VolumeJob,
+    mut job: VolumeJob,
     plan: &BackupPlan,
     sources: Vec<Source>,
     started_at: chrono::DateTime<Utc>,
     app_version: AppVersion,
 ) -> Result<(Manifest, Vec<String>)> {
     let (docker, store, backup_id) = (job.docker.clone(), job.store.clone(), job.backup_id.clone());
-    let (app, cancel, spooled) = (job.app.clone(), job.cancel.clone(), job.spool.is_some());
+    let (app, cancel) = (job.app.clone(), job.cancel.clone());
     before_stopping(&job, plan, sources.len()).await?;
+    job.spool = plan.spool_budget();
+    let spooled = job.spool.is_some();
     let window = crate::stopped::while_stopped(
         &docker,
         &app,

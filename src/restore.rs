@@ -372,6 +372,8 @@ pub async fn plan(
     let mut targets = plan_targets(docker, &app, request, &backup.manifest.volumes).await?;
     for target in &mut targets {
         target.empty = target.create.is_some() || is_empty_target(docker, target).await?;
+        // `resuming` always carries its restore record (every `IncompleteRestore` is made from
+        // one that was replacing), so `earlier` is `Some` exactly when finishing.
         target.safety_copy = match earlier {
             // Finishing: the copies the unfinished restore made, none new.
             Some(earlier) => earlier

@@ -703,7 +703,7 @@ impl PolicyHandle {
         self.lock().tar_bytes
     }
 
-    /// The first 512 bytes of the stream (for [`super::tar_check::RootMeta::from_first_block`]).
+    /// The first 512 bytes of the stream (for [`super::tar_check::root_meta`]).
     pub fn first_block(&self) -> Vec<u8> {
         self.lock().first_block.clone()
     }
