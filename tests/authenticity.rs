@@ -173,6 +173,35 @@ fn attacker_tree(work: &Path) -> PathBuf {
     tree
 }
 
+/// Starts the app's `web` service (compose labels) with raw `-v` mount specs: host
+/// directories and other projects' volumes, which [`TestApp::service`] does not make.
+fn start_web(app: &mut TestApp, mounts: &[String]) {
+    let web = format!("{}-web-1", app.project);
+    let project = format!("com.docker.compose.project={}", app.project);
+    let mut args = vec![
+        "create",
+        "--name",
+        &web,
+        "--label",
+        &project,
+        "--label",
+        "com.docker.compose.service=web",
+    ];
+    for mount in mounts {
+        args.extend(["-v", mount.as_str()]);
+    }
+    // Stops at once on SIGTERM (a bare `sleep` as PID 1 ignores it: 60 s per stop).
+    args.extend([
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ]);
+    docker(&args);
+    docker(&["start", &web]);
+    app.containers.push(web);
+}
+
 /// Attack 1: a forged bind-mount record writes into a host directory the app mounts
 /// read-only, one that was never backed up.
 #[test]
@@ -182,27 +211,13 @@ fn a_forged_bind_mount_record_never_touches_the_host_directory() {
     app.in_volume(&data, "echo genuine > /v/db");
     let host_dir = tempfile::tempdir().unwrap();
     std::fs::write(host_dir.path().join("own.conf"), "owner=1\n").unwrap();
-    let web = format!("{}-web-1", app.project);
-    docker(&[
-        "create",
-        "--name",
-        &web,
-        "--label",
-        &format!("com.docker.compose.project={}", app.project),
-        "--label",
-        "com.docker.compose.service=web",
-        "-v",
-        &format!("{data}:/data"),
-        "-v",
-        &format!("{}:/etc/app:ro", host_dir.path().display()),
-        IMAGE,
-        // Stops at once on SIGTERM (a bare `sleep` as PID 1 ignores it: 60 s per stop).
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; while true; do sleep 1; done",
-    ]);
-    docker(&["start", &web]);
-    app.containers.push(web);
+    start_web(
+        &mut app,
+        &[
+            format!("{data}:/data"),
+            format!("{}:/etc/app:ro", host_dir.path().display()),
+        ],
+    );
     let s3 = S3Server::start();
     let store = s3.bucket("forgebind");
     let work = tempfile::tempdir().unwrap();
@@ -616,27 +631,10 @@ fn a_volume_another_project_lends_the_app_is_never_written() {
     let mut app = TestApp::new("borrower");
     let ours = app.volume("data");
     app.in_volume(&ours, "echo ours > /v/f");
-    let web = format!("{}-web-1", app.project);
-    docker(&[
-        "create",
-        "--name",
-        &web,
-        "--label",
-        &format!("com.docker.compose.project={}", app.project),
-        "--label",
-        "com.docker.compose.service=web",
-        "-v",
-        &format!("{ours}:/data"),
-        "-v",
-        &format!("{theirs}:/shared:ro"),
-        IMAGE,
-        // Stops at once on SIGTERM (a bare `sleep` as PID 1 ignores it: 60 s per stop).
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; while true; do sleep 1; done",
-    ]);
-    docker(&["start", &web]);
-    app.containers.push(web);
+    start_web(
+        &mut app,
+        &[format!("{ours}:/data"), format!("{theirs}:/shared:ro")],
+    );
     let s3 = S3Server::start();
     let store = s3.bucket("lend");
     let work = tempfile::tempdir().unwrap();

@@ -22,77 +22,25 @@ fn backup_from_host(s3: &S3Server, host: &std::path::Path, project: &str, store:
     cmd
 }
 
-#[test]
-fn of_several_hosts_starting_one_backup_at_once_exactly_one_proceeds() {
-    let mut app = TestApp::new("lockrace");
-    let data = app.volume("data");
-    app.in_volume(&data, "head -c 30000000 /dev/urandom > /v/big");
-    app.service("app", IMAGE, &[("data", "/data")], &[], true);
-    let s3 = S3Server::start();
-    let store = s3.bucket("lockrace");
-    let work = tempfile::tempdir().unwrap();
-    keygen(work.path());
-    for round in 0..2 {
-        let children: Vec<_> = (0..4)
-            .map(|i| {
-                let host = work.path().join(format!("host-{round}-{i}"));
-                backup_from_host(&s3, &host, &app.project, &store)
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        let outputs: Vec<_> = children
-            .into_iter()
-            .map(|c| c.wait_with_output().unwrap())
-            .collect();
-        let won = outputs.iter().filter(|o| o.status.success()).count();
-        assert_eq!(
-            won,
-            1,
-            "round {round}: {:?}",
-            outputs.iter().map(stderr).collect::<Vec<_>>()
-        );
-        for refused in outputs.iter().filter(|o| !o.status.success()) {
-            assert_eq!(refused.status.code(), Some(5), "{}", stderr(refused));
-            assert!(
-                stderr(refused).contains("holds the lock in this store"),
-                "{}",
-                stderr(refused)
-            );
-        }
-        assert!(app.running().values().all(|r| *r));
-    }
-    assert_eq!(list_json(&s3, &store).len(), 2, "one backup per round");
-    assert!(s3.open_uploads().is_empty());
-}
-
-/// Some S3-compatible servers ignore `If-None-Match` / `If-Match`: through a proxy that strips
-/// them (and signs the requests again), still exactly one of several hosts proceeds.
-#[test]
-fn on_a_store_that_ignores_conditional_writes_exactly_one_host_proceeds() {
-    let mut app = TestApp::new("lockcondless");
-    let data = app.volume("data");
-    app.in_volume(&data, "head -c 20000000 /dev/urandom > /v/big");
-    app.service("app", IMAGE, &[("data", "/data")], &[], true);
-    let s3 = S3Server::start();
-    let store = s3.bucket("lockcondless");
-    let work = tempfile::tempdir().unwrap();
-    let (key, _) = keygen(work.path());
-    let proxy = condless::CondlessProxy::start(s3.port, S3_ACCESS_KEY, S3_SECRET_KEY);
+/// Four hosts (state directories under `hosts`) start a backup of one app at once, through
+/// `endpoint` if given: exactly one proceeds, the others are refused naming the lock (exit 5).
+fn four_hosts_race(
+    s3: &S3Server,
+    hosts: &std::path::Path,
+    project: &str,
+    store: &str,
+    endpoint: Option<String>,
+) {
     let children: Vec<_> = (0..4)
         .map(|i| {
-            let host = work.path().join(format!("host-{i}"));
-            let mut cmd = backup_from_host(&s3, &host, &app.project, &store);
-            cmd.env(
-                "AWS_ENDPOINT_URL",
-                format!("http://127.0.0.1:{}", proxy.port),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+            let mut cmd = backup_from_host(s3, &hosts.join(format!("host-{i}")), project, store);
+            if let Some(endpoint) = &endpoint {
+                cmd.env("AWS_ENDPOINT_URL", endpoint);
+            }
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
     let outputs: Vec<_> = children
@@ -114,6 +62,52 @@ fn on_a_store_that_ignores_conditional_writes_exactly_one_host_proceeds() {
             stderr(refused)
         );
     }
+}
+
+#[test]
+fn of_several_hosts_starting_one_backup_at_once_exactly_one_proceeds() {
+    let mut app = TestApp::new("lockrace");
+    let data = app.volume("data");
+    app.in_volume(&data, "head -c 30000000 /dev/urandom > /v/big");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("lockrace");
+    let work = tempfile::tempdir().unwrap();
+    keygen(work.path());
+    for round in 0..2 {
+        four_hosts_race(
+            &s3,
+            &work.path().join(format!("round-{round}")),
+            &app.project,
+            &store,
+            None,
+        );
+        assert!(app.running().values().all(|r| *r));
+    }
+    assert_eq!(list_json(&s3, &store).len(), 2, "one backup per round");
+    assert!(s3.open_uploads().is_empty());
+}
+
+/// Some S3-compatible servers ignore `If-None-Match` / `If-Match`: through a proxy that strips
+/// them (and signs the requests again), still exactly one of several hosts proceeds.
+#[test]
+fn on_a_store_that_ignores_conditional_writes_exactly_one_host_proceeds() {
+    let mut app = TestApp::new("lockcondless");
+    let data = app.volume("data");
+    app.in_volume(&data, "head -c 20000000 /dev/urandom > /v/big");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("lockcondless");
+    let work = tempfile::tempdir().unwrap();
+    let (key, _) = keygen(work.path());
+    let proxy = condless::CondlessProxy::start(s3.port, S3_ACCESS_KEY, S3_SECRET_KEY);
+    four_hosts_race(
+        &s3,
+        work.path(),
+        &app.project,
+        &store,
+        Some(format!("http://127.0.0.1:{}", proxy.port)),
+    );
     assert!(
         proxy.stripped() > 0,
         "the proxy stripped the manifest's If-None-Match"

@@ -10,34 +10,6 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-fn config(
-    dir: &Path,
-    store: &str,
-    project: &str,
-    recipient: &str,
-    extra: &str,
-) -> std::path::PathBuf {
-    let path = dir.join(format!(
-        "lifeboat-{}.toml",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::write(
-        &path,
-        format!(
-            "[store]\nurl = \"{store}\"\n[app]\nproject = \"{project}\"\n[backup]\nbackup_key = \"{}\"\nrecipients = [\"{recipient}\"]\n{extra}",
-            backup_key().display()
-        ),
-    )
-    .unwrap();
-    // It may hold a webhook URL: a secret, refused when others may read it.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
 fn backup_with(s3: &S3Server, config: &Path, args: &[&str]) -> std::process::Output {
     run(s3
         .env(&mut lifeboat())

@@ -5,25 +5,8 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-/// A config file naming the store, the app and the backup key, plus `extra` (hooks).
-fn config(dir: &Path, store: &str, project: &str, recipient: &str, extra: &str) -> String {
-    let path = dir.join("lifeboat.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[store]\nurl = \"{store}\"\n[app]\nproject = \"{project}\"\n[backup]\nbackup_key = \"{}\"\nrecipients = [\"{recipient}\"]\n{extra}",
-            backup_key().display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path.display().to_string()
-}
 
 #[test]
 fn one_chosen_volume_in_gzip_without_a_spool_with_json_logs_restores_identically() {
@@ -174,7 +157,9 @@ command = "echo $LIFEBOAT_EVENT:$LIFEBOAT_OUTCOME >> {log}; exit 3"
 "#,
             log = log.display()
         ),
-    );
+    )
+    .display()
+    .to_string();
     let output = run(s3
         .env(&mut lifeboat())
         .args(["--config", &config, "backup"]));

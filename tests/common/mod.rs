@@ -160,6 +160,36 @@ fn rand_suffix() -> u128 {
         .as_nanos()
 }
 
+/// A config file (mode 600) naming the store, the app, the backup key and the recipient, plus
+/// `extra` (hooks, notifications).
+pub fn config(
+    dir: &Path,
+    store: &str,
+    project: &str,
+    recipient: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(format!(
+        "lifeboat-{}.toml",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::write(
+        &path,
+        format!(
+            "[store]\nurl = \"{store}\"\n[app]\nproject = \"{project}\"\n[backup]\nbackup_key = \"{}\"\nrecipients = [\"{recipient}\"]\n{extra}",
+            backup_key().display()
+        ),
+    )
+    .unwrap();
+    // It may hold a webhook URL: a secret, refused when others may read it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
 /// The manifests `lifeboat list --json` shows.
 pub fn list_json(s3: &S3Server, store: &str) -> Vec<serde_json::Value> {
     let output = run(s3
