@@ -6,10 +6,10 @@
 //! cancels the uploads, which abort their multipart uploads). A failed backup deletes the
 //! objects it had completed, so it leaves neither a manifest nor stray volume objects.
 //!
-//! Where it sits: An operation, on top of the library: uses `docker`, `pipeline::seal`, `store`,
-//! `manifest`, `lock`, `stopped`, `state` and `hooks`; only `commands/backup.rs` calls it.
+//! Where it sits: An operation, on top of the library: uses `docker`, `pipeline::seal`, `repo`,
+//! `downtime`, `state` and `hooks`; only `commands/backup.rs` calls it.
 
-use crate::docker::{self, App, AppContainer, Helper, HelperMount, VOLUME_LABEL};
+use crate::docker::{self, App, Helper, HelperMount};
 use crate::format::{self, AppVersion, Encryption, Manifest, SourceKind, VolumeRecord};
 use crate::hooks::{HookContext, HookEvent, Hooks};
 use crate::keys::Recipient;
@@ -19,11 +19,10 @@ use crate::pipeline::seal::{Destination, SealError, Sealer, Sealing, seal};
 use crate::pipeline::spool::{self, SpoolBudget};
 use crate::pipeline::upload::PartPolicy;
 use crate::progress::Progress;
-use crate::store::Store;
+use crate::repo::Repo;
 use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
 use chrono::Utc;
-use object_store::ObjectStoreExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -113,33 +112,31 @@ pub async fn plan_sources(
     selection: &VolumeSelection,
 ) -> Result<Vec<Source>> {
     let mut sources: Vec<Source> = Vec::new();
-    for container in &app.containers {
-        for mount in &container.mounts {
-            match (mount.kind.as_str(), &mount.name) {
-                ("volume", Some(name)) if !sources.iter().any(|s| &s.name == name) => {
-                    if is_anonymous(name) && !selection.only.contains(name) {
-                        tracing::info!(volume = %name, container = %container.name, path = %mount.destination,
-                            "leaving out an anonymous volume; name it in the compose file to back it up");
-                        continue;
-                    }
-                    let info = docker::volume_info(docker, name).await?;
-                    sources.push(Source {
-                        name: name.clone(),
-                        kind: SourceKind::Volume,
-                        compose_volume: info.labels.get(VOLUME_LABEL).cloned(),
-                        driver: Some(info.driver),
-                        labels: info.labels,
-                        host_dir: Some(info.mountpoint.into()),
-                        mount: HelperMount::Volume(name.clone()),
-                        service: container.key().to_string(),
-                        container_path: mount.destination.clone(),
-                    });
+    for mounted in app.inventory(docker).await? {
+        let (mount, service) = (&mounted.mount, mounted.service.clone());
+        match (&mount.name, &mounted.info) {
+            (Some(name), Some(info)) => {
+                if is_anonymous(name) && !selection.only.contains(name) {
+                    tracing::info!(volume = %name, service = %service, path = %mount.destination,
+                        "leaving out an anonymous volume; name it in the compose file to back it up");
+                    continue;
                 }
-                ("bind", _) if selection.bind_paths.contains(&mount.destination) => {
-                    sources.push(bind_source(container, &mount.destination, &mount.source));
-                }
-                _ => {}
+                sources.push(Source {
+                    name: name.clone(),
+                    kind: SourceKind::Volume,
+                    compose_volume: mounted.compose_name().map(str::to_string),
+                    driver: Some(info.driver.clone()),
+                    labels: info.labels.clone(),
+                    host_dir: Some(info.mountpoint.clone().into()),
+                    mount: HelperMount::Volume(name.clone()),
+                    service,
+                    container_path: mount.destination.clone(),
+                });
             }
+            _ if selection.bind_paths.contains(&mount.destination) => {
+                sources.push(bind_source(&service, &mount.destination, &mount.source));
+            }
+            _ => {}
         }
     }
     for path in &selection.bind_paths {
@@ -181,15 +178,15 @@ pub async fn plan_sources(
     Ok(sources)
 }
 
-fn bind_source(container: &AppContainer, path: &str, host_path: &str) -> Source {
+fn bind_source(service: &str, path: &str, host_path: &str) -> Source {
     Source {
-        name: format!("bind:{}:{path}", container.key()),
+        name: format!("bind:{service}:{path}"),
         kind: SourceKind::Bind,
         compose_volume: None,
         driver: None,
         labels: BTreeMap::new(),
         mount: HelperMount::HostPath(host_path.to_string()),
-        service: container.key().to_string(),
+        service: service.to_string(),
         container_path: path.to_string(),
         host_dir: Some(host_path.into()),
     }
@@ -199,7 +196,7 @@ fn bind_source(container: &AppContainer, path: &str, host_path: &str) -> Source 
 /// as far as finding the app; when only they fail, the backup is stored and the error says so.
 pub async fn run(
     docker: &Docker,
-    store: &Store,
+    repo: &Repo,
     plan: &BackupPlan,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
@@ -207,22 +204,16 @@ pub async fn run(
     let backup_id = format::new_backup_id(started_at);
     let state_dir = crate::state::state_dir();
     let _claim = crate::state::claim(&state_dir, &plan.app_name)?;
-    crate::state::recover(docker, &state_dir, &plan.app_name).await?;
+    crate::downtime::recover(docker, &state_dir, &plan.app_name).await?;
     let app = App::discover(docker, &plan.selector).await?;
-    let volumes: Vec<String> = app
-        .containers
-        .iter()
-        .flat_map(|c| c.mounts.iter())
-        .map(|m| m.name.clone().unwrap_or_else(|| m.source.clone()))
-        .collect();
-    let ids: Vec<String> = app.containers.iter().map(|c| c.id.clone()).collect();
+    let (ids, volumes) = (app.ids(), app.mounted_names());
     crate::state::refuse_if_incomplete_touching(&state_dir, &plan.app_name, &ids, &volumes)?;
     let mut context = HookContext {
         app: plan.app_name.clone(),
         backup_id: backup_id.clone(),
         ..Default::default()
     };
-    let result = attempt(docker, store, plan, cancel, &app, started_at, &backup_id).await;
+    let result = attempt(docker, repo, plan, cancel, &app, started_at, &backup_id).await;
     context.failure = Some(result.as_ref().err().map(|e| format!("{e:#}")));
     let after_hooks = plan
         .hooks
@@ -246,7 +237,7 @@ pub async fn run(
 /// [`locked_attempt`]; the lock is given back whatever happens.
 async fn attempt(
     docker: &Docker,
-    store: &Store,
+    repo: &Repo,
     plan: &BackupPlan,
     cancel: &CancellationToken,
     app: &App,
@@ -255,32 +246,27 @@ async fn attempt(
 ) -> Result<(Manifest, Vec<String>)> {
     let sources = plan_sources(docker, app, &plan.selection).await?;
     let app_version = record_version(docker, app, plan).await?;
-    check_store_reachable(store, &plan.app_name).await?;
-    let lock = crate::lock::acquire(
-        store,
-        &plan.app_name,
-        "backup",
-        crate::state::local_claims(&plan.app_name).as_ref(),
-    )
-    .await?;
-    let cancel = lock.cancel_on_loss(cancel);
-    let job = VolumeJob {
-        docker: docker.clone(),
-        store: store.clone(),
-        app: app.clone(),
-        app_name: plan.app_name.clone(),
-        backup_id: backup_id.to_string(),
-        recipients: Arc::clone(&plan.recipients),
-        compression: plan.compression,
-        policy: plan.part_policy,
-        hooks: Arc::clone(&plan.hooks),
-        progress: plan.progress.clone(),
-        // Set up once the before-backup hook has run: a hook may prepare the spool's disk.
-        spool: None,
-        cancel,
-    };
-    let result = locked_attempt(job, plan, sources, started_at, app_version).await;
-    lock.finish(result).await
+    check_store_reachable(repo, &plan.app_name).await?;
+    let local = crate::state::local_claims(&plan.app_name);
+    repo.with_lock(&plan.app_name, "backup", local.as_ref(), cancel, |cancel| {
+        let job = VolumeJob {
+            docker: docker.clone(),
+            repo: repo.clone(),
+            app: app.clone(),
+            app_name: plan.app_name.clone(),
+            backup_id: backup_id.to_string(),
+            recipients: Arc::clone(&plan.recipients),
+            compression: plan.compression,
+            policy: plan.part_policy,
+            hooks: Arc::clone(&plan.hooks),
+            progress: plan.progress.clone(),
+            // Set up once the before-backup hook has run: a hook may prepare the spool's disk.
+            spool: None,
+            cancel,
+        };
+        locked_attempt(job, plan, sources, started_at, app_version)
+    })
+    .await
 }
 
 /// What the app runs: the image of each service, and the version string the operator named.
@@ -306,12 +292,12 @@ async fn locked_attempt(
     started_at: chrono::DateTime<Utc>,
     app_version: AppVersion,
 ) -> Result<(Manifest, Vec<String>)> {
-    let (docker, store, backup_id) = (job.docker.clone(), job.store.clone(), job.backup_id.clone());
+    let (docker, repo, backup_id) = (job.docker.clone(), job.repo.clone(), job.backup_id.clone());
     let (app, cancel) = (job.app.clone(), job.cancel.clone());
     before_stopping(&job, plan, sources.len()).await?;
     job.spool = plan.spool_budget();
     let spooled = job.spool.is_some();
-    let window = crate::stopped::while_stopped(
+    let window = crate::downtime::while_stopped(
         &docker,
         &app,
         &plan.app_name,
@@ -331,7 +317,7 @@ async fn locked_attempt(
             "every volume is read and the app started again; finishing the uploads from the spool"
         );
     }
-    let volumes = finish_uploads(&store, &plan.app_name, &backup_id, read)
+    let volumes = finish_uploads(&repo, &plan.app_name, &backup_id, read)
         .await
         .map_err(|error| and_also(error, &restarted))?;
     let manifest = finish_manifest(
@@ -342,7 +328,7 @@ async fn locked_attempt(
         app_version,
         volumes,
     );
-    manifest::write_signed(&store.objects, &store.layout, &manifest, &plan.signer).await?;
+    repo.commit(&manifest, &plan.signer).await?;
     if let Err(restart_error) = restarted {
         // The data is safe and recorded; the restart failure is what to report.
         return Err(restart_error.context(format!(
@@ -363,15 +349,9 @@ fn and_also(error: anyhow::Error, restarted: &Result<()>) -> anyhow::Error {
 /// What happens while the app still runs: the backup's folder must be new, the before-backup
 /// hook must pass, helpers a killed run left behind go.
 async fn before_stopping(job: &VolumeJob, plan: &BackupPlan, volumes: usize) -> Result<()> {
-    let (store, backup_id) = (&job.store, &job.backup_id);
-    let backup_dir = store.layout.backup_dir(&plan.app_name, backup_id);
-    let existing = store.objects.list_with_delimiter(Some(&backup_dir)).await?;
-    if !existing.objects.is_empty() {
-        return Err(anyhow!(
-            "{backup_dir} exists already (two backups started in the same millisecond?); nothing was stopped, run the backup again"
-        ));
-    }
-    warn_if_made_elsewhere(store, plan).await;
+    let (repo, backup_id) = (&job.repo, &job.backup_id);
+    repo.ensure_new(&plan.app_name, backup_id).await?;
+    warn_if_made_elsewhere(repo, plan).await;
     let context = HookContext {
         app: plan.app_name.clone(),
         backup_id: backup_id.to_string(),
@@ -387,7 +367,7 @@ async fn before_stopping(job: &VolumeJob, plan: &BackupPlan, volumes: usize) -> 
         .await
         .context("nothing was stopped and no backup was made")?;
     docker::remove_stale_helpers(&job.docker).await;
-    tracing::info!(app = %plan.app_name, backup = %backup_id, volumes, store = %store.url, "starting backup");
+    tracing::info!(app = %plan.app_name, backup = %backup_id, volumes, store = %repo.url(), "starting backup");
     Ok(())
 }
 
@@ -418,14 +398,13 @@ fn finish_manifest(
 /// Says so when the newest backup under this name was made on another host: a migration, or
 /// two hosts backing up under one name by mistake (their backups would count against each
 /// other in prune).
-async fn warn_if_made_elsewhere(store: &Store, plan: &BackupPlan) {
+async fn warn_if_made_elsewhere(repo: &Repo, plan: &BackupPlan) {
     let policy = manifest::TrustPolicy {
         trust: crate::auth::Trust::new(vec![plan.signer.public()]),
         allow_unsigned: false,
     };
     let here = gethostname::gethostname().to_string_lossy().into_owned();
-    if let Ok(Some(newest)) =
-        manifest::newest_genuine(&store.objects, &store.layout, &plan.app_name, &policy).await
+    if let Ok(Some(newest)) = repo.newest_genuine(&plan.app_name, &policy).await
         && newest.manifest.host != here
     {
         tracing::warn!(
@@ -437,83 +416,72 @@ async fn warn_if_made_elsewhere(store: &Store, plan: &BackupPlan) {
     }
 }
 
+/// A backup as `lifeboat backup` and `schedule` run it: open the store, connect to Docker,
+/// back up, then apply `policy` (the config file's `[retention]`; an empty one keeps all). A
+/// failed prune is logged and does not fail the backup, which is safe in the store. Returns
+/// the manifest and the store's URL.
+pub async fn run_and_prune(
+    plan: &BackupPlan,
+    store: &crate::store::StoreOptions,
+    (policy, grace): (crate::retention::KeepPolicy, chrono::Duration),
+    cancel: &CancellationToken,
+) -> Result<(Manifest, String)> {
+    let repo = Repo::open(store).await?;
+    let docker = docker::connect().await?;
+    let manifest = run(&docker, &repo, plan, cancel).await?;
+    if !policy.is_empty() {
+        match prune_after(&repo, &manifest, &plan.signer, &policy, grace, cancel).await {
+            Ok(report) => tracing::info!(
+                removed =
+                    report.decisions.iter().filter(|d| !d.keep()).count() + report.incomplete.len(),
+                "pruned"
+            ),
+            Err(e) => {
+                tracing::error!("the backup is complete, but pruning old backups failed: {e:#}")
+            }
+        }
+    }
+    Ok((manifest, repo.url().to_string()))
+}
+
 /// Applies the retention policy after a good backup, under the app's claim and lock, and only
 /// once the new backup's objects read back from the store with the sizes its manifest
 /// records: a backup that did not really land never makes older ones go.
 pub async fn prune_after(
-    store: &Store,
+    repo: &Repo,
     manifest: &Manifest,
     signer: &crate::auth::Signer,
     policy: &crate::retention::KeepPolicy,
     grace: chrono::Duration,
+    cancel: &CancellationToken,
 ) -> Result<crate::retention::PruneReport> {
-    read_back(store, manifest)
+    repo.read_back(manifest)
         .await
         .context("the new backup did not read back, so no older backup was pruned")?;
-    let _claim = crate::state::claim(&crate::state::state_dir(), &manifest.app)?;
-    let lock = crate::lock::acquire(
-        store,
-        &manifest.app,
-        "prune",
-        crate::state::local_claims(&manifest.app).as_ref(),
-    )
-    .await?;
     let trust = manifest::TrustPolicy {
         trust: crate::auth::Trust::new(vec![signer.public()]),
         allow_unsigned: false,
     };
-    let result = crate::retention::prune(store, &manifest.app, policy, grace, false, &trust).await;
-    lock.finish(result).await
-}
-
-/// Checks that the manifest, its signature and every object of a backup are in the store,
-/// each object with the size the manifest records (HEAD requests).
-pub async fn read_back(store: &Store, manifest: &Manifest) -> Result<()> {
-    let (app, id) = (&manifest.app, &manifest.backup_id);
-    for key in [
-        store.layout.manifest(app, id),
-        store.layout.signature(app, id),
-    ] {
-        store
-            .objects
-            .head(&key)
-            .await
-            .map_err(|e| anyhow!("{key} does not read back: {e}"))?;
-    }
-    for record in &manifest.volumes {
-        let key = store.layout.object(app, id, &record.object);
-        let head = store
-            .objects
-            .head(&key)
-            .await
-            .map_err(|e| anyhow!("{key} does not read back: {e}"))?;
-        if head.size != record.stored_size {
-            return Err(anyhow!(
-                "{key} reads back with {} bytes, but {} were stored",
-                head.size,
-                record.stored_size
-            ));
-        }
-    }
-    Ok(())
+    crate::state::exclusively(repo, &manifest.app, "prune", cancel, |_| {
+        crate::retention::prune(repo, &manifest.app, policy, grace, false, &trust)
+    })
+    .await
 }
 
 /// Fails before anything is stopped when the store cannot be listed.
-pub async fn check_store_reachable(store: &Store, app: &str) -> Result<()> {
-    let dir = store.layout.app_dir(app);
-    store.objects.list_with_delimiter(Some(&dir)).await.map_err(|e| {
+pub async fn check_store_reachable(repo: &Repo, app: &str) -> Result<()> {
+    repo.reachable(app).await.map_err(|e| {
         anyhow!(
             "cannot reach the store {} ({e}); nothing was stopped. Check the URL, the endpoint, the credentials and the network",
-            store.url
+            repo.url()
         )
-    })?;
-    Ok(())
+    })
 }
 
 /// What the volume task needs; owned, because it runs as its own task.
 struct VolumeJob {
     docker: Docker,
-    store: Store,
+    repo: Repo,
     app: App,
     app_name: String,
     backup_id: String,
@@ -614,7 +582,7 @@ async fn read_volumes(
 /// Waits for the uploads in order and completes each; on an error, abandons the rest and
 /// deletes the objects already completed.
 async fn finish_uploads(
-    store: &Store,
+    repo: &Repo,
     app: &str,
     backup_id: &str,
     read: Vec<ReadVolume>,
@@ -638,10 +606,8 @@ async fn finish_uploads(
             Err(error) => {
                 abandon_all(pending).await;
                 for done in &records {
-                    let key = store.layout.object(app, backup_id, &done.object);
-                    if let Err(e) = store.objects.delete(&key).await {
-                        tracing::warn!(%key, "could not delete an object of the failed backup: {e}");
-                    }
+                    repo.delete_object(&repo.object(app, backup_id, &done.object))
+                        .await;
                 }
                 return Err(error);
             }
@@ -653,13 +619,11 @@ async fn finish_uploads(
 async fn read_volume(job: &VolumeJob, source: &Source) -> Result<ReadVolume> {
     let (docker, compression) = (&job.docker, job.compression);
     let object = format::object_name(&source.name, compression.kind);
+    let at = job.repo.object(&job.app_name, &job.backup_id, &object);
     let to = Destination {
-        objects: Arc::clone(&job.store.objects),
-        location: job
-            .store
-            .layout
-            .object(&job.app_name, &job.backup_id, &object),
-        attributes: job.store.upload_attributes.clone(),
+        objects: at.objects,
+        location: at.location,
+        attributes: job.repo.upload_attributes().clone(),
         parts: job.policy,
         spool: job.spool.clone(),
     };
@@ -730,40 +694,6 @@ fn seal_error(error: SealError, what: &str) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn read_back_needs_every_object_with_its_size() {
-        let store = Store {
-            objects: Arc::new(object_store::memory::InMemory::new()),
-            layout: crate::store::Layout {
-                prefix: object_store::path::Path::from("p"),
-            },
-            url: "memory://".into(),
-            upload_attributes: Default::default(),
-        };
-        let m = crate::manifest::tests::sample("20260101T000000.000Z");
-        let signer = crate::auth::Signer::from_seed(&[1u8; 32]);
-        manifest::write_signed(&store.objects, &store.layout, &m, &signer)
-            .await
-            .unwrap();
-        let object = store
-            .layout
-            .object(&m.app, &m.backup_id, &m.volumes[0].object);
-        assert!(read_back(&store, &m).await.is_err(), "no object");
-        store
-            .objects
-            .put(&object, vec![0u8; 9].into())
-            .await
-            .unwrap();
-        let err = read_back(&store, &m).await.unwrap_err().to_string();
-        assert!(err.contains("9 bytes"), "{err}");
-        store
-            .objects
-            .put(&object, vec![0u8; 10].into())
-            .await
-            .unwrap();
-        read_back(&store, &m).await.unwrap();
-    }
 
     #[test]
     fn anonymous_volumes_are_recognised() {

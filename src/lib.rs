@@ -8,15 +8,17 @@
 //!
 //! # Layout, bottom to top
 //! Each layer uses only the layers below it; `main.rs` and `commands/` (the binary) sit on top.
-//! - Leaves: [`format`] (the types written to the bucket), [`error`] (exit classes), [`text`]
+//! - Leaves: [`format`](mod@format) (the types written to the bucket), [`error`] (exit classes), [`text`]
 //!   (name rules, printing what came from the bucket), [`shutdown`], [`progress`].
 //! - Keys: [`auth`] (manifest signatures), [`keys`] (age recipients, identities, key files).
 //! - Adapters: [`pipeline`] (the streaming stages, and the two chains that put them together:
-//!   `seal` writes a volume, `open` reads one back), [`docker`] (everything asked of the engine), [`store`] (store URLs to
-//!   `object_store` clients, the bucket layout), [`manifest`] (reading, signing, authenticating
-//!   manifests), [`lock`] (one run per app and store), [`hooks`], [`notify`].
-//! - Local state: [`state`] (what a killed run left behind), [`stopped`] (the downtime window
-//!   that always starts the app again).
+//!   `seal` writes a volume, `open` reads one back), [`docker`] (everything asked of the
+//!   engine), [`store`] (store URLs to `object_store` clients), [`manifest`] (what makes a
+//!   manifest genuine), [`lock`] (one run per app and store), [`repo`] (the bucket as lifeboat
+//!   uses it: layout, manifests, lock — the only way the operations reach it), [`hooks`],
+//!   [`notify`].
+//! - Local state: [`state`] (what a killed run left behind, the per-app claim), [`downtime`]
+//!   (the window that stops the app and always starts it again, and recovery after a kill).
 //! - Operations: [`backup`], [`restore`], [`retention`] (`prune`); `lifeboat verify` runs the
 //!   read chain ([`pipeline::open`]) over a backup's objects.
 //! - [`config`]: the settings, from flags, `LIFEBOAT_*` variables and a TOML file, turned into
@@ -28,6 +30,7 @@ pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod docker;
+pub mod downtime;
 pub mod error;
 pub mod format;
 pub mod hooks;
@@ -37,10 +40,11 @@ pub mod manifest;
 pub mod notify;
 pub mod pipeline;
 pub mod progress;
+pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod shutdown;
 pub mod state;
-pub mod stopped;
+
 pub mod store;
 pub mod text;

@@ -1,13 +1,5 @@
-//! The manifest: the self-describing record of one backup, and where things live in the bucket.
-//!
-//! Layout under the store's prefix:
-//! ```text
-//! <app>/<backup id>/<volume>.<tar.zst|tar.gz|tar>.age   one object per volume, written first
-//! <app>/<backup id>/manifest.json.sig                   the manifest's SSH signature
-//! <app>/<backup id>/manifest.json                       written last: the commit point
-//! ```
-//! A backup without its manifest is incomplete and is never listed or restored. The backup id is
-//! a sortable UTC timestamp (milliseconds), so the newest backup is the greatest id.
+//! The manifest's rules: what makes one genuine, and whether what it says is one lifeboat
+//! could have written. Where manifests lie, and reading and writing them, is `repo`'s.
 //!
 //! Nothing read from the bucket is believed until [`authenticate`] has checked it: the
 //! signature over the exact manifest bytes under a key the operator gave ([`crate::auth`]),
@@ -16,16 +8,13 @@
 //! anything) are accepted only when the operator names one and says so (`--allow-unsigned
 //! --backup ID`): never as "the newest", never counted by prune, since a bucket writer can add
 //! one today.
+//!
+//! Where it sits: Pure rules over `format` and `auth`; no I/O. `repo` reads manifests from the
+//! store and runs them through [`authenticate`].
 
-use crate::auth::{AuthFailure, Signer, Trust};
-use crate::format::{
-    FORMAT, FORMAT_VERSION, MANIFEST_NAME, Manifest, SIGNED_FORMAT, SourceKind, VolumeRecord,
-};
-use crate::store::Layout;
-use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use crate::auth::{AuthFailure, Trust};
+use crate::format::{FORMAT, FORMAT_VERSION, Manifest, SIGNED_FORMAT, SourceKind, VolumeRecord};
 use serde::Deserialize;
-use std::sync::Arc;
 
 /// Checks everything restore relies on, whoever wrote the manifest: that it lies where it
 /// says (`app`, `backup_id`), and that every name, path, object and digest in it is one
@@ -138,31 +127,6 @@ fn check_record(record: &VolumeRecord) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes the signature, then the manifest (the commit point); refuses to overwrite either.
-pub async fn write_signed(
-    store: &Arc<dyn ObjectStore>,
-    layout: &Layout,
-    manifest: &Manifest,
-    signer: &Signer,
-) -> anyhow::Result<()> {
-    let create = || PutOptions {
-        mode: PutMode::Create,
-        ..Default::default()
-    };
-    let key = layout.manifest(&manifest.app, &manifest.backup_id);
-    let body = serde_json::to_vec_pretty(manifest)?;
-    let sig_key = layout.signature(&manifest.app, &manifest.backup_id);
-    store
-        .put_opts(&sig_key, signer.sign(&body).into_bytes().into(), create())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot write the manifest's signature {sig_key}: {e}"))?;
-    store
-        .put_opts(&key, body.into(), create())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot write manifest {key}: {e}"))?;
-    Ok(())
-}
-
 /// What the operator trusts when reading backups.
 #[derive(Debug, Clone, Default)]
 pub struct TrustPolicy {
@@ -212,8 +176,8 @@ pub fn authenticate(
 }
 
 /// [`authenticate`]; `named`: the operator named this backup (only then may an unsigned one
-/// be accepted).
-fn authenticate_as(
+/// be accepted). Listing and picking the newest pass `false`.
+pub fn authenticate_as(
     app: &str,
     backup_id: &str,
     bytes: &[u8],
@@ -317,173 +281,14 @@ fn claimed_recipients(bytes: &[u8]) -> Option<String> {
     (!recipients.is_empty()).then(|| crate::text::printable(&recipients.join(", ")))
 }
 
-/// A backup found in the store and what [`authenticate`] made of it.
-pub struct Listed {
-    pub app: String,
-    pub backup_id: String,
-    pub outcome: Result<Authenticated, NotAuthentic>,
-}
-
-/// Every complete backup under the store's prefix (optionally of one app), oldest first per
-/// app, each authenticated under `policy`. Only a failure to list the store is an error.
-pub async fn list(
-    store: &Arc<dyn ObjectStore>,
-    layout: &Layout,
-    app: Option<&str>,
-    policy: &TrustPolicy,
-) -> anyhow::Result<Vec<Listed>> {
-    let root = match app {
-        Some(app) => layout.app_dir(app),
-        None => layout.prefix.clone(),
-    };
-    let prefix = if root.as_ref().is_empty() {
-        None
-    } else {
-        Some(&root)
-    };
-    let metas: Vec<_> = store
-        .list(prefix)
-        .try_filter(|meta| futures::future::ready(meta.location.filename() == Some(MANIFEST_NAME)))
-        .try_collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot list backups under '{root}': {e}"))?;
-    let mut listed = Vec::with_capacity(metas.len());
-    for meta in metas {
-        let Some((app, backup_id)) = layout.ids_of(&meta.location) else {
-            continue;
-        };
-        let outcome = fetch(store, layout, &app, &backup_id)
-            .await
-            .map_err(|e| NotAuthentic {
-                app: crate::text::printable(&app),
-                backup_id: crate::text::printable(&backup_id),
-                reason: format!("its manifest cannot be read ({e})"),
-                unsigned: false,
-            })
-            .and_then(|(bytes, sig)| {
-                authenticate_as(&app, &backup_id, &bytes, sig.as_deref(), policy, false)
-            });
-        listed.push(Listed {
-            app,
-            backup_id,
-            outcome,
-        });
-    }
-    listed.sort_by(|a, b| (&a.app, &a.backup_id).cmp(&(&b.app, &b.backup_id)));
-    Ok(listed)
-}
-
-/// The newest backup of `app` that authenticates, looking at no more than a few of the newest
-/// (cheap: one listing, then a manifest or two).
-pub async fn newest_genuine(
-    store: &Arc<dyn ObjectStore>,
-    layout: &Layout,
-    app: &str,
-    policy: &TrustPolicy,
-) -> anyhow::Result<Option<Authenticated>> {
-    let dir = layout.app_dir(app);
-    let listing = store
-        .list_with_delimiter(Some(&dir))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot list backups under '{dir}': {e}"))?;
-    let mut ids: Vec<String> = listing
-        .common_prefixes
-        .iter()
-        .filter_map(|p| p.filename().map(str::to_string))
-        .filter(|id| id != "locks" && crate::text::is_plain_name(id))
-        .collect();
-    ids.sort_unstable_by(|a, b| b.cmp(a));
-    for id in ids.iter().take(5) {
-        if let Ok((bytes, sig)) = fetch(store, layout, app, id).await
-            && let Ok(found) = authenticate_as(app, id, &bytes, sig.as_deref(), policy, false)
-        {
-            return Ok(Some(found));
-        }
-    }
-    Ok(None)
-}
-
-/// The manifest's bytes and its signature's (if any).
-async fn fetch(
-    store: &Arc<dyn ObjectStore>,
-    layout: &Layout,
-    app: &str,
-    backup_id: &str,
-) -> Result<(bytes::Bytes, Option<bytes::Bytes>), object_store::Error> {
-    let bytes = store
-        .get(&layout.manifest(app, backup_id))
-        .await?
-        .bytes()
-        .await?;
-    let sig = match store.get(&layout.signature(app, backup_id)).await {
-        Ok(got) => Some(got.bytes().await?),
-        Err(object_store::Error::NotFound { .. }) => None,
-        Err(e) => return Err(e),
-    };
-    Ok((bytes, sig))
-}
-
-/// Reads and authenticates one backup's manifest; `None` picks the newest backup of `app`,
-/// which must be genuine: a newer backup that is not is reported (exit 4), never skipped.
-pub async fn read(
-    store: &Arc<dyn ObjectStore>,
-    layout: &Layout,
-    app: &str,
-    backup_id: Option<&str>,
-    policy: &TrustPolicy,
-) -> anyhow::Result<Authenticated> {
-    let Some(id) = backup_id else {
-        let all = list(store, layout, Some(app), policy).await?;
-        let newest = all.last().ok_or_else(|| {
-            crate::error::usage(format!(
-                "no complete backup of '{app}' under {}; check --project/--name and the store URL, or run `lifeboat list` to see what is there",
-                layout.app_dir(app)
-            ))
-        })?;
-        return match &newest.outcome {
-            Ok(found) => Ok(found.clone()),
-            Err(refused) => {
-                let genuine = all.iter().rev().find(|l| l.outcome.is_ok());
-                let hint = match genuine {
-                    Some(g) => format!(
-                        "; the newest genuine backup is {}: pass --backup {} to restore it",
-                        g.backup_id, g.backup_id
-                    ),
-                    None => String::new(),
-                };
-                Err(crate::error::verification(format!("{refused}{hint}")))
-            }
-        };
-    };
-    if !crate::text::is_plain_name(id) {
-        return Err(crate::error::usage(format!(
-            "'{}' is not a backup id; run `lifeboat list` to see the backups there are",
-            crate::text::printable(id)
-        )));
-    }
-    let key = layout.manifest(app, id);
-    let (bytes, sig) = match fetch(store, layout, app, id).await {
-        Ok(found) => found,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(crate::error::usage(format!(
-                "backup '{id}' of '{app}' not found (no {key}); run `lifeboat list` to see the backups there are"
-            )));
-        }
-        Err(e) => return Err(anyhow::anyhow!("cannot read {key}: {e}")),
-    };
-    authenticate(app, id, &bytes, sig.as_deref(), policy)
-        .map_err(|refused| crate::error::verification(refused.to_string()))
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::auth::Signer;
     use crate::format::{
         AppVersion, Compression, Encryption, VolumeRecord, new_backup_id, object_name,
     };
     use chrono::Utc;
-    use object_store::memory::InMemory;
-    use object_store::path::Path;
     use std::collections::BTreeMap;
 
     pub fn sample(id: &str) -> Manifest {
@@ -530,15 +335,6 @@ pub(crate) mod tests {
             trust: Trust::new(vec![signer().public()]),
             allow_unsigned: false,
         }
-    }
-
-    fn store() -> (Arc<dyn ObjectStore>, Layout) {
-        (
-            Arc::new(InMemory::new()),
-            Layout {
-                prefix: Path::from("pre"),
-            },
-        )
     }
 
     #[test]
@@ -699,76 +495,5 @@ pub(crate) mod tests {
             assert!(err.reason.contains(needle), "{needle}: {err}");
             assert!(!err.to_string().contains('\u{1b}'), "{err}");
         }
-    }
-
-    #[tokio::test]
-    async fn write_list_read_newest_and_a_forged_newest_is_reported() {
-        let (store, layout) = store();
-        for id in [
-            "20260101T000000.000Z",
-            "20260301T000000.000Z",
-            "20260201T000000.000Z",
-        ] {
-            write_signed(&store, &layout, &sample(id), &signer())
-                .await
-                .unwrap();
-        }
-        // an incomplete backup: objects, no manifest
-        store
-            .put(
-                &layout.object("cvat", "20260401T000000.000Z", "v.tar.zst.age"),
-                b"x".to_vec().into(),
-            )
-            .await
-            .unwrap();
-        let listed = list(&store, &layout, None, &policy()).await.unwrap();
-        assert_eq!(listed.len(), 3);
-        assert!(listed.iter().all(|l| l.outcome.is_ok()));
-        let newest = read(&store, &layout, "cvat", None, &policy())
-            .await
-            .unwrap();
-        assert_eq!(newest.manifest.backup_id, "20260301T000000.000Z");
-        assert!(
-            write_signed(&store, &layout, &sample("20260101T000000.000Z"), &signer())
-                .await
-                .is_err(),
-            "no overwrite"
-        );
-        let err = read(&store, &layout, "cvat", Some("nope"), &policy())
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not found"), "{err}");
-        let err = read(&store, &layout, "other", None, &policy())
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("no complete backup of 'other'"), "{err}");
-
-        // A forged newest backup (signed by another key) is reported, with the way out.
-        write_signed(
-            &store,
-            &layout,
-            &sample("20991231T000000.000Z"),
-            &Signer::from_seed(&[9u8; 32]),
-        )
-        .await
-        .unwrap();
-        let err = read(&store, &layout, "cvat", None, &policy())
-            .await
-            .unwrap_err();
-        assert_eq!(
-            crate::error::classified(&err),
-            Some(crate::error::ExitClass::Verification)
-        );
-        let text = err.to_string();
-        assert!(
-            text.contains("20991231T000000.000Z") && text.contains("--backup 20260301T000000.000Z"),
-            "{text}"
-        );
-        let listed = list(&store, &layout, Some("cvat"), &policy())
-            .await
-            .unwrap();
-        assert_eq!(listed.iter().filter(|l| l.outcome.is_err()).count(), 1);
     }
 }

@@ -6,7 +6,7 @@
 //! retries, each with a short timeout) is logged and otherwise ignored. The URLs are secrets
 //! (a ping URL is enough to fake a success), so they are never logged; only their host is.
 //!
-//! Where it sits: An adapter at the edge of the library: uses only `text` and `error`.
+//! Where it sits: An adapter at the edge of the library: uses only `format`, `text` and `error`.
 
 use anyhow::Result;
 use serde::Serialize;
@@ -61,6 +61,25 @@ impl Report {
             ..Default::default()
         }
     }
+}
+
+/// The one summary line of a backup.
+pub fn summary(
+    manifest: &crate::format::Manifest,
+    store: &str,
+    took: std::time::Duration,
+) -> String {
+    format!(
+        "backup {} of {}: {} volumes, {} read, {} stored, took {:.1} s, downtime {:.1} s, in {}",
+        manifest.backup_id,
+        manifest.app,
+        manifest.volumes.len(),
+        crate::text::human_bytes(manifest.total_tar()),
+        crate::text::human_bytes(manifest.total_stored()),
+        took.as_secs_f64(),
+        manifest.downtime_seconds,
+        store
+    )
 }
 
 struct Target {
@@ -122,6 +141,42 @@ impl Notifier {
                     ]),
                 }),
         })
+    }
+
+    /// Runs one backup (`work`, giving its manifest and the store's URL) between a start and a
+    /// success or failure notification; returns what the work returned.
+    pub async fn around<F>(&self, app: &str, work: F) -> Result<(crate::format::Manifest, String)>
+    where
+        F: std::future::Future<Output = Result<(crate::format::Manifest, String)>>,
+    {
+        self.send(Event::Start, &Report::new(Event::Start, app))
+            .await;
+        let started = std::time::Instant::now();
+        let result = work.await;
+        let event = if result.is_ok() {
+            Event::Success
+        } else {
+            Event::Failure
+        };
+        let mut report = Report::new(event, app);
+        report.duration_seconds = Some(started.elapsed().as_secs_f64());
+        match &result {
+            Ok((manifest, store)) => {
+                report.text = format!("lifeboat: {}", summary(manifest, store, started.elapsed()));
+                report.backup_id = Some(manifest.backup_id.clone());
+                report.volumes = Some(manifest.volumes.len());
+                report.bytes_read = Some(manifest.total_tar());
+                report.bytes_stored = Some(manifest.total_stored());
+                report.downtime_seconds = Some(manifest.downtime_seconds);
+                report.store = Some(store.clone());
+            }
+            Err(error) => {
+                report.text = format!("lifeboat: backup of {app} on {} FAILED", report.host);
+                report.error = Some(format!("{error:#}"));
+            }
+        }
+        self.send(event, &report).await;
+        result
     }
 
     pub fn is_empty(&self) -> bool {

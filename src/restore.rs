@@ -16,17 +16,17 @@
 //! Where it sits: An operation, on top of the library: uses `docker`, `pipeline::open`, `store`,
 //! `manifest`, `lock`, `stopped`, `state` and `hooks`; only `commands/restore.rs` calls it.
 
-use crate::docker::{self, App, AppSelector, Helper, HelperMount, VOLUME_LABEL};
+use crate::docker::{self, App, AppSelector, Helper, HelperMount};
+use crate::downtime::Downtime;
 use crate::format::{AppVersion, Manifest, ServiceImage, SourceKind, VolumeRecord};
 use crate::hooks::{HookContext, HookEvent};
 use crate::keys::OwnerKey;
-use crate::manifest::{self, Authenticated, Authenticity, TrustPolicy};
+use crate::manifest::{Authenticated, Authenticity, TrustPolicy};
 use crate::pipeline::PipelineError;
 use crate::pipeline::open::{self, Spooled};
 use crate::pipeline::tally::TallyReader;
+use crate::repo::Repo;
 use crate::state::{RestoreState, RestoreTarget, StoppedRecord};
-use crate::stopped::Downtime;
-use crate::store::Store;
 use crate::text::Printable;
 use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
@@ -305,38 +305,35 @@ pub struct RestoreReport {
 /// returns the plan's description.
 pub async fn run(
     docker: &Docker,
-    store: &Store,
+    repo: &Repo,
     request: &RestoreRequest,
     dry_run: bool,
     cancel: &CancellationToken,
 ) -> Result<Result<RestoreReport, String>> {
     if dry_run {
-        let plan = plan(docker, store, request, true).await?;
+        let plan = plan(docker, repo, request, true).await?;
         return Ok(Err(plan.describe(request)));
     }
-    let _claim = crate::state::claim(&crate::state::state_dir(), &request.app_name)?;
-    let lock = crate::lock::acquire(
-        store,
+    crate::state::exclusively(
+        repo,
         &request.app_name,
         "restore",
-        crate::state::local_claims(&request.app_name).as_ref(),
+        cancel,
+        |cancel| async move {
+            let plan = plan(docker, repo, request, false).await?;
+            tracing::info!("restore plan:\n{}", plan.describe(request));
+            execute(docker, repo, request, plan, &cancel).await
+        },
     )
-    .await?;
-    let cancel = &lock.cancel_on_loss(cancel);
-    let result = async {
-        let plan = plan(docker, store, request, false).await?;
-        tracing::info!("restore plan:\n{}", plan.describe(request));
-        execute(docker, store, request, plan, cancel).await
-    }
-    .await;
-    lock.finish(result).await.map(Ok)
+    .await
+    .map(Ok)
 }
 
 /// Decides what the restore will do; reads only the manifest and Docker's view of the app. A
 /// `dry_run` also leaves alone what an earlier run left behind (it only reports it).
 pub async fn plan(
     docker: &Docker,
-    store: &Store,
+    repo: &Repo,
     request: &RestoreRequest,
     dry_run: bool,
 ) -> Result<RestorePlan> {
@@ -344,29 +341,18 @@ pub async fn plan(
     let resuming = unfinished_restore(docker, &dir, &request.app_name, dry_run).await?;
     let earlier = resuming.as_ref().and_then(|r| r.restore.as_ref());
     let backup_id = (request.backup_id.clone()).or_else(|| earlier.map(|r| r.backup_id.clone()));
-    let backup = manifest::read(
-        &store.objects,
-        &store.layout,
-        &request.app_name,
-        backup_id.as_deref(),
-        &request.trust,
-    )
-    .await?;
+    let backup = repo
+        .read(&request.app_name, backup_id.as_deref(), &request.trust)
+        .await?;
     if backup.authenticity == Authenticity::Unsigned {
         tracing::warn!(
             "backup {} is a format-1 backup with no signature: restoring it only because --allow-unsigned says to trust whoever could write to {}",
             backup.manifest.backup_id,
-            store.url
+            repo.url()
         );
     }
     let app = App::discover_or_empty(docker, &request.selector).await?;
-    let ids: Vec<String> = app.containers.iter().map(|c| c.id.clone()).collect();
-    let volumes: Vec<String> = app
-        .containers
-        .iter()
-        .flat_map(|c| c.mounts.iter())
-        .map(|m| m.name.clone().unwrap_or_else(|| m.source.clone()))
-        .collect();
+    let (ids, volumes) = (app.ids(), app.mounted_names());
     crate::state::refuse_if_incomplete_touching(&dir, &request.app_name, &ids, &volumes)?;
     let differences = version_differences(docker, &app, request, &backup.manifest).await?;
     let mut targets = plan_targets(docker, &app, request, &backup.manifest.volumes).await?;
@@ -414,7 +400,7 @@ async fn unfinished_restore(
             .filter(|r| r.restore.as_ref().is_some_and(|s| s.replacing)));
     }
     docker::remove_stale_helpers(docker).await;
-    match crate::state::recover(docker, dir, app_name).await {
+    match crate::downtime::recover(docker, dir, app_name).await {
         Ok(_) => Ok(None),
         Err(e) => match e.downcast::<crate::state::IncompleteRestore>() {
             Ok(incomplete) => Ok(Some(incomplete.record)),
@@ -506,25 +492,19 @@ async fn plan_targets(
         AppSelector::Containers(_) => None,
     };
     // The volumes the app's containers mount writable: what it writes itself.
-    let mut mounted: Vec<Mounted> = Vec::new();
-    for container in &app.containers {
-        for mount in container
-            .mounts
-            .iter()
-            .filter(|m| m.kind == "volume" && m.rw)
-        {
-            if let Some(name) = &mount.name
-                && !mounted.iter().any(|m| &m.name == name)
-            {
-                let labels = docker::volume_info(docker, name).await?.labels;
-                mounted.push(Mounted {
-                    name: name.clone(),
-                    compose: labels.get(VOLUME_LABEL).cloned(),
-                    project: labels.get(docker::PROJECT_LABEL).cloned(),
-                });
-            }
-        }
-    }
+    let mounted: Vec<Mounted> = app
+        .inventory(docker)
+        .await?
+        .into_iter()
+        .filter(|m| m.writable && m.info.is_some())
+        .filter_map(|m| {
+            Some(Mounted {
+                compose: m.compose_name().map(str::to_string),
+                project: m.project().map(str::to_string),
+                name: m.mount.name?,
+            })
+        })
+        .collect();
     for path in &request.bind_paths {
         if !records
             .iter()
@@ -592,7 +572,7 @@ fn bind_target(app: &App, request: &RestoreRequest, record: &VolumeRecord) -> Re
     })
 }
 
-/// A volume an app container mounts writable, with its compose labels.
+/// A volume an app container mounts writable, with its compose labels (from the inventory).
 struct Mounted {
     name: String,
     compose: Option<String>,
@@ -708,7 +688,7 @@ async fn volume_project(docker: &Docker, name: &str) -> Result<Option<String>> {
 /// Runs the plan: verify into the spool, stop, safety copies, replace, start.
 pub async fn execute(
     docker: &Docker,
-    store: &Store,
+    repo: &Repo,
     request: &RestoreRequest,
     plan: RestorePlan,
     cancel: &CancellationToken,
@@ -728,7 +708,7 @@ pub async fn execute(
             plan.differences.join("; ")
         );
     }
-    let spooled = fetch_all(store, request, &plan, cancel).await?;
+    let spooled = fetch_all(repo, request, &plan, cancel).await?;
     let mut context = HookContext {
         app: request.app_name.clone(),
         backup_id: manifest.backup_id.clone(),
@@ -764,7 +744,7 @@ pub async fn execute(
 /// Downloads every object once into the spool, verifying each end to end, with the app still
 /// running; a signal stops it with nothing changed.
 async fn fetch_all(
-    store: &Store,
+    repo: &Repo,
     request: &RestoreRequest,
     plan: &RestorePlan,
     cancel: &CancellationToken,
@@ -785,13 +765,11 @@ async fn fetch_all(
     let mut spooled = Vec::with_capacity(plan.targets.len());
     for target in &plan.targets {
         let started = Instant::now();
-        let location =
-            store
-                .layout
-                .object(&manifest.app, &manifest.backup_id, &target.record.object);
+        let at = repo.object(&manifest.app, &manifest.backup_id, &target.record.object);
+        let location = &at.location;
         let fetch = open::fetch_verified(
-            &store.objects,
-            &location,
+            &at.objects,
+            location,
             &target.record,
             &request.owner.identities,
             &request.spool_dir,
@@ -1139,21 +1117,16 @@ async fn put_back_restart_policies(docker: &Docker, restore: Option<&RestoreStat
 /// copies, and starts the app again.
 pub async fn rollback(
     docker: &Docker,
-    store: &Store,
+    repo: &Repo,
     app_name: &str,
     selector: &AppSelector,
     stop_timeout_secs: u32,
+    cancel: &CancellationToken,
 ) -> Result<Vec<String>> {
-    let _claim = crate::state::claim(&crate::state::state_dir(), app_name)?;
-    let lock = crate::lock::acquire(
-        store,
-        app_name,
-        "restore",
-        crate::state::local_claims(app_name).as_ref(),
-    )
-    .await?;
-    let result = roll_back_locked(docker, app_name, selector, stop_timeout_secs).await;
-    lock.finish(result).await
+    crate::state::exclusively(repo, app_name, "restore", cancel, |_| {
+        roll_back_locked(docker, app_name, selector, stop_timeout_secs)
+    })
+    .await
 }
 
 async fn roll_back_locked(

@@ -150,7 +150,7 @@ pub const FUTURE_ALLOWANCE: Duration = Duration::minutes(15);
 /// Applies `policy` to the backups of `app`. Incomplete backups whose newest object is older
 /// than `grace` are removed too. With `dry_run` nothing is deleted.
 pub async fn prune(
-    store: &crate::store::Store,
+    repo: &crate::repo::Repo,
     app: &str,
     policy: &KeepPolicy,
     grace: Duration,
@@ -162,9 +162,9 @@ pub async fn prune(
             "no keep rule: give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within",
         ));
     }
-    let dirs = backup_folders(store, app).await?;
+    let dirs = repo.folders(app).await?;
     let mut report = PruneReport::default();
-    let counted = counted_backups(store, app, trust, &mut report).await?;
+    let counted = counted_backups(repo, app, trust, &mut report).await?;
     report.incomplete = incomplete(&dirs, grace);
     report.decisions = plan(&counted, policy);
     if dry_run {
@@ -176,50 +176,21 @@ pub async fn prune(
         .filter(|d| !d.keep())
         .map(|d| &d.backup_id);
     for id in doomed.chain(report.incomplete.iter()) {
-        remove_backup(store, &dirs[id]).await?;
+        repo.remove(&dirs[id]).await?;
         tracing::info!(backup = %id, "removed");
     }
     Ok(report)
 }
 
-type Folders = std::collections::BTreeMap<String, Vec<object_store::ObjectMeta>>;
-
-/// Every object under the app's folder, by the backup folder it lies in. The locks folder is
-/// not a backup; a file lying beside the backup folders neither.
-async fn backup_folders(store: &crate::store::Store, app: &str) -> anyhow::Result<Folders> {
-    use futures::TryStreamExt;
-    let app_dir = store.layout.app_dir(app);
-    let objects: Vec<object_store::ObjectMeta> = store
-        .objects
-        .list(Some(&app_dir))
-        .try_collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot list {app_dir}: {e}"))?;
-    let mut dirs = Folders::new();
-    for meta in objects {
-        let id = {
-            let mut parts = meta.location.prefix_match(&app_dir).into_iter().flatten();
-            match (parts.next(), parts.next()) {
-                (Some(id), Some(_)) if id.as_ref() != "locks" => Some(id.as_ref().to_string()),
-                _ => None,
-            }
-        };
-        if let Some(id) = id {
-            dirs.entry(id).or_default().push(meta);
-        }
-    }
-    Ok(dirs)
-}
-
 /// The backups the keep rules count: genuine ones, dated no later than the clock-skew
 /// allowance. Future-dated and unauthenticated ones go into `report`, counted never.
 async fn counted_backups(
-    store: &crate::store::Store,
+    repo: &crate::repo::Repo,
     app: &str,
     trust: &crate::manifest::TrustPolicy,
     report: &mut PruneReport,
 ) -> anyhow::Result<Vec<(String, DateTime<Utc>)>> {
-    let listed = crate::manifest::list(&store.objects, &store.layout, Some(app), trust).await?;
+    let listed = repo.list(Some(app), trust).await?;
     let horizon = Utc::now() + FUTURE_ALLOWANCE;
     let horizon_id = crate::format::new_backup_id(horizon);
     let mut counted = Vec::new();
@@ -243,7 +214,7 @@ async fn counted_backups(
 
 /// Backup folders without a manifest whose newest object is older than `grace`: the leftovers
 /// of failed runs (a run still writing one is younger).
-fn incomplete(dirs: &Folders, grace: Duration) -> Vec<String> {
+fn incomplete(dirs: &crate::repo::Folders, grace: Duration) -> Vec<String> {
     dirs.iter()
         .filter(|(_, metas)| {
             !metas
@@ -257,26 +228,6 @@ fn incomplete(dirs: &Folders, grace: Duration) -> Vec<String> {
         })
         .map(|(id, _)| id.clone())
         .collect()
-}
-
-/// Deletes one backup's objects, the manifest first: an interrupted prune leaves an incomplete
-/// backup, which the next prune removes, never a listed backup with missing objects.
-async fn remove_backup(
-    store: &crate::store::Store,
-    metas: &[object_store::ObjectMeta],
-) -> anyhow::Result<()> {
-    use object_store::ObjectStoreExt;
-    let (manifests, others): (Vec<_>, Vec<_>) = metas
-        .iter()
-        .partition(|m| m.location.filename() == Some(crate::format::MANIFEST_NAME));
-    for meta in manifests.into_iter().chain(others) {
-        store
-            .objects
-            .delete(&meta.location)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot delete {}: {e}", meta.location))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -433,15 +384,12 @@ mod tests {
     #[tokio::test]
     async fn future_dated_and_forged_backups_never_make_others_go() {
         use crate::auth::{Signer, Trust};
-        use crate::manifest::{TrustPolicy, write_signed};
-        let store = crate::store::Store {
-            objects: std::sync::Arc::new(object_store::memory::InMemory::new()),
-            layout: crate::store::Layout {
-                prefix: object_store::path::Path::from("p"),
-            },
-            url: "memory://".into(),
-            upload_attributes: Default::default(),
-        };
+        use crate::manifest::TrustPolicy;
+        let repo = crate::repo::Repo::over(
+            std::sync::Arc::new(object_store::memory::InMemory::new()),
+            "p",
+            "memory://",
+        );
         let signer = Signer::from_seed(&[5u8; 32]);
         let mut ids = Vec::new();
         for (id, at) in [
@@ -451,22 +399,15 @@ mod tests {
         ] {
             let mut m = crate::manifest::tests::sample(id);
             m.started_at = at.parse().unwrap();
-            write_signed(&store.objects, &store.layout, &m, &signer)
-                .await
-                .unwrap();
+            repo.commit(&m, &signer).await.unwrap();
             ids.push(id);
         }
         // and a forgery, newer than everything genuine in the past
         let mut forged = crate::manifest::tests::sample("20260103T000000.000Z");
         forged.started_at = "2026-01-03T00:00:00Z".parse().unwrap();
-        write_signed(
-            &store.objects,
-            &store.layout,
-            &forged,
-            &Signer::from_seed(&[6u8; 32]),
-        )
-        .await
-        .unwrap();
+        repo.commit(&forged, &Signer::from_seed(&[6u8; 32]))
+            .await
+            .unwrap();
         let trust = TrustPolicy {
             trust: Trust::new(vec![signer.public()]),
             allow_unsigned: false,
@@ -475,7 +416,7 @@ mod tests {
             last: Some(1),
             ..Default::default()
         };
-        let report = prune(&store, "cvat", &policy, Duration::hours(24), false, &trust)
+        let report = prune(&repo, "cvat", &policy, Duration::hours(24), false, &trust)
             .await
             .unwrap();
         assert_eq!(report.future.len(), 1);
@@ -483,9 +424,7 @@ mod tests {
         let kept: Vec<_> = report.decisions.iter().filter(|d| d.keep()).collect();
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].backup_id, "20260102T000000.000Z");
-        let left = crate::manifest::list(&store.objects, &store.layout, Some("cvat"), &trust)
-            .await
-            .unwrap();
+        let left = repo.list(Some("cvat"), &trust).await.unwrap();
         let ids_left: Vec<&str> = left.iter().map(|l| l.backup_id.as_str()).collect();
         assert_eq!(
             ids_left,

@@ -3,17 +3,19 @@
 //! and never starts it on half-written volumes.
 //!
 //! The record is written *before* anything is stopped (if it cannot be written — a full disk —
-//! nothing is stopped) and removed once every container runs again. Every backup and restore
-//! first looks for a record left by a process that no longer exists and starts those
-//! containers again, saying so — unless the record says a restore had begun replacing volumes
-//! and did not finish: then the app stays stopped, and every run refuses to go on until the
-//! operator finishes the restore (runs it again) or rolls it back ([`IncompleteRestore`]).
+//! nothing is stopped) and removed once every container runs again. `downtime::recover` reads
+//! a record left by a process that no longer exists and starts those containers again —
+//! unless the record says a restore had begun replacing volumes and did not finish: then the
+//! app stays stopped, and every run refuses to go on until the operator finishes the restore
+//! (runs it again) or rolls it back ([`IncompleteRestore`]).
 //!
-//! Where it sits: Local state, above `docker` and `lock` (it gives the lock this host's claims),
-//! below the operations.
+//! [`exclusively`] is how an operation keeps others out: this host's claim on the app, then the
+//! app's lock in the store, for the length of its work.
+//!
+//! Where it sits: Local state: files only, no Docker; above `repo` (it gives the lock this
+//! host's claims), below `downtime` and the operations.
 
 use anyhow::{Context, Result};
-use bollard::Docker;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -148,6 +150,25 @@ pub fn local_claims(app: &str) -> Option<crate::lock::LocalClaims> {
     })
 }
 
+/// Runs `work` with this host's claim on `app` and the app's lock in `repo` held, then gives
+/// both back. The work gets a token cancelled by `cancel` or when the lock is lost.
+pub async fn exclusively<T, F, Fut>(
+    repo: &crate::repo::Repo,
+    app: &str,
+    operation: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+    work: F,
+) -> Result<T>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let _claim = claim(&state_dir(), app)?;
+    let local = local_claims(app);
+    repo.with_lock(app, operation, local.as_ref(), cancel, work)
+        .await
+}
+
 /// Takes this host's claim on `app`, or fails naming the file another run holds.
 pub fn claim(dir: &Path, app: &str) -> Result<Claim> {
     let path = claim_path(dir, app);
@@ -201,7 +222,7 @@ pub struct Record {
     record: StoppedRecord,
 }
 
-fn record_path(dir: &Path, app: &str) -> PathBuf {
+pub fn record_path(dir: &Path, app: &str) -> PathBuf {
     dir.join(format!("{app}.stopped.json"))
 }
 
@@ -409,89 +430,6 @@ pub fn refuse_if_incomplete(dir: &Path, app: &str) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// Starts again the containers an interrupted earlier run left stopped. Returns the names it
-/// started. A restore that did not finish replacing volumes is refused instead
-/// ([`IncompleteRestore`]); one interrupted while it only made safety copies has changed no
-/// volume, so its app is started and its partial copies are removed. The caller holds the
-/// app's [`Claim`], so whoever wrote the record is gone.
-pub async fn recover(docker: &Docker, dir: &Path, app: &str) -> Result<Vec<String>> {
-    let path = record_path(dir, app);
-    let record = match read(dir, app) {
-        Ok(Some(record)) => record,
-        Ok(None) => return Ok(vec![]),
-        Err(e) => {
-            tracing::warn!("ignoring the unreadable record {}: {e:#}", path.display());
-            let _ = std::fs::remove_file(&path);
-            return Ok(vec![]);
-        }
-    };
-    if record.pid == std::process::id() {
-        return Ok(vec![]);
-    }
-    if let Some(restore) = &record.restore {
-        if restore.replacing {
-            return Err(IncompleteRestore {
-                app: app.to_string(),
-                record,
-            }
-            .into());
-        }
-        for copy in restore
-            .targets
-            .iter()
-            .filter_map(|t| t.safety_copy.as_deref())
-        {
-            if let Err(e) = crate::docker::remove_volume(docker, copy).await {
-                tracing::warn!("could not remove the partial safety copy {copy}: {e:#}");
-            }
-        }
-    }
-    let mut started = Vec::new();
-    let mut failed = Vec::new();
-    for (id, name) in &record.containers {
-        let running = docker
-            .inspect_container(
-                id,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .ok()
-            .and_then(|c| c.state)
-            .and_then(|s| s.running);
-        if running == Some(false) {
-            // One container that cannot start must not keep every later backup from running:
-            // it is reported, and the operator starts it once its problem is fixed.
-            match docker
-                .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
-                .await
-            {
-                Ok(()) => started.push(name.clone()),
-                Err(e) => failed.push(format!("{name} ({e})")),
-            }
-        }
-    }
-    if !failed.is_empty() {
-        tracing::error!(
-            "containers an earlier lifeboat run left stopped still cannot start: {}; fix them and `docker start` them by hand",
-            failed.join("; ")
-        );
-    }
-    tracing::warn!(
-        "an earlier lifeboat {} of {} (pid {}, since {}) ended without starting the app again; started again: {}",
-        record.operation,
-        record.app,
-        record.pid,
-        record.since,
-        if started.is_empty() {
-            "none needed it".to_string()
-        } else {
-            started.join(", ")
-        }
-    );
-    let _ = std::fs::remove_file(&path);
-    Ok(started)
 }
 
 #[cfg(test)]

@@ -1,17 +1,16 @@
 //! `lifeboat backup`: one backup of one app.
 //!
 //! Where it sits: The binary's edge: turns flags and the config file into a `BackupPlan` for
-//! `lifeboat::backup` and prints the result.
+//! `lifeboat::backup::run_and_prune`, between notifications, and prints the result. `schedule`
+//! builds its plans here too.
 
 use lifeboat::backup::{BackupPlan, VolumeSelection};
 use lifeboat::config::{
     AppOptions, BackupOptions, ConfigFile, Merge, NotifyOptions, RetentionOptions,
 };
 use lifeboat::keys;
-use lifeboat::notify::{Event, Report};
 use lifeboat::pipeline::compress::CompressionSettings;
 use lifeboat::store::StoreOptions;
-use lifeboat::text::human_bytes;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -28,7 +27,37 @@ pub struct BackupArgs {
 }
 
 pub async fn run(args: BackupArgs, file: ConfigFile, verbose: bool) -> anyhow::Result<ExitCode> {
-    run_with(args, file, verbose, lifeboat::shutdown::cancel_on_signals()).await
+    let cancel = lifeboat::shutdown::cancel_on_signals();
+    let progress = lifeboat::progress::Progress::on_terminal();
+    let shown = verbose || progress.is_shown();
+    let started = std::time::Instant::now();
+    let (manifest, store) = notified(args, file, progress, &cancel).await?;
+    if shown {
+        println!(
+            "{}",
+            lifeboat::notify::summary(&manifest, &store, started.elapsed())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One backup with its notifications (a bad flag or key is notified as a failure too).
+pub async fn notified(
+    args: BackupArgs,
+    file: ConfigFile,
+    progress: lifeboat::progress::Progress,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(lifeboat::format::Manifest, String)> {
+    let notifier = args.notify.clone().or(file.notify.clone()).notifier()?;
+    let app = args.app.clone().or(file.app.clone()).app_name()?;
+    notifier
+        .around(&app, async {
+            let (mut plan, store, retention) = build_plan(args, file)?;
+            plan.progress = progress;
+            let keep = (retention.policy()?, retention.grace()?);
+            lifeboat::backup::run_and_prune(&plan, &store, keep, cancel).await
+        })
+        .await
 }
 
 /// Validates the backup settings and turns them into a plan, the store options and the
@@ -90,105 +119,4 @@ pub fn build_plan(
         spool_limit,
     };
     Ok((plan, store_options, retention))
-}
-
-/// One backup, cancelled by `cancel`, with its notifications.
-pub async fn run_with(
-    args: BackupArgs,
-    file: ConfigFile,
-    verbose: bool,
-    cancel: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<ExitCode> {
-    let notifier = args.notify.clone().or(file.notify.clone()).notifier()?;
-    let app = args.app.clone().or(file.app.clone()).app_name()?;
-    notifier
-        .send(Event::Start, &Report::new(Event::Start, &app))
-        .await;
-    let started = std::time::Instant::now();
-    let result = back_up(args, file, verbose, cancel).await;
-    let event = if result.is_ok() {
-        Event::Success
-    } else {
-        Event::Failure
-    };
-    let mut report = Report::new(event, &app);
-    report.duration_seconds = Some(started.elapsed().as_secs_f64());
-    match &result {
-        Ok((manifest, store)) => {
-            report.text = format!("lifeboat: {}", summary(manifest, store, started.elapsed()));
-            report.backup_id = Some(manifest.backup_id.clone());
-            report.volumes = Some(manifest.volumes.len());
-            report.bytes_read = Some(manifest.total_tar());
-            report.bytes_stored = Some(manifest.total_stored());
-            report.downtime_seconds = Some(manifest.downtime_seconds);
-            report.store = Some(store.clone());
-        }
-        Err(error) => {
-            report.text = format!("lifeboat: backup of {app} on {} FAILED", report.host);
-            report.error = Some(format!("{error:#}"));
-        }
-    }
-    notifier.send(event, &report).await;
-    result.map(|_| ExitCode::SUCCESS)
-}
-
-/// The one summary line of a run.
-fn summary(
-    manifest: &lifeboat::format::Manifest,
-    store: &str,
-    took: std::time::Duration,
-) -> String {
-    format!(
-        "backup {} of {}: {} volumes, {} read, {} stored, took {:.1} s, downtime {:.1} s, in {}",
-        manifest.backup_id,
-        manifest.app,
-        manifest.volumes.len(),
-        human_bytes(manifest.total_tar()),
-        human_bytes(manifest.total_stored()),
-        took.as_secs_f64(),
-        manifest.downtime_seconds,
-        store
-    )
-}
-
-/// One backup and its retention; the manifest and the store's URL.
-async fn back_up(
-    args: BackupArgs,
-    file: ConfigFile,
-    verbose: bool,
-    cancel: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<(lifeboat::format::Manifest, String)> {
-    let started = std::time::Instant::now();
-    let (mut plan, store_options, retention) = build_plan(args, file)?;
-    plan.progress = lifeboat::progress::Progress::on_terminal();
-    let store = lifeboat::store::open(&store_options).await?;
-    let docker = lifeboat::docker::connect().await?;
-    let manifest = lifeboat::backup::run(&docker, &store, &plan, &cancel).await?;
-    if verbose || plan.progress.is_shown() {
-        println!("{}", summary(&manifest, &store.url, started.elapsed()));
-    }
-    // [retention] in the config file: prune after a good backup. A failed prune is reported but
-    // does not fail the backup, which is safe in the store.
-    let policy = retention.policy()?;
-    if !policy.is_empty() {
-        let pruned = lifeboat::backup::prune_after(
-            &store,
-            &manifest,
-            &plan.signer,
-            &policy,
-            retention.grace()?,
-        )
-        .await;
-        match pruned {
-            Ok(report) => tracing::info!(
-                removed =
-                    report.decisions.iter().filter(|d| !d.keep()).count() + report.incomplete.len(),
-                "pruned"
-            ),
-            Err(e) => {
-                tracing::error!("the backup is complete, but pruning old backups failed: {e:#}")
-            }
-        }
-    }
-    Ok((manifest, store.url.to_string()))
 }

@@ -36,16 +36,14 @@ pub async fn run(args: BackupArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
         },
         lifeboat::auth::fingerprint(&signing)
     );
-    let store = lifeboat::store::open(&store_options).await?;
-    lifeboat::backup::check_store_reachable(&store, &plan.app_name).await?;
-    println!("ok  store {} is reachable", store.url);
+    let repo = lifeboat::repo::Repo::open(&store_options).await?;
+    lifeboat::backup::check_store_reachable(&repo, &plan.app_name).await?;
+    println!("ok  store {} is reachable", repo.url());
     let policy = lifeboat::manifest::TrustPolicy {
         trust: lifeboat::auth::Trust::new(vec![signing]),
         allow_unsigned: false,
     };
-    let listed =
-        lifeboat::manifest::list(&store.objects, &store.layout, Some(&plan.app_name), &policy)
-            .await?;
+    let listed = repo.list(Some(&plan.app_name), &policy).await?;
     let signed = listed.iter().filter(|l| l.outcome.is_ok()).count();
     match listed.last() {
         None => println!("ok  no backup of '{}' in the store yet", plan.app_name),

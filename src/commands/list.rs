@@ -1,11 +1,12 @@
 //! `lifeboat list`: the complete backups in a store, each marked by whether it is genuine.
 //!
-//! Where it sits: The binary's edge: prints what `lifeboat::manifest::list` finds.
+//! Where it sits: The binary's edge: prints what `Repo::list` finds.
 
 use super::TrustArgs;
 use lifeboat::config::{ConfigFile, Merge};
 use lifeboat::format::Manifest;
-use lifeboat::manifest::{Authenticity, Listed};
+use lifeboat::manifest::Authenticity;
+use lifeboat::repo::Listed;
 use lifeboat::store::StoreOptions;
 use lifeboat::text::{Printable, human_bytes};
 use std::io::Write;
@@ -29,15 +30,9 @@ pub struct ListArgs {
 pub async fn run(args: ListArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store.clone());
     let project = args.app.app_name_if_any(&file.app)?;
-    let store = lifeboat::store::open(&store_options).await?;
+    let repo = lifeboat::repo::Repo::open(&store_options).await?;
     let keys = args.keys.keys(&file)?;
-    let listed = lifeboat::manifest::list(
-        &store.objects,
-        &store.layout,
-        project.as_deref(),
-        &keys.policy,
-    )
-    .await?;
+    let listed = repo.list(project.as_deref(), &keys.policy).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let entries: Vec<serde_json::Value> = listed.iter().map(json_entry).collect();
@@ -45,7 +40,7 @@ pub async fn run(args: ListArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if listed.is_empty() {
-        eprintln!("no complete backups in {}", store.url);
+        eprintln!("no complete backups in {}", repo.url());
         return Ok(ExitCode::SUCCESS);
     }
     writeln!(

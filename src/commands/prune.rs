@@ -1,6 +1,7 @@
 //! `lifeboat prune`: remove the backups no keep rule keeps.
 //!
-//! Where it sits: The binary's edge: flags to `lifeboat::retention::prune`, under the store lock.
+//! Where it sits: The binary's edge: flags to `lifeboat::retention::prune`, under the app's claim
+//! and store lock (`state::exclusively`); a dry run takes neither.
 
 use super::TrustArgs;
 use lifeboat::config::{ConfigFile, Merge, RetentionOptions};
@@ -29,32 +30,21 @@ pub async fn run(args: PruneArgs, file: ConfigFile) -> anyhow::Result<ExitCode> 
     let app = args.app.app_name(&file.app)?;
     let (policy, grace) = (retention.policy()?, retention.grace()?);
     let state_dir = lifeboat::state::state_dir();
-    let _claim = if args.dry_run {
-        None
-    } else {
-        Some(lifeboat::state::claim(&state_dir, &app)?)
-    };
-    lifeboat::state::refuse_if_incomplete(&state_dir, &app)?;
-    let store = lifeboat::store::open(&store_options).await?;
+    let repo = lifeboat::repo::Repo::open(&store_options).await?;
     let keys = args.keys.keys(&file)?;
-    let lock = if args.dry_run {
-        None
-    } else {
-        Some(
-            lifeboat::lock::acquire(
-                &store,
-                &app,
-                "prune",
-                lifeboat::state::local_claims(&app).as_ref(),
-            )
-            .await?,
-        )
+    // An unfinished restore may still need the backup it was restoring.
+    let (repo, app, state_dir) = (&repo, &app, &state_dir);
+    let prune = |dry_run| async move {
+        lifeboat::state::refuse_if_incomplete(state_dir, app)?;
+        lifeboat::retention::prune(repo, app, &policy, grace, dry_run, &keys.policy).await
     };
-    let result =
-        lifeboat::retention::prune(&store, &app, &policy, grace, args.dry_run, &keys.policy).await;
-    let report = match lock {
-        Some(lock) => lock.finish(result).await?,
-        None => result?,
+    let report = if args.dry_run {
+        prune(true).await?
+    } else {
+        // Not cancelled by a signal: SIGINT ends a prune as it always did (the manifest of a
+        // backup goes first, so a prune cut short leaves only incomplete backups behind).
+        let cancel = tokio_util::sync::CancellationToken::new();
+        lifeboat::state::exclusively(repo, app, "prune", &cancel, |_| prune(false)).await?
     };
     let verb = if args.dry_run {
         "would remove"

@@ -73,10 +73,10 @@ pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::
         );
     }
     let (dry_run, request) = (args.dry_run, request(args, &file, &app)?);
-    let store = lifeboat::store::open(&store_options).await?;
+    let repo = lifeboat::repo::Repo::open(&store_options).await?;
     let docker = lifeboat::docker::connect().await?;
     let cancel = lifeboat::shutdown::cancel_on_signals();
-    match lifeboat::restore::run(&docker, &store, &request, dry_run, &cancel).await? {
+    match lifeboat::restore::run(&docker, &repo, &request, dry_run, &cancel).await? {
         Err(plan) => println!("{plan}\n(dry run: nothing was changed)"),
         Ok(report) => {
             if verbose || std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -95,15 +95,16 @@ pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::
 
 /// `--rollback`: puts the safety copies of an unfinished restore back.
 async fn rollback(app: &AppOptions, store_options: &StoreOptions) -> anyhow::Result<ExitCode> {
-    let store = lifeboat::store::open(store_options).await?;
+    let repo = lifeboat::repo::Repo::open(store_options).await?;
     let docker = lifeboat::docker::connect().await?;
     let app_name = app.app_name()?;
     let put_back = lifeboat::restore::rollback(
         &docker,
-        &store,
+        &repo,
         &app_name,
         &app.selector()?,
         app.stop_timeout(),
+        &tokio_util::sync::CancellationToken::new(),
     )
     .await?;
     println!(

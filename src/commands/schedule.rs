@@ -60,10 +60,18 @@ pub async fn run(args: ScheduleArgs, file: ConfigFile, verbose: bool) -> anyhow:
             _ = cancel.cancelled() => break,
         }
         tracing::info!("scheduled backup starting");
-        match super::backup::run_with(args.backup.clone(), file.clone(), verbose, cancel.clone())
-            .await
-        {
-            Ok(_) => tracing::info!("scheduled backup done"),
+        let started = std::time::Instant::now();
+        let hidden = lifeboat::progress::Progress::hidden();
+        match super::backup::notified(args.backup.clone(), file.clone(), hidden, &cancel).await {
+            Ok((manifest, store)) => {
+                if verbose {
+                    println!(
+                        "{}",
+                        lifeboat::notify::summary(&manifest, &store, started.elapsed())
+                    );
+                }
+                tracing::info!("scheduled backup done")
+            }
             Err(e) => {
                 failed += 1;
                 tracing::error!(

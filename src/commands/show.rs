@@ -28,16 +28,11 @@ pub struct ShowArgs {
 pub async fn run(args: ShowArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store.clone());
     let app = args.app.app_name(&file.app)?;
-    let store = lifeboat::store::open(&store_options).await?;
+    let repo = lifeboat::repo::Repo::open(&store_options).await?;
     let keys = args.keys.keys(&file)?;
-    let found = lifeboat::manifest::read(
-        &store.objects,
-        &store.layout,
-        &app,
-        args.backup.as_deref(),
-        &keys.policy,
-    )
-    .await?;
+    let found = repo
+        .read(&app, args.backup.as_deref(), &keys.policy)
+        .await?;
     let m = &found.manifest;
     let mut out = std::io::stdout().lock();
     if args.json {

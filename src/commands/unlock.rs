@@ -1,6 +1,6 @@
 //! `lifeboat unlock`: remove the lock a dead run left behind.
 //!
-//! Where it sits: The binary's edge: `lifeboat::lock::unlock`, printed.
+//! Where it sits: The binary's edge: `Repo::unlock`, printed.
 
 use lifeboat::config::{ConfigFile, Merge};
 use lifeboat::store::StoreOptions;
@@ -17,10 +17,10 @@ pub struct UnlockArgs {
 pub async fn run(args: UnlockArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store);
     let app = args.app.app_name(&file.app)?;
-    let store = lifeboat::store::open(&store_options).await?;
-    let removed = lifeboat::lock::unlock(&store, &app).await?;
+    let repo = lifeboat::repo::Repo::open(&store_options).await?;
+    let removed = repo.unlock(&app).await?;
     if removed.is_empty() {
-        eprintln!("'{app}' was not locked in {}", store.url);
+        eprintln!("'{app}' was not locked in {}", repo.url());
     }
     for held in removed {
         eprintln!(

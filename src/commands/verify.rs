@@ -32,16 +32,14 @@ pub struct VerifyArgs {
 pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let store_options = args.store.or(file.store.clone());
     let app = args.app.app_name(&file.app)?;
-    let store = lifeboat::store::open(&store_options).await?;
+    let repo = lifeboat::repo::Repo::open(&store_options).await?;
     let keys = args.keys.keys(&file)?;
     let identities = keys.owner.as_ref().map(|o| &o.identities[..]);
     let mut out = std::io::stdout().lock();
     let mut failures = 0;
     let mut worst = None;
     let backups = if args.all {
-        let listed =
-            lifeboat::manifest::list(&store.objects, &store.layout, Some(&app), &keys.policy)
-                .await?;
+        let listed = repo.list(Some(&app), &keys.policy).await?;
         let mut genuine = Vec::new();
         for entry in listed {
             match entry.outcome {
@@ -56,18 +54,12 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
         genuine
     } else {
         vec![
-            lifeboat::manifest::read(
-                &store.objects,
-                &store.layout,
-                &app,
-                args.backup.as_deref(),
-                &keys.policy,
-            )
-            .await?,
+            repo.read(&app, args.backup.as_deref(), &keys.policy)
+                .await?,
         ]
     };
     for found in &backups {
-        for class in verify_objects(&mut out, &store, found, identities).await? {
+        for class in verify_objects(&mut out, &repo, found, identities).await? {
             failures += 1;
             worst.get_or_insert(class);
         }
@@ -85,7 +77,7 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
 /// volume; returns the exit classes of the ones that failed.
 async fn verify_objects(
     out: &mut impl Write,
-    store: &lifeboat::store::Store,
+    repo: &lifeboat::repo::Repo,
     found: &lifeboat::manifest::Authenticated,
     identities: Option<&[lifeboat::keys::BoxIdentity]>,
 ) -> anyhow::Result<Vec<lifeboat::error::ExitClass>> {
@@ -97,11 +89,9 @@ async fn verify_objects(
     let mut failed = Vec::new();
     for record in &manifest.volumes {
         let name = Printable(&record.name);
-        let location = store
-            .layout
-            .object(&manifest.app, &manifest.backup_id, &record.object);
+        let at = repo.object(&manifest.app, &manifest.backup_id, &record.object);
         let verified =
-            lifeboat::pipeline::open::verify_volume(&store.objects, &location, record, identities)
+            lifeboat::pipeline::open::verify_volume(&at.objects, &at.location, record, identities)
                 .await;
         match verified {
             Ok(Some(summary)) => writeln!(

@@ -6,7 +6,7 @@
 //! `depends_on` (from the `com.docker.compose.depends_on` label); stopping goes in reverse.
 //!
 //! Where it sits: Inside `docker`, an adapter: sees `format` (and `error`) only; reads version
-//! files through `archive`.
+//! files through `archive` and volume details through `helper`.
 
 use super::{DEPENDS_ON_LABEL, ONEOFF_LABEL, PROJECT_LABEL, SERVICE_LABEL, read_file};
 use crate::format::ServiceImage;
@@ -126,6 +126,85 @@ impl App {
         self.containers
             .iter()
             .find(|c| c.key() == key || c.name == key)
+    }
+
+    /// The app's volume inventory, the one backup and restore both plan from: every named
+    /// volume once (with the first container, in start order, that mounts it, and whether any
+    /// container mounts it writable), then every bind mount, once per container and path.
+    pub async fn inventory(&self, docker: &Docker) -> Result<Vec<Mounted>> {
+        let mut volumes: Vec<Mounted> = Vec::new();
+        for container in &self.containers {
+            for mount in &container.mounts {
+                let known = volumes
+                    .iter_mut()
+                    .find(|v| v.mount.name.is_some() && v.mount.name == mount.name);
+                match (mount.kind.as_str(), &mount.name, known) {
+                    ("volume", Some(_), Some(known)) => known.writable |= mount.rw,
+                    ("volume", Some(name), None) => volumes.push(Mounted {
+                        service: container.key().to_string(),
+                        mount: mount.clone(),
+                        writable: mount.rw,
+                        info: Some(super::volume_info(docker, name).await?),
+                    }),
+                    ("bind", _, _) => volumes.push(Mounted {
+                        service: container.key().to_string(),
+                        mount: mount.clone(),
+                        writable: mount.rw,
+                        info: None,
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        Ok(volumes)
+    }
+
+    /// Everything the app's containers mount, by volume name or host path (what an unfinished
+    /// restore of another app may be touching).
+    pub fn mounted_names(&self) -> Vec<String> {
+        self.containers
+            .iter()
+            .flat_map(|c| c.mounts.iter())
+            .map(|m| m.name.clone().unwrap_or_else(|| m.source.clone()))
+            .collect()
+    }
+
+    /// The ids of the app's containers.
+    pub fn ids(&self) -> Vec<String> {
+        self.containers.iter().map(|c| c.id.clone()).collect()
+    }
+}
+
+/// One entry of [`App::inventory`]: a named volume or a bind mount of the app.
+#[derive(Debug, Clone)]
+pub struct Mounted {
+    /// The service (or container) that mounts it first, in start order.
+    pub service: String,
+    /// That container's mount of it.
+    pub mount: AppMount,
+    /// Whether a container of the app mounts it writable (a bind: this one).
+    pub writable: bool,
+    /// Docker's view of a named volume: driver, labels, directory on the host.
+    pub info: Option<super::VolumeInfo>,
+}
+
+impl Mounted {
+    /// The volume's compose name (`com.docker.compose.volume`), if compose made it.
+    pub fn compose_name(&self) -> Option<&str> {
+        self.info
+            .as_ref()?
+            .labels
+            .get(super::VOLUME_LABEL)
+            .map(String::as_str)
+    }
+
+    /// The compose project the volume is labelled with.
+    pub fn project(&self) -> Option<&str> {
+        self.info
+            .as_ref()?
+            .labels
+            .get(super::PROJECT_LABEL)
+            .map(String::as_str)
     }
 }
 

@@ -307,6 +307,7 @@ pub async fn volume_info(docker: &Docker, name: &str) -> Result<VolumeInfo> {
 }
 
 /// What `docker volume inspect` says about a volume.
+#[derive(Debug, Clone)]
 pub struct VolumeInfo {
     pub driver: String,
     pub labels: BTreeMap<String, String>,

@@ -1,7 +1,8 @@
 //! Docker: everything lifeboat asks of the engine, and the only module that talks to it. It
 //! sees the bucket format (`format`) and nothing above it.
 //!
-//! - [`app`]: finding the app's containers, their start order, the version record.
+//! - [`app`]: finding the app's containers, their start order, the volume inventory backup and
+//!   restore plan from, the version record.
 //! - [`lifecycle`]: stopping and starting them, restart policies, commands inside them.
 //! - [`archive`]: volume trees in and out as tar streams through the archive API.
 //! - [`helper`]: helper containers that reach volumes no app container mounts, and volumes.
@@ -14,7 +15,7 @@ pub mod archive;
 pub mod helper;
 pub mod lifecycle;
 
-pub use app::{App, AppContainer, AppMount, AppSelector, read_version, start_order};
+pub use app::{App, AppContainer, AppMount, AppSelector, Mounted, read_version, start_order};
 pub use archive::{DockerStreamError, extract_into, read_file, set_dir_meta, tar_of};
 pub use helper::{
     HELPER_PATH, Helper, HelperMount, VolumeInfo, copy_tree, create_volume, empty_dir, is_empty,

@@ -5,9 +5,13 @@
 //! [`while_stopped`] is the whole window for work that may always be followed by a restart
 //! (a backup: the volumes are only read). A restore opens a [`Downtime`] itself, because a
 //! failure after it began replacing volumes must leave the app stopped ([`Downtime::keep`]).
+//! [`recover`] ends the downtime a killed run left behind: every backup and restore calls it
+//! first, and it starts the containers that run stopped, saying so.
 //!
-//! Where it sits: Local state, above `docker` and `state`, below the operations that bracket their
-//! work with it.
+//! The hooks stay with the operations: each has its own events around this window.
+//!
+//! Where it sits: Above `docker` and `state`, below the operations that bracket their work
+//! with it.
 
 use crate::docker::{self, App, Stopped};
 use crate::state::{Record, StoppedRecord};
@@ -160,4 +164,87 @@ where
         restarted,
         downtime,
     })
+}
+
+/// Starts again the containers an interrupted earlier run left stopped. Returns the names it
+/// started. A restore that did not finish replacing volumes is refused instead
+/// ([`crate::state::IncompleteRestore`]); one interrupted while it only made safety copies has changed no
+/// volume, so its app is started and its partial copies are removed. The caller holds the
+/// app's [`crate::state::Claim`], so whoever wrote the record is gone.
+pub async fn recover(docker: &Docker, dir: &std::path::Path, app: &str) -> Result<Vec<String>> {
+    let path = crate::state::record_path(dir, app);
+    let record = match crate::state::read(dir, app) {
+        Ok(Some(record)) => record,
+        Ok(None) => return Ok(vec![]),
+        Err(e) => {
+            tracing::warn!("ignoring the unreadable record {}: {e:#}", path.display());
+            let _ = std::fs::remove_file(&path);
+            return Ok(vec![]);
+        }
+    };
+    if record.pid == std::process::id() {
+        return Ok(vec![]);
+    }
+    if let Some(restore) = &record.restore {
+        if restore.replacing {
+            return Err(crate::state::IncompleteRestore {
+                app: app.to_string(),
+                record,
+            }
+            .into());
+        }
+        for copy in restore
+            .targets
+            .iter()
+            .filter_map(|t| t.safety_copy.as_deref())
+        {
+            if let Err(e) = crate::docker::remove_volume(docker, copy).await {
+                tracing::warn!("could not remove the partial safety copy {copy}: {e:#}");
+            }
+        }
+    }
+    let mut started = Vec::new();
+    let mut failed = Vec::new();
+    for (id, name) in &record.containers {
+        let running = docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.running);
+        if running == Some(false) {
+            // One container that cannot start must not keep every later backup from running:
+            // it is reported, and the operator starts it once its problem is fixed.
+            match docker
+                .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+                .await
+            {
+                Ok(()) => started.push(name.clone()),
+                Err(e) => failed.push(format!("{name} ({e})")),
+            }
+        }
+    }
+    if !failed.is_empty() {
+        tracing::error!(
+            "containers an earlier lifeboat run left stopped still cannot start: {}; fix them and `docker start` them by hand",
+            failed.join("; ")
+        );
+    }
+    tracing::warn!(
+        "an earlier lifeboat {} of {} (pid {}, since {}) ended without starting the app again; started again: {}",
+        record.operation,
+        record.app,
+        record.pid,
+        record.since,
+        if started.is_empty() {
+            "none needed it".to_string()
+        } else {
+            started.join(", ")
+        }
+    );
+    let _ = std::fs::remove_file(&path);
+    Ok(started)
 }

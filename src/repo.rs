@@ -1,0 +1,554 @@
+//! The bucket as lifeboat uses it: one place that knows where things lie in the store, reads
+//! and writes manifests, and takes the lock.
+//!
+//! Layout under the store's prefix:
+//! ```text
+//! <app>/locks/<millis>-<run id>.json                    one per run holding the lock (`lock`)
+//! <app>/<backup id>/<volume>.<tar.zst|tar.gz|tar>.age   one object per volume, written first
+//! <app>/<backup id>/manifest.json.sig                   the manifest's SSH signature
+//! <app>/<backup id>/manifest.json                       written last: the commit point
+//! ```
+//! A backup without its manifest is incomplete and is never listed or restored. The backup id is
+//! a sortable UTC timestamp (milliseconds), so the newest backup is the greatest id. Every
+//! manifest read here goes through [`manifest::authenticate`] before anyone sees it.
+//!
+//! The operations reach the bucket only through a [`Repo`]; the pipeline's stages get an
+//! [`ObjectAt`] (a client and one key) from it and know nothing else of the layout.
+//!
+//! Where it sits: An adapter over `store`, `manifest` and `lock`; the operations build on it.
+
+use crate::auth::Signer;
+use crate::format::{MANIFEST_NAME, Manifest};
+use crate::lock::{LocalClaims, Lock, LockInfo};
+use crate::manifest::{self, Authenticated, NotAuthentic, TrustPolicy};
+use crate::store::{Layout, Store, StoreOptions};
+use anyhow::{Result, anyhow};
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{Attributes, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// An opened store with lifeboat's layout in it.
+#[derive(Clone)]
+pub struct Repo {
+    store: Store,
+}
+
+/// One object: the client and its key, what a pipeline stage reads or writes.
+#[derive(Clone)]
+pub struct ObjectAt {
+    pub objects: Arc<dyn ObjectStore>,
+    pub location: Path,
+}
+
+/// A backup found in the store and what [`manifest::authenticate`] made of it.
+pub struct Listed {
+    pub app: String,
+    pub backup_id: String,
+    pub outcome: Result<Authenticated, NotAuthentic>,
+}
+
+/// Every object under an app's folder, by the backup folder it lies in.
+pub type Folders = BTreeMap<String, Vec<ObjectMeta>>;
+
+impl Repo {
+    /// Opens the store the options name.
+    pub async fn open(options: &StoreOptions) -> Result<Repo> {
+        Ok(Repo {
+            store: crate::store::open(options).await?,
+        })
+    }
+
+    /// A repo over any client (tests: `InMemory`, throttled stores).
+    pub fn over(objects: Arc<dyn ObjectStore>, prefix: &str, url: &str) -> Repo {
+        Repo {
+            store: Store {
+                objects,
+                layout: Layout {
+                    prefix: Path::from(prefix),
+                },
+                upload_attributes: Attributes::new(),
+                url: url.to_string(),
+            },
+        }
+    }
+
+    /// The store's URL as given, for messages.
+    pub fn url(&self) -> &str {
+        &self.store.url
+    }
+
+    /// The folder of an app's backups, for messages.
+    pub fn app_dir(&self, app: &str) -> Path {
+        self.store.layout.app_dir(app)
+    }
+
+    /// Attributes every volume object is uploaded with (S3 storage class).
+    pub fn upload_attributes(&self) -> &Attributes {
+        &self.store.upload_attributes
+    }
+
+    /// A volume object of a backup.
+    pub fn object(&self, app: &str, backup_id: &str, object: &str) -> ObjectAt {
+        ObjectAt {
+            objects: Arc::clone(&self.store.objects),
+            location: self.store.layout.object(app, backup_id, object),
+        }
+    }
+
+    /// Fails when the store cannot be listed (wrong URL, credentials, network).
+    pub async fn reachable(&self, app: &str) -> Result<(), object_store::Error> {
+        let dir = self.store.layout.app_dir(app);
+        self.store.objects.list_with_delimiter(Some(&dir)).await?;
+        Ok(())
+    }
+
+    /// Refuses a backup id whose folder holds anything already.
+    pub async fn ensure_new(&self, app: &str, backup_id: &str) -> Result<()> {
+        let dir = self.store.layout.backup_dir(app, backup_id);
+        let existing = self.store.objects.list_with_delimiter(Some(&dir)).await?;
+        if !existing.objects.is_empty() {
+            return Err(anyhow!(
+                "{dir} exists already (two backups started in the same millisecond?); nothing was stopped, run the backup again"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deletes one volume object (of a backup that failed before its manifest).
+    pub async fn delete_object(&self, at: &ObjectAt) {
+        if let Err(e) = at.objects.delete(&at.location).await {
+            tracing::warn!(key = %at.location, "could not delete an object of the failed backup: {e}");
+        }
+    }
+
+    /// Writes the signature, then the manifest (the commit point); refuses to overwrite either.
+    pub async fn commit(&self, manifest: &Manifest, signer: &Signer) -> Result<()> {
+        let create = || PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let layout = &self.store.layout;
+        let key = layout.manifest(&manifest.app, &manifest.backup_id);
+        let body = serde_json::to_vec_pretty(manifest)?;
+        let sig_key = layout.signature(&manifest.app, &manifest.backup_id);
+        self.store
+            .objects
+            .put_opts(&sig_key, signer.sign(&body).into_bytes().into(), create())
+            .await
+            .map_err(|e| anyhow!("cannot write the manifest's signature {sig_key}: {e}"))?;
+        self.store
+            .objects
+            .put_opts(&key, body.into(), create())
+            .await
+            .map_err(|e| anyhow!("cannot write manifest {key}: {e}"))?;
+        Ok(())
+    }
+
+    /// Checks that the manifest, its signature and every object of a backup are in the store,
+    /// each object with the size the manifest records (HEAD requests).
+    pub async fn read_back(&self, manifest: &Manifest) -> Result<()> {
+        let (app, id) = (&manifest.app, &manifest.backup_id);
+        let layout = &self.store.layout;
+        for key in [layout.manifest(app, id), layout.signature(app, id)] {
+            self.store
+                .objects
+                .head(&key)
+                .await
+                .map_err(|e| anyhow!("{key} does not read back: {e}"))?;
+        }
+        for record in &manifest.volumes {
+            let key = layout.object(app, id, &record.object);
+            let head = self
+                .store
+                .objects
+                .head(&key)
+                .await
+                .map_err(|e| anyhow!("{key} does not read back: {e}"))?;
+            if head.size != record.stored_size {
+                return Err(anyhow!(
+                    "{key} reads back with {} bytes, but {} were stored",
+                    head.size,
+                    record.stored_size
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every complete backup under the store's prefix (optionally of one app), oldest first
+    /// per app, each authenticated under `policy`. Only a failure to list the store is an error.
+    pub async fn list(&self, app: Option<&str>, policy: &TrustPolicy) -> Result<Vec<Listed>> {
+        let layout = &self.store.layout;
+        let root = match app {
+            Some(app) => layout.app_dir(app),
+            None => layout.prefix.clone(),
+        };
+        let prefix = (!root.as_ref().is_empty()).then_some(&root);
+        let metas: Vec<_> = self
+            .store
+            .objects
+            .list(prefix)
+            .try_filter(|meta| {
+                futures::future::ready(meta.location.filename() == Some(MANIFEST_NAME))
+            })
+            .try_collect()
+            .await
+            .map_err(|e| anyhow!("cannot list backups under '{root}': {e}"))?;
+        let mut listed = Vec::with_capacity(metas.len());
+        for meta in metas {
+            let Some((app, backup_id)) = layout.ids_of(&meta.location) else {
+                continue;
+            };
+            let outcome = self
+                .fetch(&app, &backup_id)
+                .await
+                .map_err(|e| NotAuthentic {
+                    app: crate::text::printable(&app),
+                    backup_id: crate::text::printable(&backup_id),
+                    reason: format!("its manifest cannot be read ({e})"),
+                    unsigned: false,
+                })
+                .and_then(|(bytes, sig)| {
+                    manifest::authenticate_as(
+                        &app,
+                        &backup_id,
+                        &bytes,
+                        sig.as_deref(),
+                        policy,
+                        false,
+                    )
+                });
+            listed.push(Listed {
+                app,
+                backup_id,
+                outcome,
+            });
+        }
+        listed.sort_by(|a, b| (&a.app, &a.backup_id).cmp(&(&b.app, &b.backup_id)));
+        Ok(listed)
+    }
+
+    /// The newest backup of `app` that authenticates, looking at no more than a few of the
+    /// newest (cheap: one listing, then a manifest or two).
+    pub async fn newest_genuine(
+        &self,
+        app: &str,
+        policy: &TrustPolicy,
+    ) -> Result<Option<Authenticated>> {
+        let dir = self.store.layout.app_dir(app);
+        let listing = self
+            .store
+            .objects
+            .list_with_delimiter(Some(&dir))
+            .await
+            .map_err(|e| anyhow!("cannot list backups under '{dir}': {e}"))?;
+        let mut ids: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .filter(|id| id != "locks" && crate::text::is_plain_name(id))
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        for id in ids.iter().take(5) {
+            if let Ok((bytes, sig)) = self.fetch(app, id).await
+                && let Ok(found) =
+                    manifest::authenticate_as(app, id, &bytes, sig.as_deref(), policy, false)
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The manifest's bytes and its signature's (if any).
+    async fn fetch(
+        &self,
+        app: &str,
+        backup_id: &str,
+    ) -> Result<(bytes::Bytes, Option<bytes::Bytes>), object_store::Error> {
+        let (objects, layout) = (&self.store.objects, &self.store.layout);
+        let bytes = objects
+            .get(&layout.manifest(app, backup_id))
+            .await?
+            .bytes()
+            .await?;
+        let sig = match objects.get(&layout.signature(app, backup_id)).await {
+            Ok(got) => Some(got.bytes().await?),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok((bytes, sig))
+    }
+
+    /// Reads and authenticates one backup's manifest; `None` picks the newest backup of `app`,
+    /// which must be genuine: a newer backup that is not is reported (exit 4), never skipped.
+    pub async fn read(
+        &self,
+        app: &str,
+        backup_id: Option<&str>,
+        policy: &TrustPolicy,
+    ) -> Result<Authenticated> {
+        let Some(id) = backup_id else {
+            return self.read_newest(app, policy).await;
+        };
+        if !crate::text::is_plain_name(id) {
+            return Err(crate::error::usage(format!(
+                "'{}' is not a backup id; run `lifeboat list` to see the backups there are",
+                crate::text::printable(id)
+            )));
+        }
+        let key = self.store.layout.manifest(app, id);
+        let (bytes, sig) = match self.fetch(app, id).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(crate::error::usage(format!(
+                    "backup '{id}' of '{app}' not found (no {key}); run `lifeboat list` to see the backups there are"
+                )));
+            }
+            Err(e) => return Err(anyhow!("cannot read {key}: {e}")),
+        };
+        manifest::authenticate(app, id, &bytes, sig.as_deref(), policy)
+            .map_err(|refused| crate::error::verification(refused.to_string()))
+    }
+
+    async fn read_newest(&self, app: &str, policy: &TrustPolicy) -> Result<Authenticated> {
+        let all = self.list(Some(app), policy).await?;
+        let newest = all.last().ok_or_else(|| {
+            crate::error::usage(format!(
+                "no complete backup of '{app}' under {}; check --project/--name and the store URL, or run `lifeboat list` to see what is there",
+                self.store.layout.app_dir(app)
+            ))
+        })?;
+        match &newest.outcome {
+            Ok(found) => Ok(found.clone()),
+            Err(refused) => {
+                let genuine = all.iter().rev().find(|l| l.outcome.is_ok());
+                let hint = match genuine {
+                    Some(g) => format!(
+                        "; the newest genuine backup is {}: pass --backup {} to restore it",
+                        g.backup_id, g.backup_id
+                    ),
+                    None => String::new(),
+                };
+                Err(crate::error::verification(format!("{refused}{hint}")))
+            }
+        }
+    }
+
+    /// Every object under the app's folder, by the backup folder it lies in. The locks folder
+    /// is not a backup; a file lying beside the backup folders neither.
+    pub async fn folders(&self, app: &str) -> Result<Folders> {
+        let app_dir = self.store.layout.app_dir(app);
+        let objects: Vec<ObjectMeta> = self
+            .store
+            .objects
+            .list(Some(&app_dir))
+            .try_collect()
+            .await
+            .map_err(|e| anyhow!("cannot list {app_dir}: {e}"))?;
+        let mut dirs = Folders::new();
+        for meta in objects {
+            let id = {
+                let mut parts = meta.location.prefix_match(&app_dir).into_iter().flatten();
+                match (parts.next(), parts.next()) {
+                    (Some(id), Some(_)) if id.as_ref() != "locks" => Some(id.as_ref().to_string()),
+                    _ => None,
+                }
+            };
+            if let Some(id) = id {
+                dirs.entry(id).or_default().push(meta);
+            }
+        }
+        Ok(dirs)
+    }
+
+    /// Deletes one backup folder's objects, the manifest first: an interrupted removal leaves
+    /// an incomplete backup, which the next prune removes, never a listed backup with missing
+    /// objects.
+    pub async fn remove(&self, folder: &[ObjectMeta]) -> Result<()> {
+        let (manifests, others): (Vec<_>, Vec<_>) = folder
+            .iter()
+            .partition(|m| m.location.filename() == Some(MANIFEST_NAME));
+        for meta in manifests.into_iter().chain(others) {
+            self.store
+                .objects
+                .delete(&meta.location)
+                .await
+                .map_err(|e| anyhow!("cannot delete {}: {e}", meta.location))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the lock of `app` for `operation` (see [`crate::lock`]).
+    pub async fn lock(
+        &self,
+        app: &str,
+        operation: &str,
+        local: Option<&LocalClaims>,
+    ) -> Result<Lock> {
+        crate::lock::acquire(&self.store, app, operation, local).await
+    }
+
+    /// Runs `work` under the lock of `app`, then gives the lock back whatever happened. The work
+    /// gets `cancel`'s child that is also cancelled when the lock is lost; a failure caused by
+    /// that becomes [`crate::lock::LockLost`].
+    pub async fn with_lock<T, F, Fut>(
+        &self,
+        app: &str,
+        operation: &str,
+        local: Option<&LocalClaims>,
+        cancel: &CancellationToken,
+        work: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let lock = self.lock(app, operation, local).await?;
+        let result = work(lock.cancel_on_loss(cancel)).await;
+        lock.finish(result).await
+    }
+
+    /// Removes every lock of `app`, returning what they held (`lifeboat unlock`).
+    pub async fn unlock(&self, app: &str) -> Result<Vec<LockInfo>> {
+        crate::lock::unlock(&self.store, app).await
+    }
+
+    /// The live locks of `app`.
+    pub async fn holders(&self, app: &str) -> Result<Vec<LockInfo>> {
+        crate::lock::holders(&self.store, app).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Trust;
+    use crate::manifest::tests::sample;
+    use object_store::memory::InMemory;
+
+    fn signer() -> Signer {
+        Signer::from_seed(&[3u8; 32])
+    }
+
+    fn policy() -> TrustPolicy {
+        TrustPolicy {
+            trust: Trust::new(vec![signer().public()]),
+            allow_unsigned: false,
+        }
+    }
+
+    fn repo() -> Repo {
+        Repo::over(Arc::new(InMemory::new()), "pre", "memory://")
+    }
+
+    #[tokio::test]
+    async fn read_back_needs_every_object_with_its_size() {
+        let repo = repo();
+        let m = sample("20260101T000000.000Z");
+        repo.commit(&m, &signer()).await.unwrap();
+        let at = repo.object(&m.app, &m.backup_id, &m.volumes[0].object);
+        assert!(repo.read_back(&m).await.is_err(), "no object");
+        at.objects
+            .put(&at.location, vec![0u8; 9].into())
+            .await
+            .unwrap();
+        let err = repo.read_back(&m).await.unwrap_err().to_string();
+        assert!(err.contains("9 bytes"), "{err}");
+        at.objects
+            .put(&at.location, vec![0u8; 10].into())
+            .await
+            .unwrap();
+        repo.read_back(&m).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn folders_skip_the_locks_and_removal_takes_the_manifest_first() {
+        let repo = repo();
+        let m = sample("20260101T000000.000Z");
+        repo.commit(&m, &signer()).await.unwrap();
+        let lock = repo.lock("cvat", "backup", None).await.unwrap();
+        let folders = repo.folders("cvat").await.unwrap();
+        assert_eq!(folders.keys().collect::<Vec<_>>(), [&m.backup_id]);
+        repo.remove(&folders[&m.backup_id]).await.unwrap();
+        assert!(repo.list(Some("cvat"), &policy()).await.unwrap().is_empty());
+        assert_eq!(repo.holders("cvat").await.unwrap().len(), 1);
+        lock.release().await;
+    }
+
+    #[tokio::test]
+    async fn with_lock_gives_the_lock_back_after_a_failure() {
+        let repo = repo();
+        let cancel = CancellationToken::new();
+        let failed: Result<()> = repo
+            .with_lock("cvat", "prune", None, &cancel, |_| async {
+                Err(anyhow!("the work failed"))
+            })
+            .await;
+        assert!(failed.unwrap_err().to_string().contains("the work failed"));
+        assert!(repo.holders("cvat").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn write_list_read_newest_and_a_forged_newest_is_reported() {
+        let repo = repo();
+        for id in [
+            "20260101T000000.000Z",
+            "20260301T000000.000Z",
+            "20260201T000000.000Z",
+        ] {
+            repo.commit(&sample(id), &signer()).await.unwrap();
+        }
+        // an incomplete backup: objects, no manifest
+        let at = repo.object("cvat", "20260401T000000.000Z", "v.tar.zst.age");
+        at.objects
+            .put(&at.location, b"x".to_vec().into())
+            .await
+            .unwrap();
+        let listed = repo.list(None, &policy()).await.unwrap();
+        assert_eq!(listed.len(), 3);
+        assert!(listed.iter().all(|l| l.outcome.is_ok()));
+        let newest = repo.read("cvat", None, &policy()).await.unwrap();
+        assert_eq!(newest.manifest.backup_id, "20260301T000000.000Z");
+        let found = repo.newest_genuine("cvat", &policy()).await.unwrap();
+        assert_eq!(found.unwrap().manifest.backup_id, "20260301T000000.000Z");
+        assert!(
+            repo.commit(&sample("20260101T000000.000Z"), &signer())
+                .await
+                .is_err(),
+            "no overwrite"
+        );
+        let err = repo.read("cvat", Some("nope"), &policy()).await;
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("not found"), "{err}");
+        let err = repo.read("other", None, &policy()).await;
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("no complete backup of 'other'"), "{err}");
+
+        // A forged newest backup (signed by another key) is reported, with the way out.
+        repo.commit(
+            &sample("20991231T000000.000Z"),
+            &Signer::from_seed(&[9u8; 32]),
+        )
+        .await
+        .unwrap();
+        let err = repo.read("cvat", None, &policy()).await.unwrap_err();
+        assert_eq!(
+            crate::error::classified(&err),
+            Some(crate::error::ExitClass::Verification)
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("20991231T000000.000Z") && text.contains("--backup 20260301T000000.000Z"),
+            "{text}"
+        );
+        let listed = repo.list(Some("cvat"), &policy()).await.unwrap();
+        assert_eq!(listed.iter().filter(|l| l.outcome.is_err()).count(), 1);
+        let found = repo.newest_genuine("cvat", &policy()).await.unwrap();
+        assert_eq!(found.unwrap().manifest.backup_id, "20260301T000000.000Z");
+    }
+}
