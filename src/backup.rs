@@ -14,8 +14,11 @@ use crate::format::{self, AppVersion, Encryption, Manifest, SourceKind, VolumeRe
 use crate::hooks::{HookContext, HookEvent, Hooks};
 use crate::keys::Recipient;
 use crate::manifest;
+use crate::pipeline::chunk::{
+    ChunkSealer, ChunkStore, Known, SealedChunks, list_chunks, seal_chunks,
+};
 use crate::pipeline::compress::CompressionSettings;
-use crate::pipeline::seal::{Destination, SealError, Sealer, Sealing, seal};
+use crate::pipeline::seal::{Destination, SealError, Sealed, Sealer, Sealing, seal};
 use crate::pipeline::spool::{self, SpoolBudget};
 use crate::pipeline::upload::PartPolicy;
 use crate::progress::Progress;
@@ -57,6 +60,9 @@ pub struct BackupPlan {
     /// spool; the app then stays stopped until the uploads finish).
     pub spool_dir: std::path::PathBuf,
     pub spool_limit: u64,
+    /// Deduplicate: store each volume as content-defined chunks, uploading only those the
+    /// store lacks (format 3), keyed with these keys.
+    pub dedup: Option<Arc<crate::keys::ChunkKeys>>,
 }
 
 impl BackupPlan {
@@ -262,6 +268,7 @@ async fn attempt(
             progress: plan.progress.clone(),
             // Set up once the before-backup hook has run: a hook may prepare the spool's disk.
             spool: None,
+            dedup: None,
             cancel,
         };
         locked_attempt(job, plan, sources, started_at, app_version)
@@ -295,6 +302,7 @@ async fn locked_attempt(
     let (docker, repo, backup_id) = (job.docker.clone(), job.repo.clone(), job.backup_id.clone());
     let (app, cancel) = (job.app.clone(), job.cancel.clone());
     before_stopping(&job, plan, sources.len()).await?;
+    job.dedup = dedup_for(&repo, plan).await?;
     job.spool = plan.spool_budget();
     let spooled = job.spool.is_some();
     let window = crate::downtime::while_stopped(
@@ -381,7 +389,11 @@ fn finish_manifest(
 ) -> Manifest {
     Manifest {
         format: format::FORMAT.into(),
-        format_version: format::FORMAT_VERSION,
+        format_version: if volumes.iter().any(VolumeRecord::is_chunked) {
+            format::CHUNKED_FORMAT
+        } else {
+            format::SIGNED_FORMAT
+        },
         backup_id: backup_id.to_string(),
         app: plan.app_name.clone(),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
@@ -491,7 +503,54 @@ struct VolumeJob {
     hooks: Arc<Hooks>,
     progress: Progress,
     spool: Option<Arc<SpoolBudget>>,
+    /// Where chunks go and which the store has, when deduplicating.
+    dedup: Option<Arc<Dedup>>,
     cancel: CancellationToken,
+}
+
+/// A deduplicating run's chunk store, sealer and the chunks it may reuse.
+struct Dedup {
+    store: ChunkStore,
+    sealer: ChunkSealer,
+    known: Known,
+}
+
+/// What a deduplicating backup may reuse: the chunks of the newest genuine backup (its own
+/// signing key's) that this run's listing of the store shows, with their recorded sizes.
+async fn dedup_for(repo: &Repo, plan: &BackupPlan) -> Result<Option<Arc<Dedup>>> {
+    let Some(keys) = &plan.dedup else {
+        return Ok(None);
+    };
+    let store = repo.chunk_store(&plan.app_name);
+    let policy = manifest::TrustPolicy {
+        trust: crate::auth::Trust::new(vec![plan.signer.public()]),
+        allow_unsigned: false,
+    };
+    let newest = repo.newest_genuine(&plan.app_name, &policy).await?;
+    let earlier: Vec<format::ChunkRef> = newest
+        .iter()
+        .flat_map(|n| n.manifest.volumes.iter())
+        .flat_map(|v| v.chunks.iter().cloned())
+        .collect();
+    let present = list_chunks(&store)
+        .await
+        .map_err(|e| anyhow!("cannot list the chunks in {}: {e}", repo.url()))?;
+    let known = Known::confirmed(&earlier, &present);
+    tracing::info!(
+        reusable = known.len(),
+        in_store = present.len(),
+        "deduplicating against the newest backup's chunks"
+    );
+    Ok(Some(Arc::new(Dedup {
+        store,
+        sealer: ChunkSealer {
+            recipients: Arc::clone(&plan.recipients),
+            compression: plan.compression.kind,
+            level: plan.compression.level.unwrap_or(3),
+            keys: Arc::clone(keys),
+        },
+        known,
+    })))
 }
 
 /// A volume read to its end, its upload still going on (from the spool, or done already).
@@ -499,13 +558,22 @@ struct ReadVolume {
     /// The record, without the stored size and hash the upload will give.
     record: VolumeRecord,
     what: String,
-    sealing: Sealing,
+    sealing: Stored,
+}
+
+/// A volume's upload: one object, maybe still draining the spool; or chunks, all stored.
+enum Stored {
+    Object(Sealing),
+    Chunks(SealedChunks),
 }
 
 impl ReadVolume {
-    /// Stops the upload and aborts its multipart upload.
+    /// Stops the upload and aborts its multipart upload (chunks stay, unreferenced, until a
+    /// prune after the grace period).
     async fn abandon(self) {
-        self.sealing.abandon().await;
+        if let Stored::Object(sealing) = self.sealing {
+            sealing.abandon().await;
+        }
     }
 }
 
@@ -595,7 +663,15 @@ async fn finish_uploads(
             what,
             sealing,
         } = volume;
-        let stored = sealing.finish().await.map_err(|e| seal_error(e, &what));
+        let stored = match sealing {
+            Stored::Object(sealing) => sealing.finish().await.map_err(|e| seal_error(e, &what)),
+            Stored::Chunks(chunks) => Ok(Sealed {
+                tar_size: chunks.tar_size,
+                root: chunks.root,
+                stored_size: chunks.chunks.iter().map(|c| c.size).sum(),
+                sha256: format::chunk_list_digest(&chunks.chunks),
+            }),
+        };
         match stored {
             Ok(sealed) => {
                 record.stored_size = sealed.stored_size;
@@ -641,17 +717,25 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<ReadVolume> {
         recipients: Arc::clone(&job.recipients),
         compression,
     };
-    let result = seal(
-        progress.count_read(tokio_util::io::StreamReader::new(tar)),
-        &sealer,
-        &to,
-        &progress,
-        &job.cancel,
-    )
-    .await;
+    let tar = progress.count_read(tokio_util::io::StreamReader::new(tar));
+    let result = match &job.dedup {
+        None => seal(tar, &sealer, &to, &progress, &job.cancel)
+            .await
+            .map(|s| (s.tar_size, s.root, Stored::Object(s))),
+        Some(dedup) => seal_chunks(tar, &dedup.sealer, &dedup.known, &dedup.store, &job.cancel)
+            .await
+            .map(|c| {
+                tracing::info!(volume = %source.name, chunks = c.chunks.len(), new_bytes = c.new_bytes, reused_bytes = c.reused_plain, "volume chunked");
+                (c.tar_size, c.root, Stored::Chunks(c))
+            }),
+    };
     drop(progress);
     helper.remove(docker).await;
-    let sealing = result.map_err(|e| seal_error(e, &what))?;
+    let (tar_size, root, sealing) = result.map_err(|e| seal_error(e, &what))?;
+    let chunks = match &sealing {
+        Stored::Chunks(c) => c.chunks.clone(),
+        Stored::Object(_) => Vec::new(),
+    };
     Ok(ReadVolume {
         record: VolumeRecord {
             name: source.name.clone(),
@@ -664,13 +748,14 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<ReadVolume> {
             object,
             stored_size: 0,
             sha256: String::new(),
-            tar_size: sealing.tar_size,
+            tar_size,
             compression: compression.kind,
             encryption: Encryption {
                 scheme: "age".into(),
                 recipients: job.recipients.iter().map(|r| r.text.clone()).collect(),
             },
-            root: sealing.root,
+            root,
+            chunks,
         },
         what,
         sealing,

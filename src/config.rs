@@ -188,8 +188,13 @@ pub struct BackupOptions {
     /// spool/]
     #[arg(long, env = "LIFEBOAT_SPOOL_DIR", value_name = "PATH")]
     pub spool_dir: Option<PathBuf>,
+    /// Store volumes as deduplicated chunks (format 3): a nightly backup uploads and stores
+    /// only the chunks that changed since the newest backup. zstd or no compression
+    #[arg(long, env = "LIFEBOAT_DEDUP")]
+    #[serde(default)]
+    pub dedup: bool,
 }
-merge_options!(BackupOptions { backup_key, recipients, recipients_file, compression, level, volumes, exclude_volumes, bind_paths, version_from, spool_size_mib, spool_dir } bools {});
+merge_options!(BackupOptions { backup_key, recipients, recipients_file, compression, level, volumes, exclude_volumes, bind_paths, version_from, spool_size_mib, spool_dir } bools { dedup });
 
 /// How a restore is done.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]

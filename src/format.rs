@@ -10,9 +10,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub const FORMAT: &str = "lifeboat-backup";
-pub const FORMAT_VERSION: u32 = 2;
+/// The newest format this lifeboat reads and writes.
+pub const FORMAT_VERSION: u32 = 3;
 /// The first format whose manifests are signed.
 pub const SIGNED_FORMAT: u32 = 2;
+/// The first format whose volumes may be stored as deduplicated chunks ([`ChunkRef`]); a
+/// backup without chunks is still written as format 2, which older lifeboats read.
+pub const CHUNKED_FORMAT: u32 = 3;
+/// The folder, beside an app's backup folders, that holds its chunks: `<app>/chunks/<ab>/<id>`.
+pub const CHUNKS_DIR: &str = "chunks";
 pub const MANIFEST_NAME: &str = "manifest.json";
 pub const SIGNATURE_NAME: &str = "manifest.json.sig";
 
@@ -95,6 +101,50 @@ pub struct VolumeRecord {
     pub encryption: Encryption,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<RootMeta>,
+    /// Format 3, deduplicated: the volume's tar is the concatenation of these chunks, in
+    /// order, each its own compressed frame and age file, stored once per app under
+    /// [`CHUNKS_DIR`] and shared between backups. Then `object` names no object,
+    /// `stored_size` is the sum of the chunks' sizes and `sha256` is the sha256 of their
+    /// digests, one lowercase hex line each (`sha256sum` of the list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// One chunk of a volume's tar stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkRef {
+    /// Its address: a keyed hash (HMAC-SHA256 under a key derived from the owner key) of its
+    /// plaintext, hex; the object is `<app>/chunks/<first two digits>/<id>`.
+    pub id: String,
+    /// Bytes stored (the age file).
+    pub size: u64,
+    /// Hex sha256 of the bytes stored.
+    pub sha256: String,
+    /// Bytes of tar stream it holds.
+    pub plain: u64,
+}
+
+impl VolumeRecord {
+    /// Whether the volume is stored as chunks (format 3) rather than as one object.
+    pub fn is_chunked(&self) -> bool {
+        !self.chunks.is_empty()
+    }
+}
+
+/// The digest a chunked volume record carries in `sha256`: over its chunks' digests.
+pub fn chunk_list_digest(chunks: &[ChunkRef]) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for chunk in chunks {
+        hasher.update(chunk.sha256.as_bytes());
+        hasher.update(b"\n");
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Where a chunk lies under an app's folder: `chunks/<ab>/<id>`.
+pub fn chunk_key(id: &str) -> String {
+    format!("{CHUNKS_DIR}/{}/{id}", &id[..2.min(id.len())])
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -93,6 +93,33 @@ pub struct PutSecret(Zeroizing<[u8; 32]>);
 const OWNER_SALT: &[u8] = b"lifeboat owner key v1";
 const PUT_INFO: &[u8] = b"lifeboat put secret v1";
 const SIGNING_INFO: &[u8] = b"lifeboat manifest signing key v1";
+const CHUNK_ID_INFO: &[u8] = b"lifeboat chunk id key v1";
+const CHUNK_CUT_INFO: &[u8] = b"lifeboat chunk boundary key v1";
+
+/// The keys of deduplication, derived from the put secret, so the owner key and every backup
+/// key made from it share them (a new backup host goes on deduplicating against old chunks):
+/// one keys the chunk ids (BLAKE3), one the chunker's gear table.
+pub struct ChunkKeys {
+    id: Zeroizing<[u8; 32]>,
+    seed: u64,
+}
+
+impl ChunkKeys {
+    /// The address of a chunk: keyed BLAKE3 of its plaintext, hex.
+    pub fn id_of(&self, data: &[u8]) -> String {
+        blake3::keyed_hash(&self.id, data).to_hex().to_string()
+    }
+
+    /// The gear seed of the chunker (never 0: 0 means unkeyed).
+    pub fn seed(&self) -> u64 {
+        self.seed.max(1)
+    }
+
+    /// Keys for tests.
+    pub fn for_tests(byte: u8) -> Self {
+        PutSecret(Zeroizing::new([byte; 32])).chunk_keys()
+    }
+}
 
 impl PutSecret {
     /// The put secret of an owner identity.
@@ -120,6 +147,16 @@ impl PutSecret {
         Signer::from_seed(&self.derive(SIGNING_INFO))
     }
 
+    /// The keys of deduplication.
+    pub fn chunk_keys(&self) -> ChunkKeys {
+        let cut = self.derive(CHUNK_CUT_INFO);
+        let seed = u64::from_le_bytes(cut[..8].try_into().expect("8 bytes"));
+        ChunkKeys {
+            id: self.derive(CHUNK_ID_INFO),
+            seed,
+        }
+    }
+
     fn to_hex(&self) -> Zeroizing<String> {
         Zeroizing::new(hex::encode(&self.0[..]))
     }
@@ -135,7 +172,7 @@ impl PutSecret {
 pub struct OwnerKey {
     pub path: PathBuf,
     /// Every identity in the file (age X25519, or an SSH key for backups made to one).
-    pub identities: Vec<BoxIdentity>,
+    pub identities: std::sync::Arc<Vec<BoxIdentity>>,
     /// The X25519 identities' recipients and put secrets.
     owners: Vec<(String, PutSecret)>,
 }
@@ -169,7 +206,7 @@ impl OwnerKey {
             return match identity {
                 age::ssh::Identity::Unencrypted(_) => Ok(Self {
                     path: path.to_path_buf(),
-                    identities: vec![Box::new(identity)],
+                    identities: std::sync::Arc::new(vec![Box::new(identity)]),
                     owners: vec![],
                 }),
                 age::ssh::Identity::Encrypted(_) => Err(crate::error::usage(format!(
@@ -223,7 +260,9 @@ impl OwnerKey {
         }
         let key = Self {
             path: path.to_path_buf(),
-            identities: identities.into_iter().map(|i| i as BoxIdentity).collect(),
+            identities: std::sync::Arc::new(
+                identities.into_iter().map(|i| i as BoxIdentity).collect(),
+            ),
             owners,
         };
         // A signing key written beside the identity (by keygen) must be the derived one: a
@@ -388,6 +427,11 @@ impl BackupKey {
 
     pub fn signer(&self) -> Signer {
         self.put.signer()
+    }
+
+    /// The keys of deduplication (the same as the owner key's).
+    pub fn chunk_keys(&self) -> ChunkKeys {
+        self.put.chunk_keys()
     }
 
     /// Its own signing key: what list, show, verify and prune accept on the backup host.

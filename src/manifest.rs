@@ -20,6 +20,15 @@ use serde::Deserialize;
 /// says (`app`, `backup_id`), and that every name, path, object and digest in it is one
 /// lifeboat could have written. Returns the first problem.
 pub fn check(manifest: &Manifest, app: &str, backup_id: &str) -> Result<(), String> {
+    if manifest.format_version < crate::format::CHUNKED_FORMAT
+        && manifest.volumes.iter().any(VolumeRecord::is_chunked)
+    {
+        return Err(format!(
+            "its manifest is format {} but lists chunks, which only format {} has",
+            manifest.format_version,
+            crate::format::CHUNKED_FORMAT
+        ));
+    }
     use crate::text::{Printable, is_plain_name};
     if manifest.app != app {
         return Err(format!(
@@ -101,16 +110,12 @@ fn check_record(record: &VolumeRecord) -> Result<(), String> {
             Printable(&record.object)
         ));
     }
-    if record.sha256.len() != 64
-        || !record
-            .sha256
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if !is_hex64(&record.sha256) {
         return Err(format!(
             "volume {name}: sha256 is not 64 lowercase hex digits"
         ));
     }
+    check_chunks(record)?;
     let texts = record
         .labels
         .iter()
@@ -123,6 +128,52 @@ fn check_record(record: &VolumeRecord) -> Result<(), String> {
                 "volume {name}: a label, driver or recipient holds control characters"
             ));
         }
+    }
+    Ok(())
+}
+
+fn is_hex64(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A chunked record: ids and digests are hex, sizes add up, and the record's digest covers
+/// the list; only format 3 may have chunks, and only zstd or uncompressed ones (a stream of
+/// zstd frames is one zstd stream).
+fn check_chunks(record: &VolumeRecord) -> Result<(), String> {
+    let name = crate::text::Printable(&record.name);
+    if !record.is_chunked() {
+        return Ok(());
+    }
+    if record.compression == crate::format::Compression::Gzip {
+        return Err(format!("volume {name}: chunks are never gzip-compressed"));
+    }
+    for chunk in &record.chunks {
+        if !is_hex64(&chunk.id) || !is_hex64(&chunk.sha256) {
+            return Err(format!(
+                "volume {name}: a chunk id or digest is not 64 lowercase hex digits"
+            ));
+        }
+    }
+    let stored = record
+        .chunks
+        .iter()
+        .try_fold(0u64, |t, c| t.checked_add(c.size));
+    let plain = record
+        .chunks
+        .iter()
+        .try_fold(0u64, |t, c| t.checked_add(c.plain));
+    if stored != Some(record.stored_size) || plain != Some(record.tar_size) {
+        return Err(format!(
+            "volume {name}: its chunks' sizes do not add up to the sizes it records"
+        ));
+    }
+    if crate::format::chunk_list_digest(&record.chunks) != record.sha256 {
+        return Err(format!(
+            "volume {name}: its digest does not cover its list of chunks"
+        ));
     }
     Ok(())
 }
@@ -321,6 +372,7 @@ pub(crate) mod tests {
                     recipients: vec!["age1x".into()],
                 },
                 root: None,
+                chunks: vec![],
             }],
             signer: None,
         }

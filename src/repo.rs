@@ -4,6 +4,7 @@
 //! Layout under the store's prefix:
 //! ```text
 //! <app>/locks/<millis>-<run id>.json                    one per run holding the lock (`lock`)
+//! <app>/chunks/<ab>/<chunk id>                          deduplicated chunks, shared by backups
 //! <app>/<backup id>/<volume>.<tar.zst|tar.gz|tar>.age   one object per volume, written first
 //! <app>/<backup id>/manifest.json.sig                   the manifest's SSH signature
 //! <app>/<backup id>/manifest.json                       written last: the commit point
@@ -30,6 +31,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+/// The folders beside an app's backup folders that are not backups.
+const NOT_BACKUPS: [&str; 2] = ["locks", crate::format::CHUNKS_DIR];
 
 /// An opened store with lifeboat's layout in it.
 #[derive(Clone)]
@@ -96,6 +100,33 @@ impl Repo {
         ObjectAt {
             objects: Arc::clone(&self.store.objects),
             location: self.store.layout.object(app, backup_id, object),
+        }
+    }
+
+    /// Where the stored data of a volume record of a backup is: its object, or its chunks.
+    pub fn volume_at(
+        &self,
+        app: &str,
+        backup_id: &str,
+        record: &crate::format::VolumeRecord,
+    ) -> crate::pipeline::open::StoredAt {
+        if record.is_chunked() {
+            crate::pipeline::open::StoredAt::Chunks(self.chunk_store(app))
+        } else {
+            let at = self.object(app, backup_id, &record.object);
+            crate::pipeline::open::StoredAt::Object {
+                objects: at.objects,
+                location: at.location,
+            }
+        }
+    }
+
+    /// Where the chunks of `app` lie (deduplicated backups).
+    pub fn chunk_store(&self, app: &str) -> crate::pipeline::chunk::ChunkStore {
+        crate::pipeline::chunk::ChunkStore {
+            objects: Arc::clone(&self.store.objects),
+            app_dir: self.store.layout.app_dir(app),
+            attributes: self.store.upload_attributes.clone(),
         }
     }
 
@@ -250,7 +281,7 @@ impl Repo {
             .common_prefixes
             .iter()
             .filter_map(|p| p.filename().map(str::to_string))
-            .filter(|id| id != "locks" && crate::text::is_plain_name(id))
+            .filter(|id| !NOT_BACKUPS.contains(&id.as_str()) && crate::text::is_plain_name(id))
             .collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
         for id in ids.iter().take(5) {
@@ -355,7 +386,9 @@ impl Repo {
             let id = {
                 let mut parts = meta.location.prefix_match(&app_dir).into_iter().flatten();
                 match (parts.next(), parts.next()) {
-                    (Some(id), Some(_)) if id.as_ref() != "locks" => Some(id.as_ref().to_string()),
+                    (Some(id), Some(_)) if !NOT_BACKUPS.contains(&id.as_ref()) => {
+                        Some(id.as_ref().to_string())
+                    }
                     _ => None,
                 }
             };
@@ -381,6 +414,74 @@ impl Repo {
                 .map_err(|e| anyhow!("cannot delete {}: {e}", meta.location))?;
         }
         Ok(())
+    }
+
+    /// The ids of the chunks that the manifests of `app` reference, every manifest but those of
+    /// `leaving` — genuine or not (a chunk is only ever deleted when nothing could want it).
+    /// Fails when a manifest cannot be read or parsed: then no chunk may go.
+    pub async fn referenced_chunks(
+        &self,
+        app: &str,
+        leaving: &std::collections::HashSet<String>,
+    ) -> Result<std::collections::HashSet<String>> {
+        #[derive(serde::Deserialize)]
+        struct Volumes {
+            #[serde(default)]
+            volumes: Vec<Chunks>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Chunks {
+            #[serde(default)]
+            chunks: Vec<Id>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Id {
+            id: String,
+        }
+        let mut referenced = std::collections::HashSet::new();
+        for (id, _) in self.folders(app).await? {
+            if leaving.contains(&id) {
+                continue;
+            }
+            let (bytes, _) = match self.fetch(app, &id).await {
+                Ok(found) => found,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(anyhow!("cannot read the manifest of {id}: {e}")),
+            };
+            let parsed: Volumes = serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow!("the manifest of {id} cannot be parsed ({e})"))?;
+            referenced.extend(
+                parsed
+                    .volumes
+                    .into_iter()
+                    .flat_map(|v| v.chunks)
+                    .map(|c| c.id),
+            );
+        }
+        Ok(referenced)
+    }
+
+    /// Every chunk of `app`: its key, size and when it was written.
+    pub async fn chunks(&self, app: &str) -> Result<Vec<ObjectMeta>> {
+        let dir = self
+            .store
+            .layout
+            .app_dir(app)
+            .join(crate::format::CHUNKS_DIR);
+        self.store
+            .objects
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| anyhow!("cannot list {dir}: {e}"))
+    }
+
+    /// Deletes one object found by a listing (an unreferenced chunk).
+    pub async fn delete(&self, meta: &ObjectMeta) -> Result<()> {
+        match self.store.objects.delete(&meta.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(anyhow!("cannot delete {}: {e}", meta.location)),
+        }
     }
 
     /// Takes the lock of `app` for `operation` (see [`crate::lock`]).

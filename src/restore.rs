@@ -765,11 +765,10 @@ async fn fetch_all(
     let mut spooled = Vec::with_capacity(plan.targets.len());
     for target in &plan.targets {
         let started = Instant::now();
-        let at = repo.object(&manifest.app, &manifest.backup_id, &target.record.object);
-        let location = &at.location;
+        let at = repo.volume_at(&manifest.app, &manifest.backup_id, &target.record);
+        let location = &at;
         let fetch = open::fetch_verified(
-            &at.objects,
-            location,
+            &at,
             &target.record,
             &request.owner.identities,
             &request.spool_dir,

@@ -142,6 +142,10 @@ pub struct PruneReport {
     /// Genuine backups dated beyond [`FUTURE_ALLOWANCE`] from now (a backup host's clock is
     /// wrong): kept, never counted, so they cannot make other backups go.
     pub future: Vec<(String, String)>,
+    /// Chunks no remaining backup references, older than the grace period: removed (or, in
+    /// a dry run, that would be).
+    pub chunks_removed: usize,
+    pub chunk_bytes_freed: u64,
 }
 
 /// How far in the future a backup may be dated (clock skew) and still count.
@@ -167,19 +171,62 @@ pub async fn prune(
     let counted = counted_backups(repo, app, trust, &mut report).await?;
     report.incomplete = incomplete(&dirs, grace);
     report.decisions = plan(&counted, policy);
-    if dry_run {
-        return Ok(report);
-    }
-    let doomed = report
+    let doomed: std::collections::HashSet<String> = report
         .decisions
         .iter()
         .filter(|d| !d.keep())
-        .map(|d| &d.backup_id);
-    for id in doomed.chain(report.incomplete.iter()) {
-        repo.remove(&dirs[id]).await?;
-        tracing::info!(backup = %id, "removed");
+        .map(|d| d.backup_id.clone())
+        .chain(report.incomplete.iter().cloned())
+        .collect();
+    if !dry_run {
+        for id in &doomed {
+            repo.remove(&dirs[id]).await?;
+            tracing::info!(backup = %id, "removed");
+        }
     }
+    collect_chunks(repo, app, &doomed, grace, dry_run, &mut report).await?;
     Ok(report)
+}
+
+/// Removes the chunks that no backup left references, once they are older than `grace` (a
+/// backup still running, or one that failed, wrote them recently); the manifests are read
+/// after the backups went, under the same lock, so nothing can start referencing one.
+async fn collect_chunks(
+    repo: &crate::repo::Repo,
+    app: &str,
+    leaving: &std::collections::HashSet<String>,
+    grace: Duration,
+    dry_run: bool,
+    report: &mut PruneReport,
+) -> anyhow::Result<()> {
+    let chunks = repo.chunks(app).await?;
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let referenced = repo.referenced_chunks(app, leaving).await?;
+    let horizon = Utc::now() - grace;
+    for meta in chunks {
+        let unreferenced = meta
+            .location
+            .filename()
+            .is_some_and(|id| !referenced.contains(id));
+        if unreferenced && meta.last_modified < horizon {
+            if !dry_run {
+                repo.delete(&meta).await?;
+            }
+            report.chunks_removed += 1;
+            report.chunk_bytes_freed += meta.size;
+        }
+    }
+    if report.chunks_removed > 0 {
+        tracing::info!(
+            chunks = report.chunks_removed,
+            bytes = report.chunk_bytes_freed,
+            dry_run,
+            "unreferenced chunks"
+        );
+    }
+    Ok(())
 }
 
 /// The backups the keep rules count: genuine ones, dated no later than the clock-skew

@@ -99,6 +99,12 @@ pub fn build_plan(
         || lifeboat::pipeline::spool::SpoolBudget::default_limit(&spool_dir),
         |mib| mib << 20,
     );
+    if options.dedup && kind == lifeboat::format::Compression::Gzip {
+        return Err(lifeboat::error::usage(
+            "--dedup stores each chunk as its own zstd frame: use --compression zstd (or none) with it",
+        ));
+    }
+    let dedup = options.dedup.then(|| Arc::new(backup_key.chunk_keys()));
     let plan = BackupPlan {
         app_name: app.app_name()?,
         selector: app.selector()?,
@@ -117,6 +123,7 @@ pub fn build_plan(
         progress: lifeboat::progress::Progress::hidden(),
         spool_dir,
         spool_limit,
+        dedup,
     };
     Ok((plan, store_options, retention))
 }

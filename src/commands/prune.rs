@@ -58,6 +58,13 @@ pub async fn run(args: PruneArgs, file: ConfigFile) -> anyhow::Result<ExitCode> 
             println!("{verb:<13} {}", d.backup_id);
         }
     }
+    if report.chunks_removed > 0 {
+        println!(
+            "{verb:<13} {} unreferenced chunk(s), {}",
+            report.chunks_removed,
+            lifeboat::text::human_bytes(report.chunk_bytes_freed)
+        );
+    }
     for id in &report.incomplete {
         println!("{verb:<13} {id}  (incomplete: no manifest)");
     }

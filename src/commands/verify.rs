@@ -89,10 +89,8 @@ async fn verify_objects(
     let mut failed = Vec::new();
     for record in &manifest.volumes {
         let name = Printable(&record.name);
-        let at = repo.object(&manifest.app, &manifest.backup_id, &record.object);
-        let verified =
-            lifeboat::pipeline::open::verify_volume(&at.objects, &at.location, record, identities)
-                .await;
+        let at = repo.volume_at(&manifest.app, &manifest.backup_id, record);
+        let verified = lifeboat::pipeline::open::verify_volume(&at, record, identities).await;
         match verified {
             Ok(Some(summary)) => writeln!(
                 out,

@@ -13,6 +13,7 @@
 //! Every stage streams: memory is bounded by the upload parts in flight plus small buffers,
 //! whatever the size of the volume, and no plaintext is written to local disk.
 
+pub mod chunk;
 pub mod compress;
 pub mod download;
 pub mod encrypt;

@@ -15,6 +15,7 @@
 //! command): sees an object store and a path, never the bucket layout.
 
 use super::PipelineError;
+use super::chunk::{ChunkStore, chunk_plaintext, fetch_chunks, spooled_chunks};
 use super::compress::decompressing_reader;
 use super::download::{StoreReadError, open_object};
 use super::encrypt::decrypting_reader;
@@ -29,6 +30,24 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+
+/// Where a volume's stored bytes are: one object, or chunks (format 3).
+pub enum StoredAt {
+    Object {
+        objects: Arc<dyn ObjectStore>,
+        location: ObjectPath,
+    },
+    Chunks(ChunkStore),
+}
+
+impl std::fmt::Display for StoredAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoredAt::Object { location, .. } => write!(f, "object {location}"),
+            StoredAt::Chunks(store) => write!(f, "chunks under {}/chunks", store.app_dir),
+        }
+    }
+}
 
 /// The plaintext tar of a stored object read through `stored`: decryption (and whatever
 /// reads `stored`: the download, the hash) on a task of its own, decompression on the
@@ -112,14 +131,17 @@ async fn check_size(
     Ok(())
 }
 
-/// Verifies the object of one volume at `location`. Without identities only size and sha256
-/// are checked.
+/// Verifies the stored data of one volume. Without identities only size and sha256 are
+/// checked (of every chunk, for a chunked volume).
 pub async fn verify_volume(
-    objects: &Arc<dyn ObjectStore>,
-    location: &ObjectPath,
+    at: &StoredAt,
     record: &VolumeRecord,
     identities: Option<&[BoxIdentity]>,
 ) -> Result<Option<TarSummary>, PipelineError> {
+    let (objects, location) = match at {
+        StoredAt::Object { objects, location } => (objects, location),
+        StoredAt::Chunks(store) => return verify_chunks(store, record, identities).await,
+    };
     let mut stored = open_checked(objects, location, record).await?;
     let Some(identities) = identities else {
         let mut sink = vec![0u8; 256 * 1024];
@@ -135,6 +157,32 @@ pub async fn verify_volume(
     check_tar(tar, record).await.map(Some)
 }
 
+/// [`verify_volume`] of a chunked volume.
+async fn verify_chunks(
+    store: &ChunkStore,
+    record: &VolumeRecord,
+    identities: Option<&[BoxIdentity]>,
+) -> Result<Option<TarSummary>, PipelineError> {
+    let fetched = fetch_chunks(store.clone(), record.chunks.clone());
+    let Some(identities) = identities else {
+        use sha2::Digest;
+        let mut fetched = std::pin::pin!(fetched);
+        while let Some((chunk, bytes)) = fetched.try_next().await? {
+            if bytes.len() as u64 != chunk.size
+                || hex::encode(sha2::Sha256::digest(&bytes)) != chunk.sha256
+            {
+                return Err(PipelineError::Verification(format!(
+                    "chunk {} does not match the size and sha256 the manifest records (altered in the store)",
+                    store.location(&chunk.id)
+                )));
+            }
+        }
+        return Ok(None);
+    };
+    let tar = chunk_plaintext(fetched, record.compression, identities);
+    check_tar(tar, record).await.map(Some)
+}
+
 /// A verified object's ciphertext in a local file that has no name (it is gone when closed or
 /// when the process dies).
 pub struct Spooled {
@@ -146,8 +194,7 @@ pub struct Spooled {
 /// end (size, sha256, decryption, decompression, every tar entry): a [`Spooled`] exists only
 /// for an object that passed.
 pub async fn fetch_verified(
-    objects: &Arc<dyn ObjectStore>,
-    location: &ObjectPath,
+    at: &StoredAt,
     record: &VolumeRecord,
     identities: &[BoxIdentity],
     dir: &Path,
@@ -178,6 +225,30 @@ pub async fn fetch_verified(
                 "the spool writer failed: {e}"
             )))
         })
+    };
+    let (objects, location) = match at {
+        StoredAt::Object { objects, location } => (objects, location),
+        StoredAt::Chunks(store) => {
+            // Each chunk's ciphertext to the spool, in order, as it is verified.
+            let teed = fetch_chunks(store.clone(), record.chunks.clone()).and_then(move |item| {
+                let to_file = to_file.clone();
+                async move {
+                    to_file.send(item.1.clone()).await.map_err(|_| {
+                        PipelineError::Io(std::io::Error::other("the restore spool writer stopped"))
+                    })?;
+                    Ok(item)
+                }
+            });
+            let verify = check_tar(
+                chunk_plaintext(teed, record.compression, identities),
+                record,
+            );
+            let (verified, written) = tokio::join!(verify, write);
+            written.map_err(spool_error)?;
+            let summary = verified?;
+            let size = record.stored_size;
+            return Ok((Spooled { file, size }, summary));
+        }
     };
     check_size(objects, location, record).await?;
     let stream = objects
@@ -221,16 +292,30 @@ pub async fn fetch_verified(
     ))
 }
 
+/// Identities shared with the stream that decrypts chunks as they are written.
+struct Shared(Arc<Vec<BoxIdentity>>);
+
+impl AsRef<[BoxIdentity]> for Shared {
+    fn as_ref(&self) -> &[BoxIdentity] {
+        &self.0
+    }
+}
+
 /// The plaintext tar of a spooled object, under the entry policy again as it is written.
 pub async fn open_spooled(
     spooled: &Spooled,
     record: &VolumeRecord,
-    identities: &[BoxIdentity],
+    identities: &Arc<Vec<BoxIdentity>>,
 ) -> Result<impl AsyncRead + Send + Unpin + use<>, PipelineError> {
     use std::io::Seek;
     let mut file = spooled.file.try_clone().map_err(PipelineError::Io)?;
     file.rewind().map_err(PipelineError::Io)?;
-    let file = tokio::fs::File::from_std(file);
-    let tar = plaintext(file, record, identities).await?;
+    let tar: Box<dyn AsyncRead + Send + Unpin> = if record.is_chunked() {
+        let stored = spooled_chunks(file, record.chunks.clone());
+        let identities = Shared(Arc::clone(identities));
+        Box::new(chunk_plaintext(stored, record.compression, identities))
+    } else {
+        plaintext(tokio::fs::File::from_std(file), record, identities).await?
+    };
     Ok(PolicyReader::new(tar, rules(record)).0)
 }

@@ -1,0 +1,577 @@
+//! The deduplicating write chain and its read chain: a volume's tar stream as content-defined
+//! chunks, each stored once per app.
+//!
+//! ```text
+//! tar stream → tar_end → tally (tar size, root entry) → FastCDC (keyed gear) → keyed BLAKE3 id
+//!            → known? reuse : [zstd frame → age → sha256 → PUT chunks/<ab>/<id>]  (bounded, in order)
+//! ```
+//! A chunk is reused only when it is both in the store (a listing made by this run) and in
+//! a genuine earlier manifest (which gives its size and sha256): a lost cache costs a
+//! re-upload, never a missing chunk. The boundaries and the ids are keyed with keys derived
+//! from the owner key (see `keys::ChunkKeys`), so the bucket shows neither plaintext hashes
+//! nor boundaries that depend only on the data.
+//!
+//! The read side ([`chunk_plaintext`]) takes the chunks' ciphertext in order (from the store or
+//! a restore spool), checks each chunk's size and sha256 against the signed manifest, decrypts
+//! it and decompresses its frame: the tar stream again.
+//!
+//! Where it sits: A chain in `pipeline` beside `seal` and `open`: sees an object store and a
+//! folder, never the bucket layout above it.
+
+use super::PipelineError;
+use super::seal::SealError;
+use super::tally::TallyReader;
+use super::tar_check::root_meta;
+use super::tar_end::TarEndCheck;
+use crate::format::{ChunkRef, Compression, RootMeta, chunk_key};
+use crate::keys::{BoxIdentity, ChunkKeys, Recipient};
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{Attributes, ObjectStore, ObjectStoreExt, PutOptions};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::io::AsyncRead;
+use tokio_util::sync::CancellationToken;
+
+/// Chunk sizes: about restic's (1 MiB average), so database page churn costs the same.
+pub const MIN_CHUNK: usize = 256 * 1024;
+pub const AVG_CHUNK: usize = 1024 * 1024;
+pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
+/// Chunks being compressed, encrypted or uploaded at once: memory is bounded by this many
+/// times about three `MAX_CHUNK`s.
+pub const IN_FLIGHT: usize = 6;
+
+/// Where an app's chunks go.
+#[derive(Clone)]
+pub struct ChunkStore {
+    pub objects: Arc<dyn ObjectStore>,
+    /// The app's folder; chunks lie under `chunks/` in it.
+    pub app_dir: Path,
+    pub attributes: Attributes,
+}
+
+impl ChunkStore {
+    pub fn location(&self, id: &str) -> Path {
+        let mut path = self.app_dir.clone();
+        for part in chunk_key(id).split('/') {
+            path = path.join(part);
+        }
+        path
+    }
+}
+
+/// Chunks a backup may reference without uploading them: seen in the store by this run, with
+/// what a genuine manifest says of them; the chunks this run uploads are added.
+#[derive(Debug, Default)]
+pub struct Known(std::sync::Mutex<HashMap<String, ChunkRef>>);
+
+impl Known {
+    /// The chunks of `earlier` (genuine manifests' chunk lists) that `present` (the store's
+    /// listing: id → size) holds with the recorded size.
+    pub fn confirmed<'a>(
+        earlier: impl IntoIterator<Item = &'a ChunkRef>,
+        present: &HashMap<String, u64>,
+    ) -> Known {
+        Known(std::sync::Mutex::new(
+            earlier
+                .into_iter()
+                .filter(|c| present.get(&c.id) == Some(&c.size))
+                .map(|c| (c.id.clone(), c.clone()))
+                .collect(),
+        ))
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, ChunkRef>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, id: &str) -> Option<ChunkRef> {
+        self.map().get(id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+}
+
+/// How chunks are sealed.
+#[derive(Clone)]
+pub struct ChunkSealer {
+    pub recipients: Arc<Vec<Recipient>>,
+    /// Zstd (one frame per chunk) or none.
+    pub compression: Compression,
+    pub level: i32,
+    pub keys: Arc<ChunkKeys>,
+}
+
+/// What a chunked volume is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedChunks {
+    pub tar_size: u64,
+    pub root: Option<RootMeta>,
+    pub chunks: Vec<ChunkRef>,
+    /// Bytes uploaded by this run (new chunks).
+    pub new_bytes: u64,
+    /// Bytes of tar stream that earlier chunks already held.
+    pub reused_plain: u64,
+}
+
+/// Reads `tar` to its end into chunks in `to`, uploading only those `known` lacks; adds the
+/// new ones to `known` (a chunk that appears twice is stored once).
+pub async fn seal_chunks(
+    tar: impl AsyncRead + Send + Unpin,
+    sealer: &ChunkSealer,
+    known: &Known,
+    to: &ChunkStore,
+    cancel: &CancellationToken,
+) -> Result<SealedChunks, SealError> {
+    let (tar, tally) = TallyReader::counting(TarEndCheck::new(tar));
+    let mut cdc = fastcdc::v2020::AsyncStreamCDC::with_level_and_seed(
+        tar,
+        MIN_CHUNK,
+        AVG_CHUNK,
+        MAX_CHUNK,
+        fastcdc::v2020::Normalization::Level1,
+        sealer.keys.seed(),
+    );
+    let mut result = SealedChunks {
+        tar_size: 0,
+        root: None,
+        chunks: Vec::new(),
+        new_bytes: 0,
+        reused_plain: 0,
+    };
+    // Chunks in order, each either known (ready) or being sealed and uploaded.
+    let pieces = cdc.as_stream().map(|piece| {
+        let data = match piece {
+            Ok(piece) => Bytes::from(piece.data),
+            Err(e) => return Step::Failed(SealError::Read(cdc_error(e))),
+        };
+        let id = sealer.keys.id_of(&data);
+        match known.get(&id) {
+            Some(chunk) => Step::Known(chunk.clone()),
+            None => Step::New(id, data),
+        }
+    });
+    let in_order = pieces
+        .map(|step| {
+            let (sealer, to) = (sealer.clone(), to.clone());
+            async move {
+                match step {
+                    Step::Known(chunk) => Ok((chunk, false)),
+                    Step::Failed(error) => Err(error),
+                    Step::New(id, data) => store_chunk(&sealer, &to, id, data)
+                        .await
+                        .map(|chunk| (chunk, true)),
+                }
+            }
+        })
+        .buffered(IN_FLIGHT);
+    let mut in_order = std::pin::pin!(in_order);
+    loop {
+        let next = tokio::select! {
+            next = in_order.next() => next,
+            () = cancel.cancelled() => return Err(SealError::Cancelled),
+        };
+        let Some(next) = next else { break };
+        let (chunk, new) = next?;
+        if new {
+            // A chunk that repeats within the chunks in flight is stored twice under one key:
+            // harmless, the later copy wins and both are the same plaintext.
+            result.new_bytes += chunk.size;
+            known.map().insert(chunk.id.clone(), chunk.clone());
+        } else {
+            result.reused_plain += chunk.plain;
+        }
+        result.chunks.push(chunk);
+    }
+    result.tar_size = tally.bytes();
+    result.root = root_meta(&tally.first_block());
+    if result.chunks.is_empty() {
+        return Err(SealError::Read(PipelineError::Verification(
+            "the tar stream was empty".into(),
+        )));
+    }
+    Ok(result)
+}
+
+enum Step {
+    Known(ChunkRef),
+    New(String, Bytes),
+    Failed(SealError),
+}
+
+fn cdc_error(error: fastcdc::v2020::Error) -> PipelineError {
+    match error {
+        fastcdc::v2020::Error::IoError(e) => PipelineError::from_read_chain(e),
+        other => PipelineError::Io(std::io::Error::other(other.to_string())),
+    }
+}
+
+/// Compresses, encrypts and uploads one chunk; the upload is a plain PUT (a chunk is at most
+/// a few MiB), overwriting whatever lies under its key (an earlier, unreferenced copy).
+async fn store_chunk(
+    sealer: &ChunkSealer,
+    to: &ChunkStore,
+    id: String,
+    data: Bytes,
+) -> Result<ChunkRef, SealError> {
+    let plain = data.len() as u64;
+    let sealed = {
+        let sealer = sealer.clone();
+        tokio::task::spawn_blocking(move || seal_one(&sealer, &data))
+            .await
+            .map_err(|e| SealError::Read(PipelineError::Io(std::io::Error::other(e))))?
+            .map_err(SealError::Read)?
+    };
+    let sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&sealed))
+    };
+    let location = to.location(&id);
+    let size = sealed.len() as u64;
+    let options = PutOptions {
+        attributes: to.attributes.clone(),
+        ..Default::default()
+    };
+    to.objects
+        .put_opts(&location, Bytes::from(sealed).into(), options)
+        .await
+        .map_err(|e| SealError::Upload {
+            location: location.clone(),
+            source: PipelineError::Store(e),
+        })?;
+    Ok(ChunkRef {
+        id,
+        size,
+        sha256,
+        plain,
+    })
+}
+
+/// One chunk: its own zstd frame (or as is), then its own age file.
+fn seal_one(sealer: &ChunkSealer, data: &[u8]) -> Result<Vec<u8>, PipelineError> {
+    use std::io::Write;
+    let compressed;
+    let payload: &[u8] = match sealer.compression {
+        Compression::Zstd => {
+            compressed = zstd::bulk::compress(data, sealer.level).map_err(PipelineError::Io)?;
+            &compressed
+        }
+        _ => data,
+    };
+    let encryptor = age::Encryptor::with_recipients(
+        sealer
+            .recipients
+            .iter()
+            .map(|r| r.key.as_ref() as &dyn age::Recipient),
+    )
+    .map_err(|e| PipelineError::Io(std::io::Error::other(format!("cannot encrypt: {e}"))))?;
+    let mut out = Vec::with_capacity(payload.len() + 512);
+    let mut writer = encryptor.wrap_output(&mut out).map_err(PipelineError::Io)?;
+    writer.write_all(payload).map_err(PipelineError::Io)?;
+    writer.finish().map_err(PipelineError::Io)?;
+    Ok(out)
+}
+
+/// Opens one stored chunk: checks its size and sha256 against `chunk`, decrypts it and
+/// decompresses its frame.
+pub fn open_one(
+    chunk: &ChunkRef,
+    stored: &[u8],
+    compression: Compression,
+    identities: &[BoxIdentity],
+) -> Result<Vec<u8>, PipelineError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let short = &chunk.id[..12.min(chunk.id.len())];
+    if stored.len() as u64 != chunk.size {
+        return Err(PipelineError::Verification(format!(
+            "chunk {short}… is {} bytes but the manifest records {} (truncated or replaced)",
+            stored.len(),
+            chunk.size
+        )));
+    }
+    if hex::encode(sha2::Sha256::digest(stored)) != chunk.sha256 {
+        return Err(PipelineError::Verification(format!(
+            "chunk {short}… does not match the sha256 the manifest records (altered in the store)"
+        )));
+    }
+    let decryptor = age::Decryptor::new(stored)
+        .map_err(|e| PipelineError::Verification(format!("chunk {short}…: {e}")))?;
+    let mut reader = decryptor
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(|e| {
+            PipelineError::Verification(format!(
+                "chunk {short}… cannot be decrypted with the owner key given: {e}"
+            ))
+        })?;
+    let mut payload = Vec::new();
+    reader
+        .read_to_end(&mut payload)
+        .map_err(|e| PipelineError::Verification(format!("chunk {short}…: {e}")))?;
+    let plain = match compression {
+        Compression::Zstd => zstd::bulk::decompress(&payload, MAX_CHUNK)
+            .map_err(|e| PipelineError::Verification(format!("chunk {short}…: {e}")))?,
+        _ => payload,
+    };
+    if plain.len() as u64 != chunk.plain {
+        return Err(PipelineError::Verification(format!(
+            "chunk {short}… holds {} bytes of tar stream but the manifest records {}",
+            plain.len(),
+            chunk.plain
+        )));
+    }
+    Ok(plain)
+}
+
+/// The tar stream of a chunked volume from `stored`: each chunk's ciphertext, in order, its
+/// size and sha256 checked against the signed manifest, decrypted and decompressed.
+pub fn chunk_plaintext<'a, S, I>(
+    stored: S,
+    compression: Compression,
+    identities: I,
+) -> impl AsyncRead + Send + Unpin + 'a
+where
+    S: Stream<Item = Result<(ChunkRef, Bytes), PipelineError>> + Send + 'a,
+    I: AsRef<[BoxIdentity]> + Send + 'a,
+{
+    let opened = stored
+        .and_then(move |(chunk, bytes)| {
+            futures::future::ready(open_one(&chunk, &bytes, compression, identities.as_ref()))
+        })
+        .map_ok(Bytes::from)
+        .map_err(std::io::Error::other);
+    tokio_util::io::StreamReader::new(Box::pin(opened))
+}
+
+/// The stored bytes of a volume's chunks, in order, from a spool file that holds them one
+/// after the other.
+pub fn spooled_chunks(
+    file: std::fs::File,
+    chunks: Vec<ChunkRef>,
+) -> impl Stream<Item = Result<(ChunkRef, Bytes), PipelineError>> + Send + 'static {
+    let file = Arc::new(std::sync::Mutex::new(file));
+    futures::stream::iter(chunks).then(move |chunk| {
+        let file = Arc::clone(&file);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut bytes = vec![0u8; chunk.size as usize];
+                file.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read_exact(&mut bytes)
+                    .map_err(PipelineError::Io)?;
+                Ok((chunk, Bytes::from(bytes)))
+            })
+            .await
+            .map_err(|e| PipelineError::Io(std::io::Error::other(e)))?
+        }
+    })
+}
+
+/// The chunks of a volume fetched from the store, in order, a few at a time.
+pub fn fetch_chunks(
+    from: ChunkStore,
+    chunks: Vec<ChunkRef>,
+) -> impl Stream<Item = Result<(ChunkRef, Bytes), PipelineError>> + Send + 'static {
+    futures::stream::iter(chunks)
+        .map(move |chunk| {
+            let from = from.clone();
+            async move {
+                let location = from.location(&chunk.id);
+                let bytes = from
+                    .objects
+                    .get(&location)
+                    .await
+                    .map_err(|e| match e {
+                        object_store::Error::NotFound { .. } => PipelineError::Verification(
+                            format!("chunk {location} is missing from the store"),
+                        ),
+                        other => PipelineError::Store(other),
+                    })?
+                    .bytes()
+                    .await
+                    .map_err(PipelineError::Store)?;
+                Ok((chunk, bytes))
+            }
+        })
+        .buffered(IN_FLIGHT)
+}
+
+/// Every chunk in the store under `to`: id → stored size.
+pub async fn list_chunks(to: &ChunkStore) -> Result<HashMap<String, u64>, object_store::Error> {
+    let dir = to.app_dir.clone().join(crate::format::CHUNKS_DIR);
+    to.objects
+        .list(Some(&dir))
+        .try_filter_map(|meta| async move {
+            Ok(meta
+                .location
+                .filename()
+                .map(|id| (id.to_string(), meta.size)))
+        })
+        .try_collect()
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn sealer(identity: &age::x25519::Identity) -> ChunkSealer {
+        ChunkSealer {
+            recipients: Arc::new(vec![
+                crate::keys::parse_recipient(&identity.to_public().to_string()).unwrap(),
+            ]),
+            compression: Compression::Zstd,
+            level: 3,
+            keys: Arc::new(ChunkKeys::for_tests(7)),
+        }
+    }
+
+    /// A tar of pseudo-random (incompressible) content, so chunk sizes are real.
+    fn tar_of(data: &[u8]) -> Vec<u8> {
+        let mut header = [0u8; 512];
+        header[..4].copy_from_slice(b"data");
+        header[100..107].copy_from_slice(b"0000644");
+        header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+        header[136..147].copy_from_slice(b"00000000000");
+        header[156] = b'0';
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        header[148..156].fill(b' ');
+        let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+        header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let mut tar = header.to_vec();
+        tar.extend_from_slice(data);
+        tar.resize(tar.len().div_ceil(512) * 512 + 1024, 0);
+        tar
+    }
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    async fn read_back(
+        store: &ChunkStore,
+        sealed: &SealedChunks,
+        id: &age::x25519::Identity,
+    ) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let identities: Vec<BoxIdentity> = vec![Box::new(id.clone())];
+        let mut reader = chunk_plaintext(
+            fetch_chunks(store.clone(), sealed.chunks.clone()),
+            Compression::Zstd,
+            &identities[..],
+        );
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_second_backup_stores_only_what_changed_and_both_read_back() {
+        let identity = age::x25519::Identity::generate();
+        let store = ChunkStore {
+            objects: Arc::new(InMemory::new()),
+            app_dir: Path::from("app"),
+            attributes: Attributes::new(),
+        };
+        let mut data = noise(12 << 20, 1);
+        let first_tar = tar_of(&data);
+        let known = Known::default();
+        let cancel = CancellationToken::new();
+        let first = seal_chunks(&first_tar[..], &sealer(&identity), &known, &store, &cancel)
+            .await
+            .unwrap();
+        assert!(first.chunks.len() >= 4, "{} chunks", first.chunks.len());
+        assert_eq!(first.tar_size, first_tar.len() as u64);
+        assert_eq!(read_back(&store, &first, &identity).await, first_tar);
+
+        // Rewrite 8 KiB in the middle: one or two chunks change.
+        data[6 << 20..(6 << 20) + 8192].copy_from_slice(&noise(8192, 2));
+        let second_tar = tar_of(&data);
+        let present = list_chunks(&store).await.unwrap();
+        let known = Known::confirmed(&first.chunks, &present);
+        let second = seal_chunks(&second_tar[..], &sealer(&identity), &known, &store, &cancel)
+            .await
+            .unwrap();
+        assert!(
+            second.new_bytes < 10 << 20 && second.new_bytes * 3 < first.new_bytes,
+            "new {} of {}",
+            second.new_bytes,
+            first.new_bytes
+        );
+        assert_eq!(read_back(&store, &second, &identity).await, second_tar);
+        assert_eq!(read_back(&store, &first, &identity).await, first_tar);
+
+        // A chunk the store lost is uploaded again, never referenced blindly.
+        let lost = &second.chunks[0];
+        store
+            .objects
+            .delete(&store.location(&lost.id))
+            .await
+            .unwrap();
+        let present = list_chunks(&store).await.unwrap();
+        let known = Known::confirmed(&second.chunks, &present);
+        let third = seal_chunks(&second_tar[..], &sealer(&identity), &known, &store, &cancel)
+            .await
+            .unwrap();
+        assert_eq!(third.new_bytes, third.chunks[0].size);
+        assert_eq!(read_back(&store, &third, &identity).await, second_tar);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_chunk_fails_its_check() {
+        let identity = age::x25519::Identity::generate();
+        let store = ChunkStore {
+            objects: Arc::new(InMemory::new()),
+            app_dir: Path::from("app"),
+            attributes: Attributes::new(),
+        };
+        let tar = tar_of(&noise(3 << 20, 3));
+        let sealed = seal_chunks(
+            &tar[..],
+            &sealer(&identity),
+            &Known::default(),
+            &store,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        // A bucket writer encrypts other data to the owner: valid age, wrong chunk.
+        let forged = seal_one(&sealer(&identity), b"planted").unwrap();
+        let chunk = &sealed.chunks[0];
+        let err = open_one(
+            chunk,
+            &forged,
+            Compression::Zstd,
+            &[Box::new(identity.clone())],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("bytes but the manifest records")
+                || err.to_string().contains("sha256"),
+            "{err}"
+        );
+        let mut same_size = forged.clone();
+        same_size.resize(chunk.size as usize, 0);
+        let err =
+            open_one(chunk, &same_size, Compression::Zstd, &[Box::new(identity)]).unwrap_err();
+        assert!(err.to_string().contains("sha256"), "{err}");
+    }
+}
