@@ -15,7 +15,7 @@ use crate::hooks::{HookContext, HookEvent, Hooks};
 use crate::keys::Recipient;
 use crate::manifest;
 use crate::pipeline::chunk::{
-    ChunkSealer, ChunkStore, Known, SealedChunks, list_chunks, seal_chunks,
+    ChunkSealer, ChunkStore, Known, SealingChunks, list_chunks, seal_chunks,
 };
 use crate::pipeline::compress::CompressionSettings;
 use crate::pipeline::seal::{Destination, SealError, Sealed, Sealer, Sealing, seal};
@@ -564,15 +564,16 @@ struct ReadVolume {
 /// A volume's upload: one object, maybe still draining the spool; or chunks, all stored.
 enum Stored {
     Object(Sealing),
-    Chunks(SealedChunks),
+    Chunks(SealingChunks),
 }
 
 impl ReadVolume {
     /// Stops the upload and aborts its multipart upload (chunks stay, unreferenced, until a
     /// prune after the grace period).
     async fn abandon(self) {
-        if let Stored::Object(sealing) = self.sealing {
-            sealing.abandon().await;
+        match self.sealing {
+            Stored::Object(sealing) => sealing.abandon().await,
+            Stored::Chunks(sealing) => sealing.abandon().await,
         }
     }
 }
@@ -665,12 +666,16 @@ async fn finish_uploads(
         } = volume;
         let stored = match sealing {
             Stored::Object(sealing) => sealing.finish().await.map_err(|e| seal_error(e, &what)),
-            Stored::Chunks(chunks) => Ok(Sealed {
-                tar_size: chunks.tar_size,
-                root: chunks.root,
-                stored_size: chunks.chunks.iter().map(|c| c.size).sum(),
-                sha256: format::chunk_list_digest(&chunks.chunks),
-            }),
+            Stored::Chunks(sealing) => sealing
+                .finish()
+                .await
+                .map(|chunks| Sealed {
+                    tar_size: chunks.tar_size,
+                    root: chunks.root,
+                    stored_size: chunks.chunks.iter().map(|c| c.size).sum(),
+                    sha256: format::chunk_list_digest(&chunks.chunks),
+                })
+                .map_err(|e| seal_error(e, &what)),
         };
         match stored {
             Ok(sealed) => {
@@ -722,19 +727,23 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<ReadVolume> {
         None => seal(tar, &sealer, &to, &progress, &job.cancel)
             .await
             .map(|s| (s.tar_size, s.root, Stored::Object(s))),
-        Some(dedup) => seal_chunks(tar, &dedup.sealer, &dedup.known, &dedup.store, &job.cancel)
-            .await
-            .map(|c| {
-                tracing::info!(volume = %source.name, chunks = c.chunks.len(), new_bytes = c.new_bytes, reused_bytes = c.reused_plain, "volume chunked");
-                (c.tar_size, c.root, Stored::Chunks(c))
-            }),
+        Some(dedup) => {
+            let (known, store) = (&dedup.known, &dedup.store);
+            seal_chunks(tar, &dedup.sealer, known, store, job.spool.as_ref(), &job.cancel)
+                .await
+                .map(|c| {
+                    let s = &c.sealed;
+                    tracing::info!(volume = %source.name, chunks = s.chunks.len(), new_bytes = s.new_bytes, reused_bytes = s.reused_plain, "volume chunked");
+                    (s.tar_size, s.root, Stored::Chunks(c))
+                })
+        }
     };
     drop(progress);
     helper.remove(docker).await;
     let (tar_size, root, sealing) = result.map_err(|e| seal_error(e, &what))?;
-    let chunks = match &sealing {
-        Stored::Chunks(c) => c.chunks.clone(),
-        Stored::Object(_) => Vec::new(),
+    let (chunks, new_bytes) = match &sealing {
+        Stored::Chunks(c) => (c.sealed.chunks.clone(), Some(c.sealed.new_bytes)),
+        Stored::Object(_) => (Vec::new(), None),
     };
     Ok(ReadVolume {
         record: VolumeRecord {
@@ -756,6 +765,7 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<ReadVolume> {
             },
             root,
             chunks,
+            new_bytes,
         },
         what,
         sealing,

@@ -108,6 +108,10 @@ pub struct VolumeRecord {
     /// digests, one lowercase hex line each (`sha256sum` of the list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkRef>,
+    /// Of `stored_size`, the bytes this backup uploaded (chunks no earlier backup had); the
+    /// rest was reused. Chunked volumes only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_bytes: Option<u64>,
 }
 
 /// One chunk of a volume's tar stream.
@@ -158,6 +162,15 @@ pub struct Encryption {
 impl Manifest {
     pub fn total_stored(&self) -> u64 {
         self.volumes.iter().map(|v| v.stored_size).sum()
+    }
+
+    /// Bytes this backup uploaded: all of a volume stored as one object, only the new chunks
+    /// of a deduplicated one.
+    pub fn total_new(&self) -> u64 {
+        self.volumes
+            .iter()
+            .map(|v| v.new_bytes.unwrap_or(v.stored_size))
+            .sum()
     }
 
     pub fn total_tar(&self) -> u64 {

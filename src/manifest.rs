@@ -145,7 +145,17 @@ fn is_hex64(text: &str) -> bool {
 fn check_chunks(record: &VolumeRecord) -> Result<(), String> {
     let name = crate::text::Printable(&record.name);
     if !record.is_chunked() {
-        return Ok(());
+        return match record.new_bytes {
+            Some(_) => Err(format!(
+                "volume {name}: only chunked volumes record new bytes"
+            )),
+            None => Ok(()),
+        };
+    }
+    if record.new_bytes.is_some_and(|n| n > record.stored_size) {
+        return Err(format!(
+            "volume {name}: it records more new bytes than it stores"
+        ));
     }
     if record.compression == crate::format::Compression::Gzip {
         return Err(format!("volume {name}: chunks are never gzip-compressed"));
@@ -373,6 +383,7 @@ pub(crate) mod tests {
                 },
                 root: None,
                 chunks: vec![],
+                new_bytes: None,
             }],
             signer: None,
         }

@@ -69,13 +69,22 @@ pub fn summary(
     store: &str,
     took: std::time::Duration,
 ) -> String {
+    let new = manifest.total_new();
+    let stored = if new == manifest.total_stored() {
+        crate::text::human_bytes(new)
+    } else {
+        format!(
+            "{} new ({} reused)",
+            crate::text::human_bytes(new),
+            crate::text::human_bytes(manifest.total_stored() - new)
+        )
+    };
     format!(
-        "backup {} of {}: {} volumes, {} read, {} stored, took {:.1} s, downtime {:.1} s, in {}",
+        "backup {} of {}: {} volumes, {} read, {stored} stored, took {:.1} s, downtime {:.1} s, in {}",
         manifest.backup_id,
         manifest.app,
         manifest.volumes.len(),
         crate::text::human_bytes(manifest.total_tar()),
-        crate::text::human_bytes(manifest.total_stored()),
         took.as_secs_f64(),
         manifest.downtime_seconds,
         store

@@ -194,7 +194,15 @@ fn a_second_night_stores_only_what_changed_and_every_night_restores_exactly() {
     assert!(forged.success());
     let output = run(s3
         .env(&mut lifeboat())
-        .args(["verify", "-p", &app.project, "--store", &store, "-i"])
+        .args([
+            "verify",
+            "--read-data",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-i",
+        ])
         .arg(&key));
     assert_eq!(output.status.code(), Some(4), "verify: {}", stdout(&output));
     assert!(stdout(&output).contains("sha256"), "{}", stdout(&output));

@@ -112,3 +112,86 @@ sha256sum object.age; grep '\"sha256\":' manifest.json",
         2
     );
 }
+
+/// A deduplicated backup (format 3) comes back with the README's loop: each chunk fetched in
+/// manifest order, its sha256 checked, decrypted with `age -d`, the concatenation through
+/// `zstd -d | tar -x`.
+#[test]
+fn a_deduplicated_volume_comes_back_with_the_readme_loop() {
+    let mut app = TestApp::new("stockdedup");
+    let data = app.volume("data");
+    app.in_volume(&data, &fill_script(6));
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("stockdedup");
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    let output = run(s3.env(&mut lifeboat()).args([
+        "backup",
+        "-p",
+        &app.project,
+        "--store",
+        &store,
+        "-r",
+        &recipient,
+        "--dedup",
+    ]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let manifest = &list_json(&s3, &store)[0];
+    let volume = manifest["volumes"][0]["name"].as_str().unwrap().to_string();
+    assert!(manifest["volumes"][0]["chunks"].as_array().unwrap().len() > 2);
+    std::fs::write(
+        work.path().join("manifest.json"),
+        serde_json::to_vec_pretty(manifest).unwrap(),
+    )
+    .unwrap();
+    let restored = work.path().join("restored");
+    std::fs::create_dir(&restored).unwrap();
+    // Exactly the README's loop (with the test server's endpoint).
+    let script = format!(
+        r#"set -o pipefail; cd {work}
+A=s3://stockdedup/lifeboat/{app}
+jq -r '.volumes[] | select(.name=="{volume}") | .chunks[] | "\(.id) \(.sha256)"' manifest.json |
+while read id sum; do
+  aws --endpoint-url {endpoint} s3 cp --quiet "$A/chunks/$(echo $id | cut -c1-2)/$id" chunk.age
+  echo "$sum  chunk.age" | sha256sum -c --quiet >&2 || exit 1
+  age -d -i {key} < chunk.age
+done | zstd -d | tar -xpf - --numeric-owner -C {dir}"#,
+        work = work.path().display(),
+        app = app.project,
+        endpoint = s3.endpoint,
+        key = key.display(),
+        dir = restored.display()
+    );
+    let output = run(s3
+        .env(Command::new("bash").args(["-c", &script]))
+        .env_remove("AWS_CA_BUNDLE"));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let inside = app.in_volume(&data, "sha256sum /v/big.bin | cut -c1-64");
+    let outside = run(Command::new("sha256sum").arg(restored.join("big.bin")));
+    assert_eq!(stdout(&outside)[..64], inside);
+
+    // A chunk replaced in the bucket stops the loop at its sha256 check.
+    let chunk = manifest["volumes"][0]["chunks"][1]["id"].as_str().unwrap();
+    let file = s3.object_file(
+        "stockdedup",
+        &format!("lifeboat/{}/chunks/{}/{chunk}", app.project, &chunk[..2]),
+    );
+    std::fs::write(&file, b"planted").unwrap();
+    let again = work.path().join("again");
+    std::fs::create_dir(&again).unwrap();
+    let output = run(s3
+        .env(Command::new("bash").args([
+            "-c",
+            &script.replace(
+                &restored.display().to_string(),
+                &again.display().to_string(),
+            ),
+        ]))
+        .env_remove("AWS_CA_BUNDLE"));
+    assert!(
+        !output.status.success(),
+        "a replaced chunk must stop the loop"
+    );
+    assert!(stderr(&output).contains("FAILED"), "{}", stderr(&output));
+}

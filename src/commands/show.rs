@@ -86,12 +86,24 @@ pub async fn run(args: ShowArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
             v.compression,
             v.sha256
         )?;
-        writeln!(
-            out,
-            "           object {}, encrypted to {}",
-            Printable(&v.object),
-            Printable(&v.encryption.recipients.join(", "))
-        )?;
+        if v.is_chunked() {
+            let new = v.new_bytes.unwrap_or(0);
+            writeln!(
+                out,
+                "           {} chunks: {} new, {} reused from earlier backups; encrypted to {}",
+                v.chunks.len(),
+                human_bytes(new),
+                human_bytes(v.stored_size.saturating_sub(new)),
+                Printable(&v.encryption.recipients.join(", "))
+            )?;
+        } else {
+            writeln!(
+                out,
+                "           object {}, encrypted to {}",
+                Printable(&v.object),
+                Printable(&v.encryption.recipients.join(", "))
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

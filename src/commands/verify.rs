@@ -22,6 +22,12 @@ pub struct VerifyArgs {
     /// Verify every complete backup of the app
     #[arg(long)]
     pub all: bool,
+    /// Deduplicated volumes: download every chunk and check it (size, sha256, and with the
+    /// owner key decryption and every tar entry); without it, only that every chunk the
+    /// backup lists is in the store with its size (one listing). Volumes stored as one object
+    /// are always read in full
+    #[arg(long)]
+    pub read_data: bool,
     /// With the owner key (--identity), objects are decrypted, decompressed and every tar entry
     /// checked; with only a backup key, each manifest's signature and each object's size and
     /// sha256
@@ -34,7 +40,7 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
     let app = args.app.app_name(&file.app)?;
     let repo = lifeboat::repo::Repo::open(&store_options).await?;
     let keys = args.keys.keys(&file)?;
-    let identities = keys.owner.as_ref().map(|o| &o.identities[..]);
+    let identities = keys.owner.as_ref().map(|o| &o.identities);
     let mut out = std::io::stdout().lock();
     let mut failures = 0;
     let mut worst = None;
@@ -58,8 +64,22 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
                 .await?,
         ]
     };
+    let chunked = backups
+        .iter()
+        .any(|b| b.manifest.volumes.iter().any(|v| v.is_chunked()));
+    let present = if chunked && !args.read_data {
+        let store = repo.chunk_store(&app);
+        let listed = lifeboat::pipeline::chunk::list_chunks(&store).await;
+        Some(listed.map_err(|e| anyhow::anyhow!("cannot list the chunks of {app}: {e}"))?)
+    } else {
+        None
+    };
     for found in &backups {
-        for class in verify_objects(&mut out, &repo, found, identities).await? {
+        let how = How {
+            identities,
+            present: present.as_ref(),
+        };
+        for class in verify_objects(&mut out, &repo, found, &how).await? {
             failures += 1;
             worst.get_or_insert(class);
         }
@@ -75,11 +95,18 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
 
 /// Reads every object of one genuine backup through the read chain, printing a line per
 /// volume; returns the exit classes of the ones that failed.
+/// How deep to verify: with the owner key or not; the store's chunks (id → size) for the
+/// quick check of deduplicated volumes, or `None` to read their data.
+struct How<'a> {
+    identities: Option<&'a std::sync::Arc<Vec<lifeboat::keys::BoxIdentity>>>,
+    present: Option<&'a std::collections::HashMap<String, u64>>,
+}
+
 async fn verify_objects(
     out: &mut impl Write,
     repo: &lifeboat::repo::Repo,
     found: &lifeboat::manifest::Authenticated,
-    identities: Option<&[lifeboat::keys::BoxIdentity]>,
+    how: &How<'_>,
 ) -> anyhow::Result<Vec<lifeboat::error::ExitClass>> {
     let manifest = &found.manifest;
     let vouched = match &found.authenticity {
@@ -89,8 +116,23 @@ async fn verify_objects(
     let mut failed = Vec::new();
     for record in &manifest.volumes {
         let name = Printable(&record.name);
+        if let (true, Some(present)) = (record.is_chunked(), how.present) {
+            match lifeboat::pipeline::chunk::missing(&record.chunks, present) {
+                None => writeln!(
+                    out,
+                    "ok    {} {name}: all {} chunks in the store with their sizes, {vouched} (quick: --read-data downloads and checks them)",
+                    manifest.backup_id,
+                    record.chunks.len()
+                )?,
+                Some(problem) => {
+                    writeln!(out, "FAIL  {} {name}: {problem}", manifest.backup_id)?;
+                    failed.push(lifeboat::error::ExitClass::Verification);
+                }
+            }
+            continue;
+        }
         let at = repo.volume_at(&manifest.app, &manifest.backup_id, record);
-        let verified = lifeboat::pipeline::open::verify_volume(&at, record, identities).await;
+        let verified = lifeboat::pipeline::open::verify_volume(&at, record, how.identities).await;
         match verified {
             Ok(Some(summary)) => writeln!(
                 out,

@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! tar stream → tar_end → tally (tar size, root entry) → FastCDC (keyed gear) → keyed BLAKE3 id
-//!            → known? reuse : [zstd frame → age → sha256 → PUT chunks/<ab>/<id>]  (bounded, in order)
+//!            → known? reuse : [zstd frame → age → sha256]  (IN_FLIGHT on blocking threads, in order)
+//!            → frames into the pipe (memory, or the disk spool) → PUT chunks/<ab>/<id> (IN_FLIGHT)
 //! ```
+//! As with `seal`, the spool lets the app start again once the tar is read: the new chunks'
+//! uploads drain it afterwards ([`SealingChunks::finish`]).
 //! A chunk is reused only when it is both in the store (a listing made by this run) and in
 //! a genuine earlier manifest (which gives its size and sha256): a lost cache costs a
 //! re-upload, never a missing chunk. The boundaries and the ids are keyed with keys derived
@@ -20,6 +23,7 @@
 
 use super::PipelineError;
 use super::seal::SealError;
+use super::spool::SpoolBudget;
 use super::tally::TallyReader;
 use super::tar_check::root_meta;
 use super::tar_end::TarEndCheck;
@@ -31,7 +35,7 @@ use object_store::path::Path;
 use object_store::{Attributes, ObjectStore, ObjectStoreExt, PutOptions};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Chunk sizes: about restic's (1 MiB average), so database page churn costs the same.
@@ -121,14 +125,82 @@ pub struct SealedChunks {
     pub reused_plain: u64,
 }
 
-/// Reads `tar` to its end into chunks in `to`, uploading only those `known` lacks; adds the
-/// new ones to `known` (a chunk that appears twice is stored once).
+/// A chunked volume whose tar has been read to its end: its chunk list is final, its new
+/// chunks may still be uploading from the spool.
+pub struct SealingChunks {
+    pub sealed: SealedChunks,
+    upload: tokio::task::JoinHandle<Result<(), SealError>>,
+    cancel: CancellationToken,
+}
+
+impl SealingChunks {
+    /// Waits until every new chunk is stored.
+    pub async fn finish(self) -> Result<SealedChunks, SealError> {
+        match self.upload.await {
+            Ok(Ok(())) => Ok(self.sealed),
+            Ok(Err(e)) => Err(e),
+            Err(join_error) => Err(SealError::Read(PipelineError::Io(std::io::Error::other(
+                format!("the chunk upload task failed: {join_error}"),
+            )))),
+        }
+    }
+
+    /// Stops the uploads; chunks already stored stay, unreferenced, until a prune.
+    pub async fn abandon(self) {
+        self.cancel.cancel();
+        let _ = self.upload.await;
+    }
+}
+
+/// Reads `tar` to its end into chunks for `to`: those `known` lacks are sealed and go through
+/// the pipe (the disk spool when there is one) to the uploader; the new ones join `known`.
 pub async fn seal_chunks(
     tar: impl AsyncRead + Send + Unpin,
     sealer: &ChunkSealer,
     known: &Known,
     to: &ChunkStore,
+    spool: Option<&Arc<SpoolBudget>>,
     cancel: &CancellationToken,
+) -> Result<SealingChunks, SealError> {
+    let (pipe_writer, pipe_reader) = super::spool::pipe(spool).map_err(SealError::Spool)?;
+    let upload_cancel = cancel.child_token();
+    let upload = tokio::spawn(upload_frames(
+        pipe_reader,
+        to.clone(),
+        upload_cancel.clone(),
+    ));
+    let read = tokio::select! {
+        read = cut_and_seal(tar, sealer, known, pipe_writer) => read,
+        () = cancel.cancelled() => Err(SealError::Cancelled),
+    };
+    let read_error = match read {
+        Ok(sealed) => {
+            return Ok(SealingChunks {
+                sealed,
+                upload,
+                cancel: upload_cancel,
+            });
+        }
+        Err(error) => error,
+    };
+    // An upload that failed first is the cause: the reader then only saw the pipe close.
+    upload_cancel.cancel();
+    let uploaded = upload.await;
+    if cancel.is_cancelled() {
+        return Err(SealError::Cancelled);
+    }
+    match uploaded {
+        Ok(Err(upload_error @ SealError::Upload { .. })) => Err(upload_error),
+        _ => Err(read_error),
+    }
+}
+
+/// tar → tar_end → tally → FastCDC → id → (known | sealed) → frames into `pipe`, in order.
+async fn cut_and_seal(
+    tar: impl AsyncRead + Send + Unpin,
+    sealer: &ChunkSealer,
+    known: &Known,
+    mut pipe: impl AsyncWrite + Send + Unpin,
 ) -> Result<SealedChunks, SealError> {
     let (tar, tally) = TallyReader::counting(TarEndCheck::new(tar));
     let mut cdc = fastcdc::v2020::AsyncStreamCDC::with_level_and_seed(
@@ -146,50 +218,54 @@ pub async fn seal_chunks(
         new_bytes: 0,
         reused_plain: 0,
     };
-    // Chunks in order, each either known (ready) or being sealed and uploaded.
-    let pieces = cdc.as_stream().map(|piece| {
-        let data = match piece {
-            Ok(piece) => Bytes::from(piece.data),
-            Err(e) => return Step::Failed(SealError::Read(cdc_error(e))),
-        };
-        let id = sealer.keys.id_of(&data);
-        match known.get(&id) {
-            Some(chunk) => Step::Known(chunk.clone()),
-            None => Step::New(id, data),
-        }
-    });
-    let in_order = pieces
-        .map(|step| {
-            let (sealer, to) = (sealer.clone(), to.clone());
+    // Chunks in order, each either known (ready) or being sealed on a blocking thread.
+    let in_order = cdc
+        .as_stream()
+        .map(|piece| {
+            let sealer = sealer.clone();
             async move {
-                match step {
-                    Step::Known(chunk) => Ok((chunk, false)),
-                    Step::Failed(error) => Err(error),
-                    Step::New(id, data) => store_chunk(&sealer, &to, id, data)
-                        .await
-                        .map(|chunk| (chunk, true)),
+                let data = Bytes::from(piece.map_err(|e| SealError::Read(cdc_error(e)))?.data);
+                let id = sealer.keys.id_of(&data);
+                if let Some(chunk) = known.get(&id) {
+                    return Ok((chunk, None));
                 }
+                let plain = data.len() as u64;
+                let sealed = tokio::task::spawn_blocking(move || seal_one(&sealer, &data))
+                    .await
+                    .map_err(|e| SealError::Read(PipelineError::Io(std::io::Error::other(e))))?
+                    .map_err(SealError::Read)?;
+                let sha256 = {
+                    use sha2::Digest;
+                    hex::encode(sha2::Sha256::digest(&sealed))
+                };
+                let chunk = ChunkRef {
+                    id,
+                    size: sealed.len() as u64,
+                    sha256,
+                    plain,
+                };
+                Ok((chunk, Some(sealed)))
             }
         })
         .buffered(IN_FLIGHT);
     let mut in_order = std::pin::pin!(in_order);
-    loop {
-        let next = tokio::select! {
-            next = in_order.next() => next,
-            () = cancel.cancelled() => return Err(SealError::Cancelled),
-        };
-        let Some(next) = next else { break };
-        let (chunk, new) = next?;
-        if new {
-            // A chunk that repeats within the chunks in flight is stored twice under one key:
-            // harmless, the later copy wins and both are the same plaintext.
-            result.new_bytes += chunk.size;
-            known.map().insert(chunk.id.clone(), chunk.clone());
-        } else {
-            result.reused_plain += chunk.plain;
+    while let Some(next) = in_order.next().await {
+        let (chunk, sealed) = next?;
+        match sealed {
+            Some(sealed) => {
+                write_frame(&mut pipe, &chunk.id, &sealed)
+                    .await
+                    .map_err(|e| SealError::Read(PipelineError::Io(e)))?;
+                result.new_bytes += chunk.size;
+                known.map().insert(chunk.id.clone(), chunk.clone());
+            }
+            None => result.reused_plain += chunk.plain,
         }
         result.chunks.push(chunk);
     }
+    pipe.shutdown()
+        .await
+        .map_err(|e| SealError::Read(PipelineError::Io(e)))?;
     result.tar_size = tally.bytes();
     result.root = root_meta(&tally.first_block());
     if result.chunks.is_empty() {
@@ -200,12 +276,6 @@ pub async fn seal_chunks(
     Ok(result)
 }
 
-enum Step {
-    Known(ChunkRef),
-    New(String, Bytes),
-    Failed(SealError),
-}
-
 fn cdc_error(error: fastcdc::v2020::Error) -> PipelineError {
     match error {
         fastcdc::v2020::Error::IoError(e) => PipelineError::from_read_chain(e),
@@ -213,45 +283,81 @@ fn cdc_error(error: fastcdc::v2020::Error) -> PipelineError {
     }
 }
 
-/// Compresses, encrypts and uploads one chunk; the upload is a plain PUT (a chunk is at most
-/// a few MiB), overwriting whatever lies under its key (an earlier, unreferenced copy).
-async fn store_chunk(
-    sealer: &ChunkSealer,
-    to: &ChunkStore,
-    id: String,
-    data: Bytes,
-) -> Result<ChunkRef, SealError> {
-    let plain = data.len() as u64;
-    let sealed = {
-        let sealer = sealer.clone();
-        tokio::task::spawn_blocking(move || seal_one(&sealer, &data))
-            .await
-            .map_err(|e| SealError::Read(PipelineError::Io(std::io::Error::other(e))))?
-            .map_err(SealError::Read)?
-    };
-    let sha256 = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(&sealed))
-    };
-    let location = to.location(&id);
-    let size = sealed.len() as u64;
-    let options = PutOptions {
-        attributes: to.attributes.clone(),
-        ..Default::default()
-    };
-    to.objects
-        .put_opts(&location, Bytes::from(sealed).into(), options)
-        .await
-        .map_err(|e| SealError::Upload {
-            location: location.clone(),
-            source: PipelineError::Store(e),
-        })?;
-    Ok(ChunkRef {
-        id,
-        size,
-        sha256,
-        plain,
-    })
+/// A sealed chunk in the pipe: its 64-digit id, its length (8 bytes, little-endian), its bytes.
+async fn write_frame(
+    pipe: &mut (impl AsyncWrite + Unpin),
+    id: &str,
+    sealed: &[u8],
+) -> std::io::Result<()> {
+    pipe.write_all(id.as_bytes()).await?;
+    pipe.write_all(&(sealed.len() as u64).to_le_bytes()).await?;
+    pipe.write_all(sealed).await
+}
+
+/// The next frame from the pipe, or `None` at its end.
+async fn read_frame(
+    pipe: &mut (impl AsyncRead + Unpin),
+) -> std::io::Result<Option<(String, Bytes)>> {
+    let mut header = [0u8; 72];
+    match pipe.read_exact(&mut header[..1]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    pipe.read_exact(&mut header[1..]).await?;
+    let id = String::from_utf8_lossy(&header[..64]).into_owned();
+    let len = u64::from_le_bytes(header[64..].try_into().expect("8 bytes"));
+    if len > (MAX_CHUNK as u64) * 2 {
+        return Err(std::io::Error::other(
+            "a chunk frame in the spool is too long",
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    pipe.read_exact(&mut body).await?;
+    Ok(Some((id, Bytes::from(body))))
+}
+
+/// The uploader: frames from the pipe, each a plain PUT (a chunk is at most a few MiB),
+/// [`IN_FLIGHT`] at once. A PUT overwrites whatever lies under its key (an earlier,
+/// unreferenced copy of the same chunk).
+async fn upload_frames(
+    pipe: impl AsyncRead + Send + Unpin,
+    to: ChunkStore,
+    cancel: CancellationToken,
+) -> Result<(), SealError> {
+    let frames = futures::stream::try_unfold(pipe, |mut pipe| async move {
+        Ok::<_, SealError>(
+            read_frame(&mut pipe)
+                .await
+                .map_err(|e| SealError::Read(PipelineError::Io(e)))?
+                .map(|frame| (frame, pipe)),
+        )
+    });
+    let uploads = frames
+        .map_ok(|(id, bytes)| {
+            let to = to.clone();
+            async move {
+                let location = to.location(&id);
+                let options = PutOptions {
+                    attributes: to.attributes.clone(),
+                    ..Default::default()
+                };
+                to.objects
+                    .put_opts(&location, bytes.into(), options)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| SealError::Upload {
+                        location,
+                        source: PipelineError::Store(e),
+                    })
+            }
+        })
+        .try_buffer_unordered(IN_FLIGHT)
+        .try_for_each(|()| futures::future::ready(Ok(())));
+    tokio::select! {
+        done = uploads => done,
+        () = cancel.cancelled() => Err(SealError::Cancelled),
+    }
 }
 
 /// One chunk: its own zstd frame (or as is), then its own age file.
@@ -331,20 +437,29 @@ pub fn open_one(
 }
 
 /// The tar stream of a chunked volume from `stored`: each chunk's ciphertext, in order, its
-/// size and sha256 checked against the signed manifest, decrypted and decompressed.
-pub fn chunk_plaintext<'a, S, I>(
+/// size and sha256 checked against the signed manifest, decrypted and decompressed on
+/// blocking threads, two chunks at a time (two cores).
+pub fn chunk_plaintext<S>(
     stored: S,
     compression: Compression,
-    identities: I,
-) -> impl AsyncRead + Send + Unpin + 'a
+    identities: Arc<Vec<BoxIdentity>>,
+) -> impl AsyncRead + Send + Unpin + 'static
 where
-    S: Stream<Item = Result<(ChunkRef, Bytes), PipelineError>> + Send + 'a,
-    I: AsRef<[BoxIdentity]> + Send + 'a,
+    S: Stream<Item = Result<(ChunkRef, Bytes), PipelineError>> + Send + 'static,
 {
     let opened = stored
-        .and_then(move |(chunk, bytes)| {
-            futures::future::ready(open_one(&chunk, &bytes, compression, identities.as_ref()))
+        .map(move |item| {
+            let identities = Arc::clone(&identities);
+            async move {
+                let (chunk, bytes) = item?;
+                tokio::task::spawn_blocking(move || {
+                    open_one(&chunk, &bytes, compression, &identities)
+                })
+                .await
+                .map_err(|e| PipelineError::Io(std::io::Error::other(e)))?
+            }
         })
+        .buffered(2)
         .map_ok(Bytes::from)
         .map_err(std::io::Error::other);
     tokio_util::io::StreamReader::new(Box::pin(opened))
@@ -402,6 +517,25 @@ pub fn fetch_chunks(
             }
         })
         .buffered(IN_FLIGHT)
+}
+
+/// The quick check of a chunked volume: what is wrong with its chunks in `present` (the
+/// store's listing: id → size), if anything.
+pub fn missing(chunks: &[ChunkRef], present: &HashMap<String, u64>) -> Option<String> {
+    let missing = chunks
+        .iter()
+        .filter(|c| !present.contains_key(&c.id))
+        .count();
+    let resized = chunks
+        .iter()
+        .filter(|c| present.get(&c.id).is_some_and(|size| *size != c.size))
+        .count();
+    (missing + resized > 0).then(|| {
+        format!(
+            "{missing} of its {} chunks are missing from the store and {resized} have another size than the manifest records",
+            chunks.len()
+        )
+    })
 }
 
 /// Every chunk in the store under `to`: id → stored size.
@@ -476,7 +610,7 @@ mod tests {
         let mut reader = chunk_plaintext(
             fetch_chunks(store.clone(), sealed.chunks.clone()),
             Compression::Zstd,
-            &identities[..],
+            Arc::new(identities),
         );
         let mut out = Vec::new();
         reader.read_to_end(&mut out).await.unwrap();
@@ -495,9 +629,19 @@ mod tests {
         let first_tar = tar_of(&data);
         let known = Known::default();
         let cancel = CancellationToken::new();
-        let first = seal_chunks(&first_tar[..], &sealer(&identity), &known, &store, &cancel)
-            .await
-            .unwrap();
+        let first = seal_chunks(
+            &first_tar[..],
+            &sealer(&identity),
+            &known,
+            &store,
+            None,
+            &cancel,
+        )
+        .await
+        .unwrap()
+        .finish()
+        .await
+        .unwrap();
         assert!(first.chunks.len() >= 4, "{} chunks", first.chunks.len());
         assert_eq!(first.tar_size, first_tar.len() as u64);
         assert_eq!(read_back(&store, &first, &identity).await, first_tar);
@@ -507,9 +651,19 @@ mod tests {
         let second_tar = tar_of(&data);
         let present = list_chunks(&store).await.unwrap();
         let known = Known::confirmed(&first.chunks, &present);
-        let second = seal_chunks(&second_tar[..], &sealer(&identity), &known, &store, &cancel)
-            .await
-            .unwrap();
+        let second = seal_chunks(
+            &second_tar[..],
+            &sealer(&identity),
+            &known,
+            &store,
+            None,
+            &cancel,
+        )
+        .await
+        .unwrap()
+        .finish()
+        .await
+        .unwrap();
         assert!(
             second.new_bytes < 10 << 20 && second.new_bytes * 3 < first.new_bytes,
             "new {} of {}",
@@ -528,9 +682,19 @@ mod tests {
             .unwrap();
         let present = list_chunks(&store).await.unwrap();
         let known = Known::confirmed(&second.chunks, &present);
-        let third = seal_chunks(&second_tar[..], &sealer(&identity), &known, &store, &cancel)
-            .await
-            .unwrap();
+        let third = seal_chunks(
+            &second_tar[..],
+            &sealer(&identity),
+            &known,
+            &store,
+            None,
+            &cancel,
+        )
+        .await
+        .unwrap()
+        .finish()
+        .await
+        .unwrap();
         assert_eq!(third.new_bytes, third.chunks[0].size);
         assert_eq!(read_back(&store, &third, &identity).await, second_tar);
     }
@@ -549,8 +713,12 @@ mod tests {
             &sealer(&identity),
             &Known::default(),
             &store,
+            None,
             &CancellationToken::new(),
         )
+        .await
+        .unwrap()
+        .finish()
         .await
         .unwrap();
         // A bucket writer encrypts other data to the owner: valid age, wrong chunk.

@@ -136,7 +136,7 @@ async fn check_size(
 pub async fn verify_volume(
     at: &StoredAt,
     record: &VolumeRecord,
-    identities: Option<&[BoxIdentity]>,
+    identities: Option<&Arc<Vec<BoxIdentity>>>,
 ) -> Result<Option<TarSummary>, PipelineError> {
     let (objects, location) = match at {
         StoredAt::Object { objects, location } => (objects, location),
@@ -161,7 +161,7 @@ pub async fn verify_volume(
 async fn verify_chunks(
     store: &ChunkStore,
     record: &VolumeRecord,
-    identities: Option<&[BoxIdentity]>,
+    identities: Option<&Arc<Vec<BoxIdentity>>>,
 ) -> Result<Option<TarSummary>, PipelineError> {
     let fetched = fetch_chunks(store.clone(), record.chunks.clone());
     let Some(identities) = identities else {
@@ -179,7 +179,7 @@ async fn verify_chunks(
         }
         return Ok(None);
     };
-    let tar = chunk_plaintext(fetched, record.compression, identities);
+    let tar = chunk_plaintext(fetched, record.compression, Arc::clone(identities));
     check_tar(tar, record).await.map(Some)
 }
 
@@ -196,7 +196,7 @@ pub struct Spooled {
 pub async fn fetch_verified(
     at: &StoredAt,
     record: &VolumeRecord,
-    identities: &[BoxIdentity],
+    identities: &Arc<Vec<BoxIdentity>>,
     dir: &Path,
 ) -> Result<(Spooled, TarSummary), PipelineError> {
     let spool_error = |e: std::io::Error| {
@@ -240,7 +240,7 @@ pub async fn fetch_verified(
                 }
             });
             let verify = check_tar(
-                chunk_plaintext(teed, record.compression, identities),
+                chunk_plaintext(teed, record.compression, Arc::clone(identities)),
                 record,
             );
             let (verified, written) = tokio::join!(verify, write);
@@ -292,15 +292,6 @@ pub async fn fetch_verified(
     ))
 }
 
-/// Identities shared with the stream that decrypts chunks as they are written.
-struct Shared(Arc<Vec<BoxIdentity>>);
-
-impl AsRef<[BoxIdentity]> for Shared {
-    fn as_ref(&self) -> &[BoxIdentity] {
-        &self.0
-    }
-}
-
 /// The plaintext tar of a spooled object, under the entry policy again as it is written.
 pub async fn open_spooled(
     spooled: &Spooled,
@@ -312,8 +303,11 @@ pub async fn open_spooled(
     file.rewind().map_err(PipelineError::Io)?;
     let tar: Box<dyn AsyncRead + Send + Unpin> = if record.is_chunked() {
         let stored = spooled_chunks(file, record.chunks.clone());
-        let identities = Shared(Arc::clone(identities));
-        Box::new(chunk_plaintext(stored, record.compression, identities))
+        Box::new(chunk_plaintext(
+            stored,
+            record.compression,
+            Arc::clone(identities),
+        ))
     } else {
         plaintext(tokio::fs::File::from_std(file), record, identities).await?
     };

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Benchmark of nightly backups: lifeboat --dedup beside restic, on the same data, machine and
+# S3 server (s3s-fs on 127.0.0.1), over NIGHTS nights with about 1% churn each night:
+#   - "database pages" rewritten in place: PAGES random 8 KiB pages of a DB_MIB file;
+#   - one new 8 MiB upload;
+#   - 20 small files edited.
+# Per night: bytes and objects each tool adds to the bucket, wall time, lifeboat's downtime and
+# peak RSS. Then: the first night against a full (not deduplicated) lifeboat backup, and the
+# restore of the last night by both. Prints Markdown tables.
+#
+#   bash bench/nightly.sh                      # ≈1.2 GiB volume, 4 nights
+#   SIZE_MIB=10240 NIGHTS=2 bash bench/nightly.sh
+#
+# Installs what is missing like bench/run.sh; run as root. Not a test: nothing asserts a time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB=${SIZE_MIB:-1200}
+NIGHTS=${NIGHTS:-4}
+PAGES=${PAGES:-100}
+missing=()
+[ -x /usr/bin/time ] || missing+=(time)
+command -v restic >/dev/null || missing+=(restic)
+command -v dockerd >/dev/null || missing+=(docker.io)
+[ -x /bin/busybox ] || missing+=(busybox-static)
+if [ ${#missing[@]} -gt 0 ]; then apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; fi
+command -v s3s-fs >/dev/null || cargo install s3s-fs@0.14.1 --features binary --locked --quiet
+if ! docker info >/dev/null 2>&1; then
+  nohup dockerd >/var/log/lifeboat-bench-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+fi
+cargo build --release --quiet
+L=$PWD/target/release/lifeboat
+work=$(mktemp -d /var/tmp/lifeboat-nightly.XXXXXX)
+project=lbnight$$
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work/s3/bench"
+s3s-fs --host 127.0.0.1 --port "$port" --access-key bench --secret-key bench-secret "$work/s3" >/dev/null 2>&1 &
+s3pid=$!
+cleanup() {
+  kill $s3pid 2>/dev/null || true
+  docker rm -f "$project-app-1" >/dev/null 2>&1 || true
+  docker volume rm -f "${project}_data" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
+export AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_EC2_METADATA_DISABLED=true
+unset AWS_CA_BUNDLE
+export RESTIC_PASSWORD=bench-restic-password
+IMAGE=lifeboat-test/busybox:1
+docker image inspect $IMAGE >/dev/null 2>&1 || cargo test --quiet --test backup_restore no_matching_containers >/dev/null
+
+# The volume: a "database" (random pages with zero runs, half compressible), text logs,
+# uploads (random), small files.
+db_mib=$((SIZE_MIB / 2)); text_mib=$((SIZE_MIB / 4)); uploads_mib=$((SIZE_MIB / 5))
+docker volume create --label com.docker.compose.project=$project --label com.docker.compose.volume=data "${project}_data" >/dev/null
+echo "building a ${SIZE_MIB} MiB volume..." >&2
+docker run --rm -v "${project}_data:/v" $IMAGE sh -c "
+  set -e; cd /v; mkdir -p uploads small
+  i=0; while [ \$i -lt $((db_mib / 2)) ]; do head -c 1048576 /dev/urandom; head -c 1048576 /dev/zero; i=\$((i+1)); done > db.bin
+  i=0; while [ \$i -lt $((text_mib / 8)) ]; do seq \$((i*1000000)) \$((i*1000000+1150000)); i=\$((i+1)); done | head -c $((text_mib * 1048576)) > text.log
+  i=0; while [ \$i -lt $((uploads_mib / 8)) ]; do head -c 8388608 /dev/urandom > uploads/u\$i; i=\$((i+1)); done
+  i=0; while [ \$i -lt 2000 ]; do head -c \$(( (i * 7919) % 9000 + 100 )) /dev/urandom > small/f\$i; i=\$((i+1)); done"
+docker create --name "$project-app-1" --label com.docker.compose.project=$project --label com.docker.compose.service=app \
+  -v "${project}_data:/data" $IMAGE sh -c "trap 'exit 0' TERM; while true; do sleep 1; done" >/dev/null
+docker start "$project-app-1" >/dev/null
+volume_dir=$(docker volume inspect -f '{{.Mountpoint}}' "${project}_data")
+data_bytes=$(du -sb "$volume_dir" | cut -f1)
+$L keygen --output "$work/key.txt" --backup-key-output "$work/backup.key" 2> "$work/recipient.txt"
+export LIFEBOAT_BACKUP_KEY_FILE=$work/backup.key
+restic -q -r "s3:$AWS_ENDPOINT_URL/bench/restic" init >/dev/null
+cat > "$work/restic_backup.sh" <<SH
+set -euo pipefail
+docker stop -t 10 $project-app-1 >/dev/null
+restic -q -r s3:$AWS_ENDPOINT_URL/bench/restic backup $volume_dir
+docker start $project-app-1 >/dev/null
+SH
+cat > "$work/restic_restore.sh" <<SH
+set -euo pipefail
+docker stop -t 10 $project-app-1 >/dev/null
+find $volume_dir -mindepth 1 -delete
+restic -q -r s3:$AWS_ENDPOINT_URL/bench/restic restore latest --target /
+docker start $project-app-1 >/dev/null
+SH
+
+# timed NAME COMMAND...: "name wall maxrss_kib" into results
+timed() {
+  local name=$1; shift
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  /usr/bin/time -f "%e %M" -o "$work/time" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+  read -r wall rss < "$work/time"
+  echo "$name $wall $rss" >> "$work/results"
+}
+bytes() { du -sb "$work/s3/bench/$1" 2>/dev/null | cut -f1 || echo 0; }
+objects() { find "$work/s3/bench/$1" -type f 2>/dev/null | wc -l; }
+
+churn() {
+  docker run --rm -v "${project}_data:/v" -e NIGHT="$1" $IMAGE sh -c "
+    set -e; cd /v
+    size=\$(stat -c %s db.bin); pages=\$((size / 8192)); i=0
+    while [ \$i -lt $PAGES ]; do
+      page=\$(( (NIGHT * 7919 + i * 104729) * 2654435761 % pages ))
+      head -c 8192 /dev/urandom | dd of=db.bin bs=8192 seek=\$page conv=notrunc 2>/dev/null
+      i=\$((i+1)); done
+    head -c 8388608 /dev/urandom > uploads/night\$NIGHT
+    i=0; while [ \$i -lt 20 ]; do echo \"edit \$NIGHT\" >> small/f\$(( (NIGHT * 31 + i * 97) % 2000 )); i=\$((i+1)); done"
+}
+
+for night in $(seq 1 "$NIGHTS"); do
+  echo "night $night/$NIGHTS" >&2
+  [ "$night" = 1 ] || churn "$night"
+  lb0=$(bytes lifeboat); lo0=$(objects lifeboat); rb0=$(bytes restic); ro0=$(objects restic)
+  timed "lifeboat-night-$night" $L backup --dedup -p $project --store s3://bench/lifeboat
+  timed "restic-night-$night" bash "$work/restic_backup.sh"
+  down=$($L list --store s3://bench/lifeboat --json | python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)[-1]["downtime_seconds"])')
+  echo "night $night $(( $(bytes lifeboat) - lb0 )) $(( $(objects lifeboat) - lo0 )) $(( $(bytes restic) - rb0 )) $(( $(objects restic) - ro0 )) $down" >> "$work/nights"
+done
+timed "lifeboat-full-backup" $L backup -p $project --store s3://bench/full
+timed "lifeboat-dedup-restore" $L restore --no-safety-copy -p $project --store s3://bench/lifeboat -i "$work/key.txt"
+timed "lifeboat-full-restore" $L restore --no-safety-copy -p $project --store s3://bench/full -i "$work/key.txt"
+timed "restic-restore" bash "$work/restic_restore.sh"
+echo "total $(bytes lifeboat) $(objects lifeboat) $(bytes restic) $(objects restic)" >> "$work/nights"
+
+python3 - "$work/results" "$work/nights" "$data_bytes" "$SIZE_MIB" "$PAGES" <<'PY'
+import sys
+res = {l.split()[0]: (float(l.split()[1]), int(l.split()[2])) for l in open(sys.argv[1])}
+nights = [l.split() for l in open(sys.argv[2])]
+data = int(sys.argv[3]); mib = lambda b: int(b) / 2**20
+print(f"Volume: {mib(data):.0f} MiB; churn per night: {sys.argv[5]} random 8 KiB pages rewritten in place, one new 8 MiB upload, 20 small files edited.\n")
+print("| night | lifeboat adds MiB | objects | wall s | downtime s | peak RSS MiB | restic adds MiB | objects | wall s |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for row in nights:
+    if row[0] == "night":
+        n = row[1]; lw, lr = res[f"lifeboat-night-{n}"]; rw, _ = res[f"restic-night-{n}"]
+        print(f"| {n} | {mib(row[2]):.1f} | {row[3]} | {lw:.1f} | {row[6]} | {lr/1024:.0f} | {mib(row[4]):.1f} | {row[5]} | {rw:.1f} |")
+    else:
+        print(f"| total stored | {mib(row[1]):.1f} | {row[2]} | | | | {mib(row[3]):.1f} | {row[4]} | |")
+fw, fr = res["lifeboat-full-backup"]
+print(f"\nFirst night, deduplicated: {res['lifeboat-night-1'][0]:.1f} s; a full (format 2) lifeboat backup of the last night's data: {fw:.1f} s.")
+for name in ["lifeboat-dedup-restore", "lifeboat-full-restore", "restic-restore"]:
+    w, r = res[name]
+    print(f"- {name}: {w:.1f} s, {mib(data)/w:.0f} MiB/s, peak RSS {r/1024:.0f} MiB")
+PY
