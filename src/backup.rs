@@ -51,7 +51,8 @@ pub struct BackupPlan {
     pub signer: Arc<crate::auth::Signer>,
     pub compression: CompressionSettings,
     pub part_policy: PartPolicy,
-    pub stop_timeout_secs: u32,
+    /// Overrides every container's own stop timeout.
+    pub stop_timeout_secs: Option<u32>,
     pub version_from: Option<String>,
     pub hooks: Arc<Hooks>,
     /// Bars on a terminal, or hidden.

@@ -50,7 +50,8 @@ pub struct AppOptions {
     /// The name backups are stored under [default: the project, else the first container]
     #[arg(long, env = "LIFEBOAT_NAME")]
     pub name: Option<String>,
-    /// Seconds a container gets to stop gracefully before it is killed [default: 60]
+    /// Seconds every container gets to stop gracefully before it is killed [default: each
+    /// container's own stop timeout (compose's stop_grace_period), else Docker's 10]
     #[arg(long, env = "LIFEBOAT_STOP_TIMEOUT", value_name = "SECONDS")]
     pub stop_timeout: Option<u32>,
 }
@@ -88,8 +89,10 @@ impl AppOptions {
         Ok(name)
     }
 
-    pub fn stop_timeout(&self) -> u32 {
-        self.stop_timeout.unwrap_or(60)
+    /// The stop timeout for every container, when the operator set one; otherwise each
+    /// container's own (compose's `stop_grace_period`), else Docker's 10 s.
+    pub fn stop_timeout(&self) -> Option<u32> {
+        self.stop_timeout
     }
 }
 

@@ -46,7 +46,7 @@ impl Downtime {
         app: &App,
         app_name: &str,
         operation: &str,
-        stop_timeout_secs: u32,
+        stop_timeout_secs: Option<u32>,
     ) -> Result<(Downtime, Result<()>)> {
         let to_stop = app
             .containers
@@ -64,7 +64,7 @@ impl Downtime {
         docker: &Docker,
         app: &App,
         mut record: Record,
-        stop_timeout_secs: u32,
+        stop_timeout_secs: Option<u32>,
     ) -> Result<(Downtime, Result<()>)> {
         let running: Vec<(String, String)> = app
             .containers
@@ -86,7 +86,7 @@ impl Downtime {
         docker: &Docker,
         app: &App,
         record: Record,
-        stop_timeout_secs: u32,
+        stop_timeout_secs: Option<u32>,
     ) -> (Downtime, Result<()>) {
         let started = Instant::now();
         let (mut stopped, result) = docker::stop_running(docker, app, stop_timeout_secs).await;
@@ -94,6 +94,12 @@ impl Downtime {
         let order = |id: &str| app.containers.iter().position(|c| c.id == id);
         let mut all = record.get().containers.clone();
         all.sort_by_key(|(id, _)| order(id).unwrap_or(usize::MAX));
+        let levels = app.levels();
+        stopped.levels = all
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| order(id).map_or(usize::MAX - i, |at| levels[at]))
+            .collect();
         stopped.containers = all;
         (
             Downtime {
@@ -140,7 +146,7 @@ pub async fn while_stopped<T, F>(
     app: &App,
     app_name: &str,
     operation: &str,
-    stop_timeout_secs: u32,
+    stop_timeout_secs: Option<u32>,
     cancel: &CancellationToken,
     work: F,
 ) -> Result<Window<T>>

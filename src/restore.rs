@@ -123,7 +123,8 @@ pub struct RestoreRequest {
     pub map_volumes: BTreeMap<String, String>,
     /// Container paths of bind mounts the operator allows this restore to write.
     pub bind_paths: Vec<String>,
-    pub stop_timeout_secs: u32,
+    /// Overrides every container's own stop timeout.
+    pub stop_timeout_secs: Option<u32>,
     pub version_from: Option<String>,
     pub hooks: Arc<crate::hooks::Hooks>,
     /// Where the verified ciphertext waits between download and write.
@@ -1119,7 +1120,7 @@ pub async fn rollback(
     repo: &Repo,
     app_name: &str,
     selector: &AppSelector,
-    stop_timeout_secs: u32,
+    stop_timeout_secs: Option<u32>,
     cancel: &CancellationToken,
 ) -> Result<Vec<String>> {
     crate::state::exclusively(repo, app_name, "restore", cancel, |_| {
@@ -1132,7 +1133,7 @@ async fn roll_back_locked(
     docker: &Docker,
     app_name: &str,
     selector: &AppSelector,
-    stop_timeout_secs: u32,
+    stop_timeout_secs: Option<u32>,
 ) -> Result<Vec<String>> {
     let dir = crate::state::state_dir();
     let record = crate::state::resume(&dir, app_name)?

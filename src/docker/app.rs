@@ -44,6 +44,9 @@ pub struct AppContainer {
     pub image_id: String,
     pub running: bool,
     pub depends_on: Vec<String>,
+    /// Seconds Docker gives it between SIGTERM and SIGKILL (`docker run --stop-timeout`,
+    /// compose's `stop_grace_period`), when set.
+    pub stop_timeout: Option<u32>,
     pub mounts: Vec<AppMount>,
     pub labels: HashMap<String, String>,
     pub env: Vec<String>,
@@ -169,6 +172,29 @@ impl App {
             .collect()
     }
 
+    /// Each container's dependency level, in start order: 0 when it depends on no container of
+    /// the app, else one more than the deepest one it depends on. Containers of one level
+    /// stop and start together; a level stops after every level above it and starts after
+    /// every level below it.
+    pub fn levels(&self) -> Vec<usize> {
+        let mut levels: Vec<usize> = Vec::with_capacity(self.containers.len());
+        for (i, container) in self.containers.iter().enumerate() {
+            let level = container
+                .depends_on
+                .iter()
+                .filter_map(|dep| {
+                    self.containers[..i]
+                        .iter()
+                        .position(|c| c.key() == dep && c.key() != container.key())
+                        .map(|j| levels[j] + 1)
+                })
+                .max()
+                .unwrap_or(0);
+            levels.push(level);
+        }
+        levels
+    }
+
     /// The ids of the app's containers.
     pub fn ids(&self) -> Vec<String> {
         self.containers.iter().map(|c| c.id.clone()).collect()
@@ -283,6 +309,7 @@ async fn inspect(docker: &Docker, name: &str) -> Result<AppContainer> {
         image_id: info.image.unwrap_or_default(),
         running: info.state.and_then(|s| s.running).unwrap_or(false),
         depends_on,
+        stop_timeout: config.stop_timeout.and_then(|t| u32::try_from(t).ok()),
         mounts,
         env: config.env.unwrap_or_default(),
         labels,
@@ -386,6 +413,7 @@ mod tests {
             image_id: "sha256:1".into(),
             running: true,
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            stop_timeout: None,
             mounts: vec![],
             labels: HashMap::new(),
             env: vec![],
@@ -419,6 +447,35 @@ mod tests {
         ]);
         let keys: Vec<_> = ordered.iter().map(|c| c.key()).collect();
         assert_eq!(keys, ["db", "redis", "web", "worker"]);
+    }
+
+    #[test]
+    fn levels_follow_the_dependencies() {
+        let app = App {
+            containers: start_order(vec![
+                container("web", "web", &["api", "cache"]),
+                container("api", "api", &["db"]),
+                container("db", "db", &[]),
+                container("cache", "cache", &[]),
+                container("worker", "worker", &["db", "gone"]),
+            ]),
+        };
+        let levels: BTreeMap<&str, usize> = app
+            .containers
+            .iter()
+            .map(|c| c.name.as_str())
+            .zip(app.levels())
+            .collect();
+        assert_eq!(
+            levels,
+            BTreeMap::from([
+                ("api", 1),
+                ("cache", 0),
+                ("db", 0),
+                ("web", 2),
+                ("worker", 1)
+            ])
+        );
     }
 
     #[test]

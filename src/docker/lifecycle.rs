@@ -10,61 +10,129 @@ use bollard::query_parameters::{StartContainerOptions, StopContainerOptions};
 use futures::StreamExt;
 use std::time::Duration;
 
-/// The containers lifeboat stopped, in start order: exactly what it must start again.
+/// Docker's own grace period between SIGTERM and SIGKILL, for a container that sets none.
+pub const DEFAULT_STOP_TIMEOUT: u32 = 10;
+
+/// The containers lifeboat stopped, in start order, with each one's dependency level
+/// ([`App::levels`]): exactly what it must start again, and in which groups.
 #[derive(Debug, Default)]
 pub struct Stopped {
     pub containers: Vec<(String, String)>,
+    /// Aligned with `containers`; a container of an unknown level starts alone, last.
+    pub levels: Vec<usize>,
 }
 
-/// Stops the running containers of `app`, dependents first. Returns what it stopped even when
-/// a stop failed, so the caller can start those again.
-pub async fn stop_running(docker: &Docker, app: &App, timeout_secs: u32) -> (Stopped, Result<()>) {
-    let mut stopped = Vec::new();
-    for container in app.containers.iter().rev().filter(|c| c.running) {
-        tracing::info!(container = %container.name, "stopping");
-        let options = StopContainerOptions {
-            t: Some(timeout_secs as i32),
-            ..Default::default()
-        };
-        let asked = std::time::Instant::now();
-        match docker.stop_container(&container.id, Some(options)).await {
-            Ok(()) => {
-                if asked.elapsed() >= Duration::from_secs(timeout_secs.into()) {
-                    tracing::warn!(container = %container.name,
-                        "did not stop within {timeout_secs} s of SIGTERM and was killed; raise --stop-timeout if it needs longer to shut down cleanly");
-                }
-                stopped.push((container.id.clone(), container.name.clone()))
-            }
-            Err(e) => {
-                // It may have stopped anyway; starting it again later is then still right.
-                stopped.push((container.id.clone(), container.name.clone()));
-                stopped.reverse();
-                return (
-                    Stopped {
-                        containers: stopped,
-                    },
-                    Err(anyhow!("cannot stop container {}: {e}", container.name)),
-                );
+impl Stopped {
+    /// The containers' indices by level, lowest first: the groups that start together.
+    fn groups(&self) -> Vec<Vec<usize>> {
+        let mut by_level: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (i, _) in self.containers.iter().enumerate() {
+            let level = self.levels.get(i).copied().unwrap_or(usize::MAX - i);
+            by_level.entry(level).or_default().push(i);
+        }
+        by_level.into_values().collect()
+    }
+}
+
+/// Stops the running containers of `app` like `docker compose stop`: dependents first, one
+/// dependency level at a time, the containers of a level together, each with its own stop
+/// timeout (`timeout_secs` overrides them all; Docker's 10 s when a container sets none).
+/// Returns what it stopped even when a stop failed, so the caller can start those again;
+/// after a failed level, no lower level is stopped.
+pub async fn stop_running(
+    docker: &Docker,
+    app: &App,
+    timeout_secs: Option<u32>,
+) -> (Stopped, Result<()>) {
+    let levels = app.levels();
+    let mut stopped: Vec<usize> = Vec::new();
+    let mut failures = Vec::new();
+    for level in (0..=levels.iter().copied().max().unwrap_or(0)).rev() {
+        let batch: Vec<usize> = (0..app.containers.len())
+            .filter(|&i| levels[i] == level && app.containers[i].running)
+            .collect();
+        let results = futures::future::join_all(
+            batch
+                .iter()
+                .map(|&i| stop_one(docker, &app.containers[i], timeout_secs)),
+        )
+        .await;
+        for (&i, result) in batch.iter().zip(results) {
+            // A container whose stop failed may have stopped anyway: starting it is still right.
+            stopped.push(i);
+            if let Err(e) = result {
+                failures.push(e);
             }
         }
+        if !failures.is_empty() {
+            break;
+        }
     }
-    stopped.reverse();
+    stopped.sort_unstable();
+    let result = if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("{}", failures.join("; ")))
+    };
     (
         Stopped {
-            containers: stopped,
+            containers: stopped
+                .iter()
+                .map(|&i| {
+                    let c = &app.containers[i];
+                    (c.id.clone(), c.name.clone())
+                })
+                .collect(),
+            levels: stopped.iter().map(|&i| levels[i]).collect(),
         },
-        Ok(()),
+        result,
     )
 }
 
-/// Starts the stopped containers in start order. Tries every one; the error names each that
-/// failed.
+/// Stops one container with its timeout; warns when it had to be killed.
+async fn stop_one(
+    docker: &Docker,
+    container: &super::AppContainer,
+    timeout_secs: Option<u32>,
+) -> Result<(), String> {
+    let timeout = timeout_secs
+        .or(container.stop_timeout)
+        .unwrap_or(DEFAULT_STOP_TIMEOUT);
+    tracing::info!(container = %container.name, timeout_s = timeout, "stopping");
+    let options = StopContainerOptions {
+        t: Some(timeout as i32),
+        ..Default::default()
+    };
+    let asked = std::time::Instant::now();
+    docker
+        .stop_container(&container.id, Some(options))
+        .await
+        .map_err(|e| format!("cannot stop container {}: {e}", container.name))?;
+    if asked.elapsed() >= Duration::from_secs(timeout.into()) {
+        tracing::warn!(container = %container.name,
+            "did not stop within {timeout} s of SIGTERM and was killed; give it longer with stop_grace_period in the compose file, or --stop-timeout, if it needs longer to shut down cleanly");
+    }
+    Ok(())
+}
+
+/// Starts the stopped containers, one dependency level at a time, the containers of a level
+/// together. Tries every one; the error names each that failed.
 pub async fn start_again(docker: &Docker, stopped: &Stopped) -> Result<()> {
     let mut failures = Vec::new();
-    for (id, name) in &stopped.containers {
-        tracing::info!(container = %name, "starting");
-        if let Err(e) = start_retrying(docker, id, name).await {
-            failures.push(format!("{name}: {e}"));
+    for group in stopped.groups() {
+        let starts = group.iter().map(|&i| {
+            let (id, name) = &stopped.containers[i];
+            async move {
+                tracing::info!(container = %name, "starting");
+                start_retrying(docker, id, name)
+                    .await
+                    .map_err(|e| format!("{name}: {e}"))
+            }
+        });
+        for result in futures::future::join_all(starts).await {
+            if let Err(failure) = result {
+                failures.push(failure);
+            }
         }
     }
     if failures.is_empty() {

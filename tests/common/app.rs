@@ -147,6 +147,21 @@ impl TestApp {
         running: bool,
         command: &[&str],
     ) -> String {
+        self.service_created(service, image, mounts, depends_on, running, command, &[])
+    }
+
+    /// Like [`TestApp::service_running`], with more `docker create` options (`extra`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn service_created(
+        &mut self,
+        service: &str,
+        image: &str,
+        mounts: &[(&str, &str)],
+        depends_on: &[&str],
+        running: bool,
+        command: &[&str],
+        extra: &[&str],
+    ) -> String {
         let name = format!("{}-{service}-1", self.project);
         let mut args: Vec<String> = vec![
             "create".into(),
@@ -174,6 +189,7 @@ impl TestApp {
         for (volume, path) in mounts {
             args.extend(["-v".into(), format!("{}_{volume}:{path}", self.project)]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         args.push(image.into());
         args.extend(command.iter().map(|c| c.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
