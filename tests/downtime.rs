@@ -63,7 +63,7 @@ fn containers_that_ignore_sigterm_are_stopped_together_with_their_own_timeouts()
     assert!(down <= 14.0, "down for {down:.1} s");
     for name in [&one, &two, &quick] {
         assert!(
-            stderr(&output).contains(&format!("{name}")) && stderr(&output).contains("was killed"),
+            stderr(&output).contains(name.as_str()) && stderr(&output).contains("was killed"),
             "the kill is named: {}",
             stderr(&output)
         );
