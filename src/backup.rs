@@ -337,6 +337,13 @@ async fn locked_attempt(
         app_version,
         volumes,
     );
+    // A run that lost its lock meanwhile (frozen past its lease) commits nothing: another run
+    // may have pruned chunks this manifest would reuse.
+    if cancel.is_cancelled() {
+        return Err(crate::error::interrupted().context(format!(
+            "backup {backup_id} was not committed: the run was interrupted or lost its lock"
+        )));
+    }
     repo.commit(&manifest, &plan.signer).await?;
     if let Err(restart_error) = restarted {
         // The data is safe and recorded; the restart failure is what to report.
@@ -528,9 +535,19 @@ async fn dedup_for(repo: &Repo, plan: &BackupPlan) -> Result<Option<Arc<Dedup>>>
         allow_unsigned: false,
     };
     let newest = repo.newest_genuine(&plan.app_name, &policy).await?;
+    // Only chunks sealed the way this run seals: the same compression, to the same recipients
+    // (a recipient added must be able to read every chunk; one removed, none of the new ones).
+    let recipients: std::collections::BTreeSet<&str> =
+        plan.recipients.iter().map(|r| r.text.as_str()).collect();
     let earlier: Vec<format::ChunkRef> = newest
         .iter()
         .flat_map(|n| n.manifest.volumes.iter())
+        .filter(|v| v.compression == plan.compression.kind)
+        .filter(|v| {
+            let theirs: std::collections::BTreeSet<&str> =
+                v.encryption.recipients.iter().map(String::as_str).collect();
+            theirs == recipients
+        })
         .flat_map(|v| v.chunks.iter().cloned())
         .collect();
     let present = list_chunks(&store)
@@ -548,7 +565,7 @@ async fn dedup_for(repo: &Repo, plan: &BackupPlan) -> Result<Option<Arc<Dedup>>>
             recipients: Arc::clone(&plan.recipients),
             compression: plan.compression.kind,
             level: plan.compression.level.unwrap_or(3),
-            keys: Arc::clone(keys),
+            keys: Arc::new(keys.for_app(&plan.app_name)),
         },
         known,
     })))
@@ -687,7 +704,8 @@ async fn finish_uploads(
             }
             Err(error) => {
                 abandon_all(pending).await;
-                for done in &records {
+                // Chunks stay, unreferenced, until a prune after the grace period.
+                for done in records.iter().filter(|r| !r.is_chunked()) {
                     repo.delete_object(&repo.object(app, backup_id, &done.object))
                         .await;
                 }

@@ -117,12 +117,12 @@ pub struct VolumeRecord {
 /// One chunk of a volume's tar stream.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChunkRef {
-    /// Its address: a keyed hash (HMAC-SHA256 under a key derived from the owner key) of its
-    /// plaintext, hex; the object is `<app>/chunks/<first two digits>/<id>`.
+    /// Its identity for deduplication: a keyed BLAKE3 hash of its plaintext (the key derived
+    /// from the owner key and the app name), hex.
     pub id: String,
     /// Bytes stored (the age file).
     pub size: u64,
-    /// Hex sha256 of the bytes stored.
+    /// Hex sha256 of the bytes stored; the object is `<app>/chunks/<first two digits>/<sha256>`.
     pub sha256: String,
     /// Bytes of tar stream it holds.
     pub plain: u64,
@@ -146,9 +146,11 @@ pub fn chunk_list_digest(chunks: &[ChunkRef]) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Where a chunk lies under an app's folder: `chunks/<ab>/<id>`.
-pub fn chunk_key(id: &str) -> String {
-    format!("{CHUNKS_DIR}/{}/{id}", &id[..2.min(id.len())])
+/// Where a chunk lies under an app's folder: `chunks/<ab>/<sha256>`, named by the sha256 of
+/// the bytes stored. An object is never overwritten: the same plaintext sealed again (age is
+/// randomised) is another object, so what an older backup points to stays as it was.
+pub fn chunk_key(sha256: &str) -> String {
+    format!("{CHUNKS_DIR}/{}/{sha256}", &sha256[..2.min(sha256.len())])
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

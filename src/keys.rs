@@ -115,6 +115,22 @@ impl ChunkKeys {
         self.seed.max(1)
     }
 
+    /// The keys of one app: equal content in two apps gets unrelated ids and boundaries.
+    pub fn for_app(&self, app: &str) -> ChunkKeys {
+        let derive = |label: &str| {
+            let mut input = label.as_bytes().to_vec();
+            input.push(0);
+            input.extend_from_slice(app.as_bytes());
+            blake3::keyed_hash(&self.id, &input)
+        };
+        let cut = derive("boundaries");
+        let seed = u64::from_le_bytes(cut.as_bytes()[..8].try_into().expect("8 bytes")) ^ self.seed;
+        ChunkKeys {
+            id: Zeroizing::new(*derive("ids").as_bytes()),
+            seed,
+        }
+    }
+
     /// Keys for tests.
     pub fn for_tests(byte: u8) -> Self {
         PutSecret(Zeroizing::new([byte; 32])).chunk_keys()

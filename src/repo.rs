@@ -191,7 +191,17 @@ impl Repo {
                 .await
                 .map_err(|e| anyhow!("{key} does not read back: {e}"))?;
         }
-        for record in &manifest.volumes {
+        if manifest.volumes.iter().any(|v| v.is_chunked()) {
+            let present = crate::pipeline::chunk::list_chunks(&self.chunk_store(app))
+                .await
+                .map_err(|e| anyhow!("the chunks of {app} cannot be listed: {e}"))?;
+            for record in manifest.volumes.iter().filter(|v| v.is_chunked()) {
+                if let Some(problem) = crate::pipeline::chunk::missing(&record.chunks, &present) {
+                    return Err(anyhow!("volume {}: {problem}", record.name));
+                }
+            }
+        }
+        for record in manifest.volumes.iter().filter(|v| !v.is_chunked()) {
             let key = layout.object(app, id, &record.object);
             let head = self
                 .store
@@ -213,54 +223,78 @@ impl Repo {
     /// Every complete backup under the store's prefix (optionally of one app), oldest first
     /// per app, each authenticated under `policy`. Only a failure to list the store is an error.
     pub async fn list(&self, app: Option<&str>, policy: &TrustPolicy) -> Result<Vec<Listed>> {
-        let layout = &self.store.layout;
-        let root = match app {
-            Some(app) => layout.app_dir(app),
-            None => layout.prefix.clone(),
+        let apps = match app {
+            Some(app) => vec![app.to_string()],
+            None => self.apps().await?,
         };
-        let prefix = (!root.as_ref().is_empty()).then_some(&root);
-        let metas: Vec<_> = self
-            .store
-            .objects
-            .list(prefix)
-            .try_filter(|meta| {
-                futures::future::ready(meta.location.filename() == Some(MANIFEST_NAME))
-            })
-            .try_collect()
-            .await
-            .map_err(|e| anyhow!("cannot list backups under '{root}': {e}"))?;
-        let mut listed = Vec::with_capacity(metas.len());
-        for meta in metas {
-            let Some((app, backup_id)) = layout.ids_of(&meta.location) else {
-                continue;
-            };
-            let outcome = self
-                .fetch(&app, &backup_id)
-                .await
-                .map_err(|e| NotAuthentic {
-                    app: crate::text::printable(&app),
-                    backup_id: crate::text::printable(&backup_id),
-                    reason: format!("its manifest cannot be read ({e})"),
-                    unsigned: false,
-                })
-                .and_then(|(bytes, sig)| {
-                    manifest::authenticate_as(
-                        &app,
-                        &backup_id,
-                        &bytes,
-                        sig.as_deref(),
-                        policy,
-                        false,
-                    )
+        let mut listed = Vec::new();
+        for app in apps {
+            for backup_id in self.backup_ids(&app).await? {
+                let fetched = match self.fetch(&app, &backup_id).await {
+                    // No manifest: an incomplete backup, never listed.
+                    Err(object_store::Error::NotFound { .. }) => continue,
+                    other => other,
+                };
+                let outcome = fetched
+                    .map_err(|e| NotAuthentic {
+                        app: crate::text::printable(&app),
+                        backup_id: crate::text::printable(&backup_id),
+                        reason: format!("its manifest cannot be read ({e})"),
+                        unsigned: false,
+                    })
+                    .and_then(|(bytes, sig)| {
+                        manifest::authenticate_as(
+                            &app,
+                            &backup_id,
+                            &bytes,
+                            sig.as_deref(),
+                            policy,
+                            false,
+                        )
+                    });
+                listed.push(Listed {
+                    app: app.clone(),
+                    backup_id,
+                    outcome,
                 });
-            listed.push(Listed {
-                app,
-                backup_id,
-                outcome,
-            });
+            }
         }
         listed.sort_by(|a, b| (&a.app, &a.backup_id).cmp(&(&b.app, &b.backup_id)));
         Ok(listed)
+    }
+
+    /// The folders under the store's prefix: one per app.
+    async fn apps(&self) -> Result<Vec<String>> {
+        let prefix = &self.store.layout.prefix;
+        let root = (!prefix.as_ref().is_empty()).then_some(prefix);
+        let listing = self
+            .store
+            .objects
+            .list_with_delimiter(root)
+            .await
+            .map_err(|e| anyhow!("cannot list backups under '{prefix}': {e}"))?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// The backup folders of `app` (one listing level: never the chunks inside).
+    async fn backup_ids(&self, app: &str) -> Result<Vec<String>> {
+        let dir = self.store.layout.app_dir(app);
+        let listing = self
+            .store
+            .objects
+            .list_with_delimiter(Some(&dir))
+            .await
+            .map_err(|e| anyhow!("cannot list backups under '{dir}': {e}"))?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().map(str::to_string))
+            .filter(|id| !NOT_BACKUPS.contains(&id.as_str()))
+            .collect())
     }
 
     /// The newest backup of `app` that authenticates, looking at no more than a few of the
@@ -270,18 +304,11 @@ impl Repo {
         app: &str,
         policy: &TrustPolicy,
     ) -> Result<Option<Authenticated>> {
-        let dir = self.store.layout.app_dir(app);
-        let listing = self
-            .store
-            .objects
-            .list_with_delimiter(Some(&dir))
-            .await
-            .map_err(|e| anyhow!("cannot list backups under '{dir}': {e}"))?;
-        let mut ids: Vec<String> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_string))
-            .filter(|id| !NOT_BACKUPS.contains(&id.as_str()) && crate::text::is_plain_name(id))
+        let mut ids: Vec<String> = self
+            .backup_ids(app)
+            .await?
+            .into_iter()
+            .filter(|id| crate::text::is_plain_name(id))
             .collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
         for id in ids.iter().take(5) {
@@ -373,27 +400,18 @@ impl Repo {
     /// Every object under the app's folder, by the backup folder it lies in. The locks folder
     /// is not a backup; a file lying beside the backup folders neither.
     pub async fn folders(&self, app: &str) -> Result<Folders> {
-        let app_dir = self.store.layout.app_dir(app);
-        let objects: Vec<ObjectMeta> = self
-            .store
-            .objects
-            .list(Some(&app_dir))
-            .try_collect()
-            .await
-            .map_err(|e| anyhow!("cannot list {app_dir}: {e}"))?;
         let mut dirs = Folders::new();
-        for meta in objects {
-            let id = {
-                let mut parts = meta.location.prefix_match(&app_dir).into_iter().flatten();
-                match (parts.next(), parts.next()) {
-                    (Some(id), Some(_)) if !NOT_BACKUPS.contains(&id.as_ref()) => {
-                        Some(id.as_ref().to_string())
-                    }
-                    _ => None,
-                }
-            };
-            if let Some(id) = id {
-                dirs.entry(id).or_default().push(meta);
+        for id in self.backup_ids(app).await? {
+            let dir = self.store.layout.backup_dir(app, &id);
+            let objects: Vec<ObjectMeta> = self
+                .store
+                .objects
+                .list(Some(&dir))
+                .try_collect()
+                .await
+                .map_err(|e| anyhow!("cannot list {dir}: {e}"))?;
+            if !objects.is_empty() {
+                dirs.insert(id, objects);
             }
         }
         Ok(dirs)
@@ -416,9 +434,10 @@ impl Repo {
         Ok(())
     }
 
-    /// The ids of the chunks that the manifests of `app` reference, every manifest but those of
-    /// `leaving` — genuine or not (a chunk is only ever deleted when nothing could want it).
-    /// Fails when a manifest cannot be read or parsed: then no chunk may go.
+    /// The chunks (by the sha256 that names their object) that the manifests of `app`
+    /// reference, every manifest but those of `leaving` — genuine or not (a chunk is only ever
+    /// deleted when nothing could want it). Fails when a manifest cannot be read or parsed:
+    /// then no chunk may go.
     pub async fn referenced_chunks(
         &self,
         app: &str,
@@ -436,7 +455,7 @@ impl Repo {
         }
         #[derive(serde::Deserialize)]
         struct Id {
-            id: String,
+            sha256: String,
         }
         let mut referenced = std::collections::HashSet::new();
         for (id, _) in self.folders(app).await? {
@@ -455,7 +474,7 @@ impl Repo {
                     .volumes
                     .into_iter()
                     .flat_map(|v| v.chunks)
-                    .map(|c| c.id),
+                    .map(|c| c.sha256),
             );
         }
         Ok(referenced)
@@ -565,6 +584,48 @@ mod tests {
             .await
             .unwrap();
         repo.read_back(&m).await.unwrap();
+    }
+
+    /// A deduplicated backup reads back when every chunk it lists is stored with its size
+    /// (what retention after a backup checks before it removes anything).
+    #[tokio::test]
+    async fn a_chunked_backup_reads_back_by_its_chunks() {
+        let repo = repo();
+        let mut m = sample("20260101T000000.000Z");
+        let store = repo.chunk_store(&m.app);
+        let chunk = |n: u8| crate::format::ChunkRef {
+            id: format!("{n:02x}").repeat(32),
+            size: 3,
+            sha256: format!("{:02x}", n + 100).repeat(32),
+            plain: 10,
+        };
+        let record = &mut m.volumes[0];
+        record.chunks = vec![chunk(1), chunk(2)];
+        record.stored_size = 6;
+        record.tar_size = 20;
+        record.sha256 = crate::format::chunk_list_digest(&record.chunks);
+        record.new_bytes = Some(6);
+        m.format_version = crate::format::CHUNKED_FORMAT;
+        crate::manifest::check(&m, "cvat", &m.backup_id).unwrap();
+        repo.commit(&m, &signer()).await.unwrap();
+        for c in &m.volumes[0].chunks {
+            store
+                .objects
+                .put(&store.location(&c.sha256), vec![0u8; 3].into())
+                .await
+                .unwrap();
+        }
+        repo.read_back(&m).await.unwrap();
+        store
+            .objects
+            .delete(&store.location(&m.volumes[0].chunks[1].sha256))
+            .await
+            .unwrap();
+        let err = repo.read_back(&m).await.unwrap_err().to_string();
+        assert!(err.contains("1 of its 2 chunks are missing"), "{err}");
+        // The chunks are not a backup folder.
+        assert_eq!(repo.folders("cvat").await.unwrap().len(), 1);
+        assert_eq!(repo.list(None, &policy()).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -179,6 +179,27 @@ fn a_second_night_stores_only_what_changed_and_every_night_restores_exactly() {
     );
     assert_eq!(app.snapshot(&data), night2);
 
+    // Retention after a backup ([retention] in the config file) reads the new backup back by
+    // its chunks, then prunes: one backup is left, and it restores.
+    let config = config(
+        work.path(),
+        &store,
+        &app.project,
+        &recipient,
+        "dedup = true\n[retention]\nkeep_last = 1\n",
+    );
+    let output = run(s3
+        .env(&mut lifeboat())
+        .arg("--config")
+        .arg(&config)
+        .arg("backup"));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("failed"), "{}", stderr(&output));
+    let listed = list_json(&s3, &store);
+    assert_eq!(listed.len(), 1, "retention kept one");
+    assert_eq!(listed[0]["format_version"], 3);
+    let after = chunk_files(&s3, "dedup");
+
     // A bucket writer replaces a chunk with other data encrypted to the owner: verify and
     // restore refuse it (exit 4) and the volume keeps what it holds.
     let victim = &after[after.len() / 2];

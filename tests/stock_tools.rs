@@ -151,9 +151,9 @@ fn a_deduplicated_volume_comes_back_with_the_readme_loop() {
     let script = format!(
         r#"set -o pipefail; cd {work}
 A=s3://stockdedup/lifeboat/{app}
-jq -r '.volumes[] | select(.name=="{volume}") | .chunks[] | "\(.id) \(.sha256)"' manifest.json |
-while read id sum; do
-  aws --endpoint-url {endpoint} s3 cp --quiet "$A/chunks/$(echo $id | cut -c1-2)/$id" chunk.age
+jq -r '.volumes[] | select(.name=="{volume}") | .chunks[] | .sha256' manifest.json |
+while read sum; do
+  aws --endpoint-url {endpoint} s3 cp --quiet "$A/chunks/$(echo $sum | cut -c1-2)/$sum" chunk.age
   echo "$sum  chunk.age" | sha256sum -c --quiet >&2 || exit 1
   age -d -i {key} < chunk.age
 done | zstd -d | tar -xpf - --numeric-owner -C {dir}"#,
@@ -172,7 +172,9 @@ done | zstd -d | tar -xpf - --numeric-owner -C {dir}"#,
     assert_eq!(stdout(&outside)[..64], inside);
 
     // A chunk replaced in the bucket stops the loop at its sha256 check.
-    let chunk = manifest["volumes"][0]["chunks"][1]["id"].as_str().unwrap();
+    let chunk = manifest["volumes"][0]["chunks"][1]["sha256"]
+        .as_str()
+        .unwrap();
     let file = s3.object_file(
         "stockdedup",
         &format!("lifeboat/{}/chunks/{}/{chunk}", app.project, &chunk[..2]),

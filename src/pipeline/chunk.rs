@@ -56,9 +56,10 @@ pub struct ChunkStore {
 }
 
 impl ChunkStore {
-    pub fn location(&self, id: &str) -> Path {
+    /// The object of the chunk whose stored bytes have this sha256.
+    pub fn location(&self, sha256: &str) -> Path {
         let mut path = self.app_dir.clone();
-        for part in chunk_key(id).split('/') {
+        for part in chunk_key(sha256).split('/') {
             path = path.join(part);
         }
         path
@@ -72,7 +73,7 @@ pub struct Known(std::sync::Mutex<HashMap<String, ChunkRef>>);
 
 impl Known {
     /// The chunks of `earlier` (genuine manifests' chunk lists) that `present` (the store's
-    /// listing: id → size) holds with the recorded size.
+    /// listing: sha256 → size) holds with the recorded size.
     pub fn confirmed<'a>(
         earlier: impl IntoIterator<Item = &'a ChunkRef>,
         present: &HashMap<String, u64>,
@@ -80,7 +81,7 @@ impl Known {
         Known(std::sync::Mutex::new(
             earlier
                 .into_iter()
-                .filter(|c| present.get(&c.id) == Some(&c.size))
+                .filter(|c| present.get(&c.sha256) == Some(&c.size))
                 .map(|c| (c.id.clone(), c.clone()))
                 .collect(),
         ))
@@ -250,10 +251,16 @@ async fn cut_and_seal(
         .buffered(IN_FLIGHT);
     let mut in_order = std::pin::pin!(in_order);
     while let Some(next) = in_order.next().await {
-        let (chunk, sealed) = next?;
+        let (mut chunk, mut sealed) = next?;
+        // The same plaintext again within the chunks in flight: sealed twice, stored once.
+        if sealed.is_some()
+            && let Some(first) = known.get(&chunk.id)
+        {
+            (chunk, sealed) = (first, None);
+        }
         match sealed {
             Some(sealed) => {
-                write_frame(&mut pipe, &chunk.id, &sealed)
+                write_frame(&mut pipe, &chunk.sha256, &sealed)
                     .await
                     .map_err(|e| SealError::Read(PipelineError::Io(e)))?;
                 result.new_bytes += chunk.size;
@@ -283,13 +290,14 @@ fn cdc_error(error: fastcdc::v2020::Error) -> PipelineError {
     }
 }
 
-/// A sealed chunk in the pipe: its 64-digit id, its length (8 bytes, little-endian), its bytes.
+/// A sealed chunk in the pipe: its sha256 (64 hex digits), its length (8 bytes,
+/// little-endian), its bytes.
 async fn write_frame(
     pipe: &mut (impl AsyncWrite + Unpin),
-    id: &str,
+    sha256: &str,
     sealed: &[u8],
 ) -> std::io::Result<()> {
-    pipe.write_all(id.as_bytes()).await?;
+    pipe.write_all(sha256.as_bytes()).await?;
     pipe.write_all(&(sealed.len() as u64).to_le_bytes()).await?;
     pipe.write_all(sealed).await
 }
@@ -318,8 +326,8 @@ async fn read_frame(
 }
 
 /// The uploader: frames from the pipe, each a plain PUT (a chunk is at most a few MiB),
-/// [`IN_FLIGHT`] at once. A PUT overwrites whatever lies under its key (an earlier,
-/// unreferenced copy of the same chunk).
+/// [`IN_FLIGHT`] at once. The key is the sha256 of the bytes: a PUT can only ever write the
+/// same bytes again under a key that exists.
 async fn upload_frames(
     pipe: impl AsyncRead + Send + Unpin,
     to: ChunkStore,
@@ -334,10 +342,10 @@ async fn upload_frames(
         )
     });
     let uploads = frames
-        .map_ok(|(id, bytes)| {
+        .map_ok(|(sha256, bytes)| {
             let to = to.clone();
             async move {
-                let location = to.location(&id);
+                let location = to.location(&sha256);
                 let options = PutOptions {
                     attributes: to.attributes.clone(),
                     ..Default::default()
@@ -499,20 +507,22 @@ pub fn fetch_chunks(
         .map(move |chunk| {
             let from = from.clone();
             async move {
-                let location = from.location(&chunk.id);
-                let bytes = from
-                    .objects
-                    .get(&location)
-                    .await
-                    .map_err(|e| match e {
-                        object_store::Error::NotFound { .. } => PipelineError::Verification(
-                            format!("chunk {location} is missing from the store"),
-                        ),
-                        other => PipelineError::Store(other),
-                    })?
-                    .bytes()
-                    .await
-                    .map_err(PipelineError::Store)?;
+                let location = from.location(&chunk.sha256);
+                let got = from.objects.get(&location).await.map_err(|e| match e {
+                    object_store::Error::NotFound { .. } => PipelineError::Verification(format!(
+                        "chunk {location} is missing from the store"
+                    )),
+                    other => PipelineError::Store(other),
+                })?;
+                // Read no more than the manifest allows: a replaced, huge object is refused
+                // before it is read into memory.
+                if got.meta.size != chunk.size {
+                    return Err(PipelineError::Verification(format!(
+                        "chunk {location} is {} bytes but the manifest records {} (truncated or replaced)",
+                        got.meta.size, chunk.size
+                    )));
+                }
+                let bytes = got.bytes().await.map_err(PipelineError::Store)?;
                 Ok((chunk, bytes))
             }
         })
@@ -524,11 +534,11 @@ pub fn fetch_chunks(
 pub fn missing(chunks: &[ChunkRef], present: &HashMap<String, u64>) -> Option<String> {
     let missing = chunks
         .iter()
-        .filter(|c| !present.contains_key(&c.id))
+        .filter(|c| !present.contains_key(&c.sha256))
         .count();
     let resized = chunks
         .iter()
-        .filter(|c| present.get(&c.id).is_some_and(|size| *size != c.size))
+        .filter(|c| present.get(&c.sha256).is_some_and(|size| *size != c.size))
         .count();
     (missing + resized > 0).then(|| {
         format!(
@@ -538,19 +548,30 @@ pub fn missing(chunks: &[ChunkRef], present: &HashMap<String, u64>) -> Option<St
     })
 }
 
-/// Every chunk in the store under `to`: id → stored size.
+/// Every chunk in the store under `to` where a chunk lies (`chunks/<ab>/<sha256>`, nothing
+/// else): sha256 → stored size.
 pub async fn list_chunks(to: &ChunkStore) -> Result<HashMap<String, u64>, object_store::Error> {
     let dir = to.app_dir.clone().join(crate::format::CHUNKS_DIR);
+    let to = to.clone();
     to.objects
         .list(Some(&dir))
-        .try_filter_map(|meta| async move {
-            Ok(meta
+        .try_filter_map(|meta| {
+            let found = meta
                 .location
                 .filename()
-                .map(|id| (id.to_string(), meta.size)))
+                .filter(|name| to.location(name) == meta.location && is_hex64(name))
+                .map(|name| (name.to_string(), meta.size));
+            async move { Ok(found) }
         })
         .try_collect()
         .await
+}
+
+fn is_hex64(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -677,7 +698,7 @@ mod tests {
         let lost = &second.chunks[0];
         store
             .objects
-            .delete(&store.location(&lost.id))
+            .delete(&store.location(&lost.sha256))
             .await
             .unwrap();
         let present = list_chunks(&store).await.unwrap();
@@ -697,6 +718,126 @@ mod tests {
         .unwrap();
         assert_eq!(third.new_bytes, third.chunks[0].size);
         assert_eq!(read_back(&store, &third, &identity).await, second_tar);
+    }
+
+    async fn seal(
+        tar: &[u8],
+        identity: &age::x25519::Identity,
+        known: &Known,
+        store: &ChunkStore,
+    ) -> SealedChunks {
+        seal_chunks(
+            tar,
+            &sealer(identity),
+            known,
+            store,
+            None,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+        .finish()
+        .await
+        .unwrap()
+    }
+
+    fn memory_store() -> ChunkStore {
+        ChunkStore {
+            objects: Arc::new(InMemory::new()),
+            app_dir: Path::from("app"),
+            attributes: Attributes::new(),
+        }
+    }
+
+    /// Content that comes back after a night without it is sealed again (age is randomised):
+    /// the new copy must not replace the bytes the first night's manifest points to.
+    #[tokio::test]
+    async fn content_that_returns_is_stored_beside_what_older_backups_point_to() {
+        let identity = age::x25519::Identity::generate();
+        let store = memory_store();
+        let a = tar_of(&noise(3 << 20, 10));
+        let b = tar_of(&noise(3 << 20, 11));
+        let night1 = seal(&a, &identity, &Known::default(), &store).await;
+        let present = list_chunks(&store).await.unwrap();
+        let night2 = seal(
+            &b,
+            &identity,
+            &Known::confirmed(&night1.chunks[..0], &present),
+            &store,
+        )
+        .await;
+        let present = list_chunks(&store).await.unwrap();
+        // Night 3 deduplicates against night 2 only, where a's chunks are not.
+        let night3 = seal(
+            &a,
+            &identity,
+            &Known::confirmed(&night2.chunks, &present),
+            &store,
+        )
+        .await;
+        assert!(night3.new_bytes > 0);
+        assert_eq!(read_back(&store, &night1, &identity).await, a);
+        assert_eq!(read_back(&store, &night3, &identity).await, a);
+        assert_eq!(read_back(&store, &night2, &identity).await, b);
+    }
+
+    /// Long runs of equal content (zeros: new WAL segments, preallocated files) cut into equal
+    /// chunks several of which are in flight at once: stored once, and the volume reads back.
+    #[tokio::test]
+    async fn repeated_chunks_in_one_volume_are_stored_once_and_read_back() {
+        let identity = age::x25519::Identity::generate();
+        let store = memory_store();
+        let mut data = noise(1 << 20, 12);
+        data.extend(vec![0u8; 24 << 20]);
+        let tar = tar_of(&data);
+        let sealed = seal(&tar, &identity, &Known::default(), &store).await;
+        let distinct: std::collections::HashSet<&str> =
+            sealed.chunks.iter().map(|c| c.sha256.as_str()).collect();
+        assert!(
+            sealed.chunks.len() > distinct.len() + 3,
+            "{} chunks",
+            sealed.chunks.len()
+        );
+        assert_eq!(list_chunks(&store).await.unwrap().len(), distinct.len());
+        assert_eq!(read_back(&store, &sealed, &identity).await, tar);
+    }
+
+    /// Only `chunks/<ab>/<sha256>` counts as a stored chunk.
+    #[tokio::test]
+    async fn a_chunk_moved_elsewhere_is_not_present() {
+        let identity = age::x25519::Identity::generate();
+        let store = memory_store();
+        let sealed = seal(
+            &tar_of(&noise(1 << 20, 13)),
+            &identity,
+            &Known::default(),
+            &store,
+        )
+        .await;
+        let chunk = &sealed.chunks[0];
+        let stray = store
+            .app_dir
+            .clone()
+            .join("chunks")
+            .join("zz")
+            .join(chunk.sha256.as_str());
+        let bytes = store
+            .objects
+            .get(&store.location(&chunk.sha256))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        store.objects.put(&stray, bytes.into()).await.unwrap();
+        store
+            .objects
+            .delete(&store.location(&chunk.sha256))
+            .await
+            .unwrap();
+        let present = list_chunks(&store).await.unwrap();
+        assert!(missing(&sealed.chunks, &present).is_some());
+        assert!(Known::confirmed(&sealed.chunks, &present).is_empty() || sealed.chunks.len() > 1);
     }
 
     #[tokio::test]

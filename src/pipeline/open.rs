@@ -173,7 +173,7 @@ async fn verify_chunks(
             {
                 return Err(PipelineError::Verification(format!(
                     "chunk {} does not match the size and sha256 the manifest records (altered in the store)",
-                    store.location(&chunk.id)
+                    store.location(&chunk.sha256)
                 )));
             }
         }
@@ -208,7 +208,13 @@ pub async fn fetch_verified(
     std::fs::create_dir_all(dir).map_err(spool_error)?;
     let file = tempfile::tempfile_in(dir).map_err(spool_error)?;
     let writer = file.try_clone().map_err(spool_error)?;
-    let (to_file, mut from_tee) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    // Bounded by bytes, roughly: 64 download pieces, or 4 whole chunks (each up to a few MiB).
+    let slots = if matches!(at, StoredAt::Chunks(_)) {
+        4
+    } else {
+        64
+    };
+    let (to_file, mut from_tee) = tokio::sync::mpsc::channel::<bytes::Bytes>(slots);
     // The spool writer, a thread of its own with large writes: what the verifier reads, in
     // the same order, to the file.
     let write = tokio::task::spawn_blocking(move || {
