@@ -32,6 +32,7 @@ pub mod config;
 pub mod docker;
 pub mod downtime;
 pub mod error;
+pub mod extract;
 pub mod format;
 pub mod hooks;
 pub mod keys;

@@ -6,6 +6,7 @@
 
 mod backup;
 mod check_config;
+mod dump;
 mod generate;
 mod keygen;
 mod list;
@@ -76,6 +77,9 @@ pub enum Command {
     List(list::ListArgs),
     /// Show one backup's manifest
     Show(show::ShowArgs),
+    /// Write one volume of a backup, or one path in it, to stdout (a tar, or the raw file),
+    /// verified first; touches no app and needs no Docker
+    Dump(dump::DumpArgs),
     /// Remove the backups no keep rule keeps (restic's rules), and stale incomplete ones
     Prune(prune::PruneArgs),
     /// Check backups end to end without touching any volume (for restore drills)
@@ -106,6 +110,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore(args) => restore::run(args, file, verbose).await,
         Command::List(args) => list::run(args, file).await,
         Command::Show(args) => show::run(args, file).await,
+        Command::Dump(args) => dump::run(args, file).await,
         Command::Prune(args) => prune::run(args, file).await,
         Command::Verify(args) => verify::run(args, file).await,
         Command::Unlock(args) => unlock::run(args, file).await,

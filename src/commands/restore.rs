@@ -1,5 +1,6 @@
 //! `lifeboat restore`: verify a backup, then stream it back into the app's volumes; or show
-//! the plan (`--dry-run`), or roll back a restore that did not finish (`--rollback`).
+//! the plan (`--dry-run`), or roll back a restore that did not finish (`--rollback`), or write
+//! it into a host directory without touching the app (`--to-dir`, `lifeboat::extract`).
 //!
 //! Where it sits: The binary's edge: flags to a `RestoreRequest` for `lifeboat::restore`, and the
 //! result printed.
@@ -59,6 +60,16 @@ pub struct RestoreArgs {
     /// download
     #[arg(long, hide = true)]
     pub no_verify: bool,
+    /// Write the backed-up tree into this host directory instead (DIR/<volume>/, each new or
+    /// empty), verified like a restore; neither stops nor touches the app, needs no Docker
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["rollback", "dry_run", "map_volume", "bind_paths"])]
+    pub to_dir: Option<std::path::PathBuf>,
+    /// With --to-dir: only this volume (full or compose name; repeatable) [default: all]
+    #[arg(long = "volume", value_name = "NAME", requires = "to_dir")]
+    pub volumes: Vec<String>,
+    /// With --to-dir: only this path in the volume, and what lies under it (repeatable)
+    #[arg(long = "include", value_name = "PATH", requires = "to_dir")]
+    pub includes: Vec<String>,
 }
 
 pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::Result<ExitCode> {
@@ -71,6 +82,11 @@ pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::
         tracing::warn!(
             "--no-verify is ignored: restore downloads every object once and verifies it before writing anything"
         );
+    }
+    if let Some(dir) = args.to_dir.clone() {
+        let (volumes, includes) = (args.volumes.clone(), args.includes.clone());
+        let request = request(args, &file, &app)?;
+        return to_dir(&request, &store_options, &dir, &volumes, &includes).await;
     }
     let (dry_run, request) = (args.dry_run, request(args, &file, &app)?);
     let repo = lifeboat::repo::Repo::open(&store_options).await?;
@@ -89,6 +105,57 @@ pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::
                 );
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--to-dir`: the backup (or parts of it) into a host directory; the app is left alone.
+async fn to_dir(
+    request: &RestoreRequest,
+    store_options: &StoreOptions,
+    dir: &std::path::Path,
+    volumes: &[String],
+    includes: &[String],
+) -> anyhow::Result<ExitCode> {
+    let repo = lifeboat::repo::Repo::open(store_options).await?;
+    let backup = repo
+        .read(
+            &request.app_name,
+            request.backup_id.as_deref(),
+            &request.trust,
+        )
+        .await?;
+    let manifest = &backup.manifest;
+    let records = lifeboat::extract::select(manifest, volumes)?;
+    let written = lifeboat::extract::to_dir(
+        &repo,
+        manifest,
+        &records,
+        &request.owner.identities,
+        &request.spool_dir,
+        dir,
+        includes,
+    )
+    .await?;
+    for done in &written {
+        println!(
+            "wrote volume {} of backup {} into {}: {} entries",
+            lifeboat::text::printable(&done.volume),
+            manifest.backup_id,
+            done.dir.display(),
+            done.entries
+        );
+        if done.skipped_devices > 0 {
+            println!(
+                "  left out {} device node(s): a host directory gets none",
+                done.skipped_devices
+            );
+        }
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        println!(
+            "note: not run as root, so the files belong to this user; run as root to keep their owners"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -221,6 +221,20 @@ impl TestApp {
         self.in_volume(volume, SNAPSHOT_SCRIPT)
     }
 
+    /// [`TestApp::snapshot`] of a host directory (bind-mounted at /v).
+    pub fn snapshot_dir(&self, dir: &std::path::Path) -> String {
+        docker(&[
+            "run",
+            "--rm",
+            "-v",
+            &format!("{}:/v", dir.display()),
+            IMAGE,
+            "sh",
+            "-c",
+            SNAPSHOT_SCRIPT,
+        ])
+    }
+
     /// Empties a volume (keeps the mount point).
     pub fn wipe(&self, volume: &str) {
         let left = self.in_volume(
