@@ -383,6 +383,11 @@ async fn before_stopping(job: &VolumeJob, plan: &BackupPlan, volumes: usize) -> 
         .await
         .context("nothing was stopped and no backup was made")?;
     docker::remove_stale_helpers(&job.docker).await;
+    if docker::is_podman(&job.docker).await {
+        tracing::warn!(
+            "the engine is Podman: its archive API reads every file as owned by root:root, so this backup does not keep file owners (a restore gives root-owned files); see the README's \"Engines\""
+        );
+    }
     tracing::info!(app = %plan.app_name, backup = %backup_id, volumes, store = %repo.url(), "starting backup");
     Ok(())
 }

@@ -41,7 +41,8 @@ pub async fn extract_into(
 ) -> Result<()> {
     let options = UploadToContainerOptions {
         path: path.to_string(),
-        copy_uidgid: Some("1".into()),
+        // "true", not "1": Podman's API reads only the word (Docker takes both).
+        copy_uidgid: Some("true".into()),
         ..Default::default()
     };
     docker

@@ -22,11 +22,16 @@ const HELPER_LABEL: &str = "io.lifeboat.helper";
 /// The helper image: a rootfs holding one empty directory, imported through the API (no
 /// registry, no shell, nothing to run). Helper containers are created from it and never
 /// started: the archive API mounts their volume for each copy.
+///
+/// Returns the image's id: Podman's Docker API names an imported image `localhost/…` and
+/// resolves a short name in a create request to `docker.io/library/…`; an id means one image
+/// on every engine.
 async fn ensure_helper_image(docker: &Docker) -> Result<String> {
     let tag = env!("CARGO_PKG_VERSION");
     let image = format!("lifeboat-helper:{tag}");
-    if docker.inspect_image(&image).await.is_ok() {
-        return Ok(image);
+    let id_of = |found: bollard::models::ImageInspect| found.id.unwrap_or_else(|| image.clone());
+    if let Ok(found) = docker.inspect_image(&image).await {
+        return Ok(id_of(found));
     }
     let mut header = tokio_tar::Header::new_gnu();
     header.set_entry_type(tokio_tar::EntryType::Directory);
@@ -42,7 +47,7 @@ async fn ensure_helper_image(docker: &Docker) -> Result<String> {
         tag: Some(tag.into()),
         ..Default::default()
     };
-    docker
+    let progress = docker
         .create_image(
             Some(options),
             Some(bollard::body_full(Bytes::from(rootfs))),
@@ -51,7 +56,22 @@ async fn ensure_helper_image(docker: &Docker) -> Result<String> {
         .try_collect::<Vec<_>>()
         .await
         .map_err(|e| anyhow!("cannot create the helper image {image}: {e}"))?;
-    Ok(image)
+    // The import answers with the new image's id (Podman ignores the tag it is given).
+    let imported = progress
+        .iter()
+        .flat_map(|p| [p.id.as_deref(), p.status.as_deref()])
+        .flatten()
+        .map(|text| text.trim().trim_start_matches("sha256:"))
+        .find(|text| text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|hex| format!("sha256:{hex}"));
+    if let Some(id) = imported {
+        return Ok(id);
+    }
+    let found = docker
+        .inspect_image(&image)
+        .await
+        .map_err(|e| anyhow!("the helper image {image} was imported but cannot be found: {e}"))?;
+    Ok(id_of(found))
 }
 
 /// What a helper container mounts at [`HELPER_PATH`].

@@ -58,6 +58,17 @@ pub async fn connect() -> Result<Docker> {
     Ok(docker)
 }
 
+/// Whether the engine is Podman (its Docker-compatible API): its archive API gives every file
+/// of a volume the owner root:root, so a backup through it does not keep file owners.
+pub async fn is_podman(docker: &Docker) -> bool {
+    docker.version().await.is_ok_and(|v| {
+        v.components
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.name.to_ascii_lowercase().contains("podman"))
+    })
+}
+
 /// Whether an error means the engine did not answer at all (as opposed to refusing).
 pub fn engine_unreachable(error: &bollard::errors::Error) -> bool {
     use bollard::errors::Error;

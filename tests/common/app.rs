@@ -271,7 +271,7 @@ impl Drop for TestApp {
     }
 }
 
-const SNAPSHOT_SCRIPT: &str = r#"cd /v && find . -print | sort | while IFS= read -r f; do
+pub const SNAPSHOT_SCRIPT: &str = r#"cd /v && find . -print | sort | while IFS= read -r f; do
   if [ -L "$f" ]; then echo "$f L $(stat -c '%u %g' "$f") -> $(readlink "$f")";
   elif [ -d "$f" ]; then echo "$f D $(stat -c '%a %u %g %Y' "$f")";
   elif [ -f "$f" ]; then echo "$f F $(stat -c '%a %u %g %Y %s %h' "$f") $(sha256sum < "$f" | cut -c1-16)";
