@@ -29,6 +29,7 @@
 pub mod auth;
 pub mod backup;
 pub mod config;
+pub mod copy;
 pub mod docker;
 pub mod downtime;
 pub mod error;

@@ -179,6 +179,49 @@ impl Repo {
         Ok(())
     }
 
+    /// A manifest's exact bytes and its signature's, as stored (for `copy`, which writes them
+    /// again elsewhere; the caller authenticated them).
+    pub async fn manifest_bytes(
+        &self,
+        app: &str,
+        backup_id: &str,
+    ) -> Result<(bytes::Bytes, Option<bytes::Bytes>)> {
+        self.fetch(app, backup_id)
+            .await
+            .map_err(|e| anyhow!("cannot read the manifest of {backup_id}: {e}"))
+    }
+
+    /// Writes a manifest's bytes and signature as they are, the signature first (the manifest
+    /// is the commit point); a signature left by an earlier, interrupted copy is replaced.
+    pub async fn commit_bytes(
+        &self,
+        app: &str,
+        backup_id: &str,
+        manifest: &[u8],
+        signature: Option<&[u8]>,
+    ) -> Result<()> {
+        let layout = &self.store.layout;
+        if let Some(signature) = signature {
+            let key = layout.signature(app, backup_id);
+            self.store
+                .objects
+                .put(&key, bytes::Bytes::copy_from_slice(signature).into())
+                .await
+                .map_err(|e| anyhow!("cannot write {key}: {e}"))?;
+        }
+        let key = layout.manifest(app, backup_id);
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.store
+            .objects
+            .put_opts(&key, bytes::Bytes::copy_from_slice(manifest).into(), create)
+            .await
+            .map_err(|e| anyhow!("cannot write {key}: {e}"))?;
+        Ok(())
+    }
+
     /// Checks that the manifest, its signature and every object of a backup are in the store,
     /// each object with the size the manifest records (HEAD requests).
     pub async fn read_back(&self, manifest: &Manifest) -> Result<()> {

@@ -6,6 +6,7 @@
 
 mod backup;
 mod check_config;
+mod copy;
 mod dump;
 mod generate;
 mod keygen;
@@ -84,6 +85,8 @@ pub enum Command {
     Prune(prune::PruneArgs),
     /// Check backups end to end without touching any volume (for restore drills)
     Verify(verify::VerifyArgs),
+    /// Copy genuine backups to another store (any kind), only what it lacks; resumable
+    Copy(copy::CopyArgs),
     /// Remove the lock a dead run left behind (a live run renews it; an abandoned one expires
     /// after 10 minutes by itself)
     Unlock(unlock::UnlockArgs),
@@ -113,6 +116,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dump(args) => dump::run(args, file).await,
         Command::Prune(args) => prune::run(args, file).await,
         Command::Verify(args) => verify::run(args, file).await,
+        Command::Copy(args) => copy::run(args, file).await,
         Command::Unlock(args) => unlock::run(args, file).await,
         Command::Keygen(args) => keygen::run(args),
         Command::CheckConfig(args) => check_config::run(args, file).await,

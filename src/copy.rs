@@ -1,0 +1,223 @@
+//! `lifeboat copy`: backups from one store to another of any kind (a local copy to an offsite
+//! one, or to a new provider), copying only what the target lacks.
+//!
+//! Only genuine backups are copied: each manifest is authenticated in the source first. The
+//! data is copied as stored — ciphertext; nothing is decrypted, so the backup host's key will
+//! do — and checked on the way against the signed manifest (a volume object's size and sha256
+//! as it streams, a chunk's before it is written). The manifest's exact bytes and its
+//! signature are written last, signature first: a copy cut short leaves an incomplete backup
+//! in the target, which the next `copy` finishes (objects and chunks already there with the
+//! right size are skipped) and `prune` removes after the grace period otherwise.
+//!
+//! Where it sits: An operation: uses `repo` (both stores) and `pipeline`'s download, upload
+//! and chunk stages; holds the target's lock while it writes.
+
+use crate::format::{Manifest, VolumeRecord};
+use crate::manifest::{Authenticated, TrustPolicy};
+use crate::pipeline::chunk::{ChunkStore, fetch_chunks, list_chunks};
+use crate::pipeline::upload::{PartPolicy, upload_parts};
+use crate::repo::Repo;
+use anyhow::{Context, Result, anyhow};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use tokio_util::sync::CancellationToken;
+
+/// What one backup's copy did.
+#[derive(Debug, Default)]
+pub struct Copied {
+    pub backup_id: String,
+    /// Already complete in the target: nothing copied.
+    pub present: bool,
+    pub bytes: u64,
+    pub objects: usize,
+}
+
+/// Which backups to copy.
+pub enum Which {
+    /// This one.
+    One(String),
+    /// Every genuine one.
+    All,
+    /// The newest genuine one.
+    Newest,
+}
+
+/// Copies the chosen backups of `app` from `from` to `to`, under the target's lock.
+pub async fn copy(
+    from: &Repo,
+    to: &Repo,
+    app: &str,
+    which: Which,
+    trust: &TrustPolicy,
+    parts: &PartPolicy,
+    cancel: &CancellationToken,
+) -> Result<Vec<Copied>> {
+    let backups: Vec<Authenticated> = match which {
+        Which::One(id) => vec![from.read(app, Some(&id), trust).await?],
+        Which::Newest => vec![from.read(app, None, trust).await?],
+        Which::All => {
+            let listed = from.list(Some(app), trust).await?;
+            for refused in listed.iter().filter_map(|l| l.outcome.as_ref().err()) {
+                tracing::warn!("not copying {}: {}", refused.backup_id, refused.reason);
+            }
+            listed.into_iter().filter_map(|l| l.outcome.ok()).collect()
+        }
+    };
+    crate::state::exclusively(to, app, "copy", cancel, |cancel| async move {
+        let mut done = Vec::with_capacity(backups.len());
+        for backup in &backups {
+            let copied = copy_one(from, to, &backup.manifest, trust, parts, &cancel)
+                .await
+                .with_context(|| {
+                    format!(
+                        "copying backup {} of {app} from {} to {}",
+                        backup.manifest.backup_id,
+                        from.url(),
+                        to.url()
+                    )
+                })?;
+            done.push(copied);
+        }
+        Ok(done)
+    })
+    .await
+}
+
+async fn copy_one(
+    from: &Repo,
+    to: &Repo,
+    manifest: &Manifest,
+    trust: &TrustPolicy,
+    parts: &PartPolicy,
+    cancel: &CancellationToken,
+) -> Result<Copied> {
+    let (app, id) = (&manifest.app, &manifest.backup_id);
+    let mut copied = Copied {
+        backup_id: id.clone(),
+        ..Default::default()
+    };
+    if to.read(app, Some(id), trust).await.is_ok() {
+        copied.present = true;
+        return Ok(copied);
+    }
+    let target_chunks = if manifest.volumes.iter().any(VolumeRecord::is_chunked) {
+        list_chunks(&to.chunk_store(app))
+            .await
+            .map_err(|e| anyhow!("cannot list the chunks in {}: {e}", to.url()))?
+    } else {
+        Default::default()
+    };
+    for record in &manifest.volumes {
+        if cancel.is_cancelled() {
+            return Err(crate::error::interrupted());
+        }
+        let (bytes, objects) = if record.is_chunked() {
+            copy_chunks(
+                from.chunk_store(app),
+                to.chunk_store(app),
+                record,
+                &target_chunks,
+            )
+            .await?
+        } else {
+            copy_object(from, to, manifest, record, parts, cancel).await?
+        };
+        copied.bytes += bytes;
+        copied.objects += objects;
+    }
+    let (body, signature) = from.manifest_bytes(app, id).await?;
+    to.commit_bytes(app, id, &body, signature.as_deref())
+        .await?;
+    tracing::info!(backup = %id, bytes = copied.bytes, objects = copied.objects, "copied");
+    Ok(copied)
+}
+
+/// One volume object, streamed: its size and sha256 checked as it is uploaded, completed only
+/// when both match the manifest. Skipped when the target has it with the right size.
+async fn copy_object(
+    from: &Repo,
+    to: &Repo,
+    manifest: &Manifest,
+    record: &VolumeRecord,
+    parts: &PartPolicy,
+    cancel: &CancellationToken,
+) -> Result<(u64, usize)> {
+    let (app, id) = (&manifest.app, &manifest.backup_id);
+    let source = from.object(app, id, &record.object);
+    let target = to.object(app, id, &record.object);
+    if let Ok(head) = target.objects.head(&target.location).await
+        && head.size == record.stored_size
+    {
+        return Ok((0, 0));
+    }
+    let reader = crate::pipeline::download::open_object(&source.objects, &source.location).await?;
+    let uploaded = upload_parts(
+        &target.objects,
+        &target.location,
+        to.upload_attributes().clone(),
+        reader,
+        parts,
+        cancel,
+    )
+    .await?;
+    if uploaded.size != record.stored_size || uploaded.sha256 != record.sha256 {
+        uploaded.abort().await;
+        return Err(crate::error::verification(format!(
+            "{} in {} does not match the signed manifest (size or sha256): not copied",
+            source.location,
+            from.url()
+        )));
+    }
+    let size = uploaded.size;
+    uploaded.complete().await?;
+    Ok((size, 1))
+}
+
+/// The chunks of one volume the target lacks, each checked (size, sha256) before it is
+/// written under the same name.
+async fn copy_chunks(
+    from: ChunkStore,
+    to: ChunkStore,
+    record: &VolumeRecord,
+    present: &std::collections::HashMap<String, u64>,
+) -> Result<(u64, usize)> {
+    use sha2::Digest;
+    let mut seen = std::collections::HashSet::new();
+    let missing: Vec<_> = record
+        .chunks
+        .iter()
+        .filter(|c| present.get(&c.sha256) != Some(&c.size) && seen.insert(c.sha256.clone()))
+        .cloned()
+        .collect();
+    let count = missing.len();
+    let mut fetched = std::pin::pin!(fetch_chunks(from, missing));
+    let mut bytes = 0;
+    let mut puts = futures::stream::FuturesUnordered::new();
+    while let Some((chunk, data)) = fetched.try_next().await? {
+        if hex::encode(sha2::Sha256::digest(&data)) != chunk.sha256 {
+            return Err(crate::error::verification(format!(
+                "chunk {} does not match the signed manifest: not copied",
+                chunk.sha256
+            )));
+        }
+        bytes += data.len() as u64;
+        let to = to.clone();
+        puts.push(async move {
+            to.objects
+                .put_opts(
+                    &to.location(&chunk.sha256),
+                    data.into(),
+                    object_store::PutOptions {
+                        attributes: to.attributes.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await
+        });
+        while puts.len() >= crate::pipeline::chunk::IN_FLIGHT {
+            puts.next().await.transpose()?;
+        }
+    }
+    while puts.next().await.transpose()?.is_some() {}
+    Ok((bytes, count))
+}
