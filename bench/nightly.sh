@@ -91,8 +91,8 @@ timed() {
   read -r wall rss < "$work/time"
   echo "$name $wall $rss" >> "$work/results"
 }
-bytes() { du -sb "$work/s3/bench/$1" 2>/dev/null | cut -f1 || echo 0; }
-objects() { find "$work/s3/bench/$1" -type f 2>/dev/null | wc -l; }
+bytes() { if [ -d "$work/s3/bench/$1" ]; then du -sb "$work/s3/bench/$1" | cut -f1; else echo 0; fi; }
+objects() { if [ -d "$work/s3/bench/$1" ]; then find "$work/s3/bench/$1" -type f | wc -l; else echo 0; fi; }
 
 churn() {
   docker run --rm -v "${project}_data:/v" -e NIGHT="$1" $IMAGE sh -c "

@@ -5,7 +5,7 @@
 //! Where it sits: The binary's edge: asks the library's adapters (store, Docker, keys) and prints
 //! what they answer.
 
-use super::backup::{BackupArgs, build_plan};
+use super::plans::{BackupArgs, build_plan};
 use lifeboat::config::ConfigFile;
 use lifeboat::text::Printable;
 use std::process::ExitCode;

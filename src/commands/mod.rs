@@ -11,6 +11,7 @@ mod dump;
 mod generate;
 mod keygen;
 mod list;
+mod plans;
 mod prune;
 mod restore;
 mod schedule;

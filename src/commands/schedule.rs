@@ -4,7 +4,7 @@
 //!
 //! Where it sits: The binary's edge: runs the backup command on a cron schedule.
 
-use super::backup::BackupArgs;
+use super::plans::BackupArgs;
 use lifeboat::config::ConfigFile;
 use std::process::ExitCode;
 
@@ -62,7 +62,7 @@ pub async fn run(args: ScheduleArgs, file: ConfigFile, verbose: bool) -> anyhow:
         tracing::info!("scheduled backup starting");
         let started = std::time::Instant::now();
         let hidden = lifeboat::progress::Progress::hidden();
-        match super::backup::notified(args.backup.clone(), file.clone(), hidden, &cancel).await {
+        match super::plans::notified(args.backup.clone(), file.clone(), hidden, &cancel).await {
             Ok((manifest, store)) => {
                 if verbose {
                     println!(
