@@ -38,10 +38,14 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-/// Chunk sizes: about restic's (1 MiB average), so database page churn costs the same.
-pub const MIN_CHUNK: usize = 256 * 1024;
-pub const AVG_CHUNK: usize = 1024 * 1024;
-pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
+/// Chunk sizes. Half restic's average (1 MiB): FastCDC's gear hash finds no boundary in a run
+/// of equal bytes (zeros in a database file), so a chunk runs on through it to the maximum and
+/// a page rewritten near one costs more than with restic's Rabin hash, which cuts such runs at
+/// its minimum. At 512 KiB a nightly database churn costs about what it costs restic
+/// (BENCHMARKS.md), for twice the objects.
+pub const MIN_CHUNK: usize = 128 * 1024;
+pub const AVG_CHUNK: usize = 512 * 1024;
+pub const MAX_CHUNK: usize = 2 * 1024 * 1024;
 /// Chunks being compressed, encrypted or uploaded at once: memory is bounded by this many
 /// times about three `MAX_CHUNK`s.
 pub const IN_FLIGHT: usize = 6;
@@ -226,14 +230,21 @@ async fn cut_and_seal(
             let sealer = sealer.clone();
             async move {
                 let data = Bytes::from(piece.map_err(|e| SealError::Read(cdc_error(e)))?.data);
-                let id = sealer.keys.id_of(&data);
+                let joined = |e| SealError::Read(PipelineError::Io(std::io::Error::other(e)));
+                // Hashing, like sealing, on a blocking thread: the chunker goes on meanwhile.
+                let (id, data) = {
+                    let keys = Arc::clone(&sealer.keys);
+                    tokio::task::spawn_blocking(move || (keys.id_of(&data), data))
+                        .await
+                        .map_err(joined)?
+                };
                 if let Some(chunk) = known.get(&id) {
                     return Ok((chunk, None));
                 }
                 let plain = data.len() as u64;
                 let sealed = tokio::task::spawn_blocking(move || seal_one(&sealer, &data))
                     .await
-                    .map_err(|e| SealError::Read(PipelineError::Io(std::io::Error::other(e))))?
+                    .map_err(joined)?
                     .map_err(SealError::Read)?;
                 let sha256 = {
                     use sha2::Digest;
