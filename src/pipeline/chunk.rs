@@ -49,6 +49,9 @@ pub const MAX_CHUNK: usize = 2 * 1024 * 1024;
 /// Chunks being compressed, encrypted or uploaded at once: memory is bounded by this many
 /// times about three `MAX_CHUNK`s.
 pub const IN_FLIGHT: usize = 6;
+/// Chunks being downloaded at once (restore, verify, copy): a GET of a small object is mostly
+/// waiting, so many overlap; memory is bounded by this many `MAX_CHUNK`s.
+pub const FETCH_IN_FLIGHT: usize = 24;
 
 /// Where an app's chunks go.
 #[derive(Clone)]
@@ -537,7 +540,7 @@ pub fn fetch_chunks(
                 Ok((chunk, bytes))
             }
         })
-        .buffered(IN_FLIGHT)
+        .buffered(FETCH_IN_FLIGHT)
 }
 
 /// The quick check of a chunked volume: what is wrong with its chunks in `present` (the
