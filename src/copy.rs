@@ -17,7 +17,7 @@ use crate::manifest::{Authenticated, TrustPolicy};
 use crate::pipeline::chunk::{ChunkStore, fetch_chunks, list_chunks};
 use crate::pipeline::upload::{PartPolicy, upload_parts};
 use crate::repo::Repo;
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use tokio_util::sync::CancellationToken;
@@ -65,20 +65,32 @@ pub async fn copy(
     };
     crate::state::exclusively(to, app, "copy", cancel, |cancel| async move {
         let mut done = Vec::with_capacity(backups.len());
+        let mut failed: Option<anyhow::Error> = None;
+        let mut failures = Vec::new();
         for backup in &backups {
-            let copied = copy_one(from, to, &backup.manifest, trust, parts, &cancel)
-                .await
-                .with_context(|| {
-                    format!(
-                        "copying backup {} of {app} from {} to {}",
-                        backup.manifest.backup_id,
-                        from.url(),
-                        to.url()
-                    )
-                })?;
-            done.push(copied);
+            let id = &backup.manifest.backup_id;
+            match copy_one(from, to, &backup.manifest, trust, parts, &cancel).await {
+                Ok(copied) => done.push(copied),
+                // One backup that cannot be copied does not keep the others from the target.
+                Err(e) if !cancel.is_cancelled() && backups.len() > 1 => {
+                    tracing::error!("backup {id} was not copied: {e:#}");
+                    failures.push(id.clone());
+                    failed.get_or_insert(e);
+                }
+                Err(e) => return Err(e.context(format!("copying backup {id} of {app}"))),
+            }
         }
-        Ok(done)
+        match failed {
+            None => Ok(done),
+            Some(first) => Err(first.context(format!(
+                "{} of {} backups of {app} were not copied from {} to {} ({}); the others were",
+                failures.len(),
+                backups.len(),
+                from.url(),
+                to.url(),
+                failures.join(", ")
+            ))),
+        }
     })
     .await
 }
@@ -125,7 +137,20 @@ async fn copy_one(
         copied.bytes += bytes;
         copied.objects += objects;
     }
+    // The bytes written are authenticated again and must say what was copied: a manifest
+    // swapped in the source while the objects were copied is not carried over.
     let (body, signature) = from.manifest_bytes(app, id).await?;
+    let again = crate::manifest::authenticate(app, id, &body, signature.as_deref(), trust)
+        .map_err(|refused| crate::error::verification(refused.to_string()))?;
+    if &again.manifest != manifest {
+        return Err(crate::error::verification(format!(
+            "the manifest of backup {id} changed in {} while it was copied: not committed",
+            from.url()
+        )));
+    }
+    if cancel.is_cancelled() {
+        return Err(crate::error::interrupted());
+    }
     to.commit_bytes(app, id, &body, signature.as_deref())
         .await?;
     tracing::info!(backup = %id, bytes = copied.bytes, objects = copied.objects, "copied");

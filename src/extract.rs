@@ -129,14 +129,7 @@ pub async fn to_dir(
     let mut done = Vec::new();
     for record in records {
         let target = dir.join(folder_name(record));
-        if std::fs::read_dir(&target).is_ok_and(|mut d| d.next().is_some()) {
-            return Err(crate::error::usage(format!(
-                "{} is not empty; lifeboat overwrites nothing: give an empty or new --to-dir",
-                target.display()
-            )));
-        }
-        std::fs::create_dir_all(&target)
-            .with_context(|| format!("cannot create {}", target.display()))?;
+        fresh_target(dir, &target)?;
         let spooled = verified(repo, manifest, record, identities, spool_dir).await?;
         // A hard link asked for whose file is not: that file comes too (its data is there).
         let mut includes = includes.to_vec();
@@ -156,6 +149,41 @@ pub async fn to_dir(
         });
     }
     Ok(done)
+}
+
+/// Makes `target` (in `dir`) a new directory, or accepts an existing one only when it is
+/// a real directory (no symlink), empty, this user's and writable by no one else: others who
+/// could write there could swap a directory for a symlink while entries are written by path.
+fn fresh_target(dir: &Path, target: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let refuse = |why: &str| {
+        crate::error::usage(format!(
+            "{} {why}; lifeboat writes only into a new directory, or an empty one of this user's that no one else can write: give another --to-dir",
+            target.display()
+        ))
+    };
+    let euid = unsafe { libc::geteuid() };
+    let dir_meta = std::fs::metadata(dir)?;
+    if dir_meta.uid() != euid || dir_meta.mode() & 0o022 != 0 {
+        return Err(crate::error::usage(format!(
+            "{} belongs to another user or others can write it; lifeboat writes only under a directory of this user's that no one else can write: give another --to-dir",
+            dir.display()
+        )));
+    }
+    match std::fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(target)
+            .with_context(|| format!("cannot create {}", target.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot inspect {}", target.display())),
+        Ok(meta) if !meta.is_dir() => Err(refuse("is not a directory")),
+        Ok(meta) if meta.uid() != euid || meta.mode() & 0o022 != 0 => {
+            Err(refuse("belongs to another user or others can write it"))
+        }
+        Ok(_) => match std::fs::read_dir(target)?.next() {
+            None => Ok(()),
+            Some(_) => Err(refuse("is not empty; lifeboat overwrites nothing")),
+        },
+    }
 }
 
 /// A tar path as `a/b` (no `./`, no leading or trailing `/`).
@@ -265,7 +293,9 @@ async fn unpack(
             count += 1;
             continue;
         }
-        entry.set_preserve_permissions(true);
+        // The library would set the entry's whole mode, setuid included: it writes with
+        // the default mode, and the mode without setuid/setgid is set here.
+        entry.set_preserve_permissions(false);
         entry.set_preserve_mtime(true);
         let Some(written) = entry.unpack_in(dst).await? else {
             continue;
@@ -273,10 +303,9 @@ async fn unpack(
         count += 1;
         if as_root {
             std::os::unix::fs::lchown(&written, Some(uid as u32), Some(gid as u32))?;
-            if kind == EntryType::Regular {
-                // chown clears setuid/setgid; the mode (without them) is set again.
-                std::fs::set_permissions(&written, std::fs::Permissions::from_mode(mode))?;
-            }
+        }
+        if kind == EntryType::Regular {
+            std::fs::set_permissions(&written, std::fs::Permissions::from_mode(mode))?;
         }
     }
     directories.sort_by_key(|d| std::cmp::Reverse(d.0.components().count()));
@@ -284,9 +313,10 @@ async fn unpack(
         if as_root {
             std::os::unix::fs::lchown(&at, Some(uid as u32), Some(gid as u32))?;
         }
-        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode))?;
+        // The time first: a mode without read permission would stop the open.
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
         std::fs::File::open(&at)?.set_modified(when)?;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode))?;
     }
     Ok((count, devices))
 }
@@ -413,6 +443,9 @@ where
                     .await?;
             }
             _ => {
+                // The size a PAX record gives (files of 8 GiB and more), not the header's 0:
+                // a header that understated it would let the file's bytes pass for entries.
+                header.set_size(entry.effective_size());
                 tar_out
                     .append_data(&mut header, plain(&name), &mut entry)
                     .await?
@@ -435,6 +468,37 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_are_new_or_empty_real_directories_no_one_else_can_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        fresh_target(base, &base.join("new")).unwrap();
+        fresh_target(base, &base.join("new")).unwrap();
+        std::fs::write(base.join("new/file"), b"x").unwrap();
+        let err = fresh_target(base, &base.join("new"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not empty"), "{err}");
+        std::os::unix::fs::symlink("/etc", base.join("link")).unwrap();
+        let err = fresh_target(base, &base.join("link"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        std::fs::create_dir(base.join("open")).unwrap();
+        std::fs::set_permissions(base.join("open"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        let err = fresh_target(base, &base.join("open"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("others can write"), "{err}");
+        std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = fresh_target(base, &base.join("other"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("others can write"), "{err}");
+    }
 
     #[test]
     fn includes_match_paths_and_what_lies_under_them() {

@@ -201,6 +201,12 @@ impl Repo {
         signature: Option<&[u8]>,
     ) -> Result<()> {
         let layout = &self.store.layout;
+        let manifest_key = layout.manifest(app, backup_id);
+        if self.store.objects.head(&manifest_key).await.is_ok() {
+            return Err(anyhow!(
+                "{manifest_key} exists already; nothing of it was changed"
+            ));
+        }
         if let Some(signature) = signature {
             let key = layout.signature(app, backup_id);
             self.store
