@@ -23,9 +23,7 @@ fn chunk_bytes(s3: &S3Server, bucket: &str) -> u64 {
 }
 
 fn dedup_backup(s3: &S3Server, project: &str, store: &str, recipient: &str) {
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup", "-p", project, "--store", store, "-r", recipient, "--dedup",
-    ]));
+    let output = backup_with(s3, project, store, recipient, &["--dedup"]);
     assert!(output.status.success(), "backup: {}", stderr(&output));
 }
 
@@ -71,19 +69,21 @@ fn a_second_night_stores_only_what_changed_and_every_night_restores_exactly() {
     );
     let first_id = listed[0]["backup_id"].as_str().unwrap().to_string();
 
-    let output = run(s3
-        .env(&mut lifeboat())
-        .args([
-            "verify",
-            "--all",
-            "-p",
-            &app.project,
-            "--store",
-            &store,
-            "-i",
-        ])
-        .arg(&key));
-    assert!(output.status.success(), "verify: {}", stderr(&output));
+    // Quick (every chunk listed with its size), then reading every byte.
+    for depth in [&["--all"][..], &["--all", "--read-data"]] {
+        let output = with_key(&s3, "verify", &app.project, &store, depth, &key);
+        assert!(
+            output.status.success(),
+            "verify {depth:?}: {}",
+            stderr(&output)
+        );
+    }
+    let output = with_key(&s3, "show", &app.project, &store, &[], &key);
+    assert!(
+        stdout(&output).contains("reused from earlier backups"),
+        "{}",
+        stdout(&output)
+    );
 
     // Each night restores to its own tree.
     app.wipe(&data);
@@ -106,18 +106,14 @@ fn a_second_night_stores_only_what_changed_and_every_night_restores_exactly() {
         stderr(&output)
     );
     assert_eq!(app.snapshot(&data), night1);
-    let output = run(s3
-        .env(&mut lifeboat())
-        .args([
-            "restore",
-            "-p",
-            &app.project,
-            "--store",
-            &store,
-            "--no-safety-copy",
-            "-i",
-        ])
-        .arg(&key));
+    let output = with_key(
+        &s3,
+        "restore",
+        &app.project,
+        &store,
+        &["--no-safety-copy"],
+        &key,
+    );
     assert!(
         output.status.success(),
         "restore night 2: {}",
@@ -160,18 +156,14 @@ fn a_second_night_stores_only_what_changed_and_every_night_restores_exactly() {
         before.len()
     );
     app.wipe(&data);
-    let output = run(s3
-        .env(&mut lifeboat())
-        .args([
-            "restore",
-            "-p",
-            &app.project,
-            "--store",
-            &store,
-            "--no-safety-copy",
-            "-i",
-        ])
-        .arg(&key));
+    let output = with_key(
+        &s3,
+        "restore",
+        &app.project,
+        &store,
+        &["--no-safety-copy"],
+        &key,
+    );
     assert!(
         output.status.success(),
         "restore after prune: {}",
@@ -198,7 +190,18 @@ fn a_second_night_stores_only_what_changed_and_every_night_restores_exactly() {
     let listed = list_json(&s3, &store);
     assert_eq!(listed.len(), 1, "retention kept one");
     assert_eq!(listed[0]["format_version"], 3);
-    let after = chunk_files(&s3, "dedup");
+    // The chunks the one backup left references (younger unreferenced ones may remain).
+    let referenced: Vec<String> = listed[0]["volumes"][0]["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["sha256"].as_str().unwrap().to_string())
+        .collect();
+    let after: Vec<PathBuf> = chunk_files(&s3, "dedup")
+        .into_iter()
+        .filter(|p| referenced.iter().any(|r| p.ends_with(r)))
+        .collect();
+    assert!(after.len() >= 2);
 
     // A bucket writer replaces a chunk with other data encrypted to the owner: verify and
     // restore refuse it (exit 4) and the volume keeps what it holds.
@@ -213,24 +216,10 @@ fn a_second_night_stores_only_what_changed_and_every_night_restores_exactly() {
         .status()
         .unwrap();
     assert!(forged.success());
-    let output = run(s3
-        .env(&mut lifeboat())
-        .args([
-            "verify",
-            "--read-data",
-            "-p",
-            &app.project,
-            "--store",
-            &store,
-            "-i",
-        ])
-        .arg(&key));
+    let output = with_key(&s3, "verify", &app.project, &store, &["--read-data"], &key);
     assert_eq!(output.status.code(), Some(4), "verify: {}", stdout(&output));
     assert!(stdout(&output).contains("sha256"), "{}", stdout(&output));
-    let output = run(s3
-        .env(&mut lifeboat())
-        .args(["restore", "-p", &app.project, "--store", &store, "-i"])
-        .arg(&key));
+    let output = with_key(&s3, "restore", &app.project, &store, &[], &key);
     assert_eq!(
         output.status.code(),
         Some(4),
@@ -243,4 +232,10 @@ fn a_second_night_stores_only_what_changed_and_every_night_restores_exactly() {
         stderr(&output)
     );
     assert_eq!(app.snapshot(&data), night2);
+
+    // The quick verify sees a chunk that is gone.
+    std::fs::remove_file(&after[0]).unwrap();
+    let output = with_key(&s3, "verify", &app.project, &store, &[], &key);
+    assert_eq!(output.status.code(), Some(4), "verify: {}", stdout(&output));
+    assert!(stdout(&output).contains("1 of its"), "{}", stdout(&output));
 }

@@ -276,6 +276,38 @@ pub fn backup_ok(s3: &S3Server, project: &str, store: &str, recipient: &str) {
     );
 }
 
+/// `lifeboat backup -p PROJECT --store STORE -r RECIPIENT EXTRA…` against `s3`, its output.
+pub fn backup_with(
+    s3: &S3Server,
+    project: &str,
+    store: &str,
+    recipient: &str,
+    extra: &[&str],
+) -> Output {
+    run(s3
+        .env(&mut lifeboat())
+        .args(["backup", "-p", project, "--store", store, "-r", recipient])
+        .args(extra))
+}
+
+/// `lifeboat COMMAND -p PROJECT --store STORE EXTRA… -i KEY` against `s3` (restore, verify,
+/// show, dump), its output.
+pub fn with_key(
+    s3: &S3Server,
+    command: &str,
+    project: &str,
+    store: &str,
+    extra: &[&str],
+    key: &Path,
+) -> Output {
+    run(s3
+        .env(&mut lifeboat())
+        .args([command, "-p", project, "--store", store])
+        .args(extra)
+        .arg("-i")
+        .arg(key))
+}
+
 /// `lifeboat restore -p PROJECT --store STORE -i KEY` against `s3`.
 pub fn restore(s3: &S3Server, project: &str, store: &str, key: &Path) -> Output {
     run(s3
