@@ -24,20 +24,8 @@ fn backups_copy_from_s3_to_azure_resume_and_restore_there() {
     };
     let before = app.snapshot(&data);
     for dedup in [false, true] {
-        let mut backup = lifeboat();
-        s3.env(&mut backup).args([
-            "backup",
-            "-p",
-            &app.project,
-            "--store",
-            &from,
-            "-r",
-            &recipient,
-        ]);
-        if dedup {
-            backup.arg("--dedup");
-        }
-        let output = run(&mut backup);
+        let extra: &[&str] = if dedup { &["--dedup"] } else { &[] };
+        let output = backup_with(&s3, &app.project, &from, &recipient, extra);
         assert!(output.status.success(), "{}", stderr(&output));
     }
     let ids: Vec<String> = list_json(&s3, &from)
@@ -138,15 +126,7 @@ fn backups_copy_from_s3_to_azure_resume_and_restore_there() {
 
     // A source object replaced in the bucket is not copied on (exit 4), and no manifest of it
     // appears in the target.
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
-        &app.project,
-        "--store",
-        &from,
-        "-r",
-        &recipient,
-    ]));
+    let output = backup_with(&s3, &app.project, &from, &recipient, &[]);
     assert!(output.status.success());
     let newest = list_json(&s3, &from).last().unwrap().clone();
     let object = s3.object_file(

@@ -47,15 +47,7 @@ fn containers_that_ignore_sigterm_are_stopped_together_with_their_own_timeouts()
     let store = s3.bucket("parastop");
     let work = tempfile::tempdir().unwrap();
     let (_key, recipient) = keygen(work.path());
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
-        &app.project,
-        "--store",
-        &store,
-        "-r",
-        &recipient,
-    ]));
+    let output = backup_with(&s3, &app.project, &store, &recipient, &[]);
     assert!(output.status.success(), "{}", stderr(&output));
     let down = downtime_of_newest(&s3, &store);
     eprintln!("DOWNTIME: three SIGTERM-ignoring containers: {down:.1} s");
@@ -78,17 +70,13 @@ fn containers_that_ignore_sigterm_are_stopped_together_with_their_own_timeouts()
     assert!(app.running().values().all(|r| *r), "all run again");
 
     // --stop-timeout overrides every container's own.
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
+    let output = backup_with(
+        &s3,
         &app.project,
-        "--store",
         &store,
-        "-r",
         &recipient,
-        "--stop-timeout",
-        "1",
-    ]));
+        &["--stop-timeout", "1"],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     let down = downtime_of_newest(&s3, &store);
     assert!(down <= 6.0, "with --stop-timeout 1, down for {down:.1} s");
@@ -116,15 +104,7 @@ fn a_dependency_chain_stops_in_order_and_a_level_stops_together() {
     let store = s3.bucket("chainstop");
     let work = tempfile::tempdir().unwrap();
     let (_key, recipient) = keygen(work.path());
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
-        &app.project,
-        "--store",
-        &store,
-        "-r",
-        &recipient,
-    ]));
+    let output = backup_with(&s3, &app.project, &store, &recipient, &[]);
     assert!(output.status.success(), "{}", stderr(&output));
     let down = downtime_of_newest(&s3, &store);
     eprintln!("DOWNTIME: four containers in three levels, 5 s to stop each: {down:.1} s");

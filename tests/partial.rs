@@ -32,20 +32,8 @@ fn a_backup_comes_back_into_a_directory_and_to_stdout_without_the_app_or_docker(
     let before = app.snapshot(&data);
     for dedup in [false, true] {
         let store = s3.bucket(if dedup { "partial-dedup" } else { "partial" });
-        let mut backup = lifeboat();
-        s3.env(&mut backup).args([
-            "backup",
-            "-p",
-            &app.project,
-            "--store",
-            &store,
-            "-r",
-            &recipient,
-        ]);
-        if dedup {
-            backup.arg("--dedup");
-        }
-        let output = run(&mut backup);
+        let extra: &[&str] = if dedup { &["--dedup"] } else { &[] };
+        let output = backup_with(&s3, &app.project, &store, &recipient, extra);
         assert!(output.status.success(), "{}", stderr(&output));
         let started = docker(&["inspect", "-f", "{{.State.StartedAt}}", &web]);
 

@@ -126,16 +126,7 @@ fn a_deduplicated_volume_comes_back_with_the_readme_loop() {
     let store = s3.bucket("stockdedup");
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
-        &app.project,
-        "--store",
-        &store,
-        "-r",
-        &recipient,
-        "--dedup",
-    ]));
+    let output = backup_with(&s3, &app.project, &store, &recipient, &["--dedup"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let manifest = &list_json(&s3, &store)[0];
     let volume = manifest["volumes"][0]["name"].as_str().unwrap().to_string();

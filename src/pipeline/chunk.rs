@@ -709,28 +709,11 @@ mod tests {
     #[tokio::test]
     async fn a_second_backup_stores_only_what_changed_and_both_read_back() {
         let identity = age::x25519::Identity::generate();
-        let store = ChunkStore {
-            objects: Arc::new(InMemory::new()),
-            app_dir: Path::from("app"),
-            attributes: Attributes::new(),
-        };
+        let store = memory_store();
         let mut data = noise(12 << 20, 1);
         let first_tar = tar_of(&data);
         let known = Known::default();
-        let cancel = CancellationToken::new();
-        let first = seal_chunks(
-            &first_tar[..],
-            &sealer(&identity),
-            &known,
-            &store,
-            None,
-            &cancel,
-        )
-        .await
-        .unwrap()
-        .finish()
-        .await
-        .unwrap();
+        let first = seal(&first_tar, &identity, &known, &store).await;
         assert!(first.chunks.len() >= 4, "{} chunks", first.chunks.len());
         assert_eq!(first.tar_size, first_tar.len() as u64);
         assert_eq!(read_back(&store, &first, &identity).await, first_tar);
@@ -740,19 +723,7 @@ mod tests {
         let second_tar = tar_of(&data);
         let present = list_chunks(&store).await.unwrap();
         let known = Known::confirmed(&first.chunks, &present);
-        let second = seal_chunks(
-            &second_tar[..],
-            &sealer(&identity),
-            &known,
-            &store,
-            None,
-            &cancel,
-        )
-        .await
-        .unwrap()
-        .finish()
-        .await
-        .unwrap();
+        let second = seal(&second_tar, &identity, &known, &store).await;
         assert!(
             second.new_bytes < 10 << 20 && second.new_bytes * 3 < first.new_bytes,
             "new {} of {}",
@@ -771,19 +742,7 @@ mod tests {
             .unwrap();
         let present = list_chunks(&store).await.unwrap();
         let known = Known::confirmed(&second.chunks, &present);
-        let third = seal_chunks(
-            &second_tar[..],
-            &sealer(&identity),
-            &known,
-            &store,
-            None,
-            &cancel,
-        )
-        .await
-        .unwrap()
-        .finish()
-        .await
-        .unwrap();
+        let third = seal(&second_tar, &identity, &known, &store).await;
         assert_eq!(third.new_bytes, third.chunks[0].size);
         assert_eq!(read_back(&store, &third, &identity).await, second_tar);
     }
@@ -927,25 +886,9 @@ mod tests {
     #[tokio::test]
     async fn a_replaced_chunk_fails_its_check() {
         let identity = age::x25519::Identity::generate();
-        let store = ChunkStore {
-            objects: Arc::new(InMemory::new()),
-            app_dir: Path::from("app"),
-            attributes: Attributes::new(),
-        };
+        let store = memory_store();
         let tar = tar_of(&noise(3 << 20, 3));
-        let sealed = seal_chunks(
-            &tar[..],
-            &sealer(&identity),
-            &Known::default(),
-            &store,
-            None,
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap()
-        .finish()
-        .await
-        .unwrap();
+        let sealed = seal(&tar, &identity, &Known::default(), &store).await;
         // A bucket writer encrypts other data to the owner: valid age, wrong chunk.
         let forged = seal_one(&sealer(&identity), b"planted").unwrap();
         let chunk = &sealed.chunks[0];
