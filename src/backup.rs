@@ -15,10 +15,10 @@ use crate::hooks::{HookContext, HookEvent, Hooks};
 use crate::keys::Recipient;
 use crate::manifest;
 use crate::pipeline::chunk::{
-    ChunkSealer, ChunkStore, Known, SealingChunks, list_chunks, seal_chunks,
+    ChunkSealer, ChunkStore, ChunkTarget, Known, SealingChunks, list_chunks, seal_chunks_each,
 };
 use crate::pipeline::compress::CompressionSettings;
-use crate::pipeline::seal::{Destination, SealError, Sealed, Sealer, Sealing, seal};
+use crate::pipeline::seal::{Destination, SealError, Sealed, Sealer, Sealing, seal_each};
 use crate::pipeline::spool::{self, SpoolBudget};
 use crate::pipeline::upload::PartPolicy;
 use crate::progress::Progress;
@@ -199,14 +199,77 @@ fn bind_source(service: &str, path: &str, host_path: &str) -> Source {
     }
 }
 
-/// Runs a backup; returns its manifest. `after-backup` hooks run after every attempt that got
-/// as far as finding the app; when only they fail, the backup is stored and the error says so.
+/// What a backup came to in each store it was written to: the manifest of each store that has
+/// it, and why each other store does not.
+pub struct Outcome {
+    pub stored: Vec<(Repo, Manifest)>,
+    pub failed: Vec<(String, anyhow::Error)>,
+    /// How many stores the run was given.
+    pub stores: usize,
+}
+
+impl Outcome {
+    fn stored_in(&self) -> String {
+        self.stored
+            .iter()
+            .map(|(repo, _)| repo.url().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The first store's manifest and the URLs of every store that has the backup, or an error
+    /// that names each store that failed (and those that have the backup).
+    pub fn into_result(mut self) -> Result<(Manifest, String)> {
+        if self.failed.is_empty() && !self.stored.is_empty() {
+            let urls = self.stored_in();
+            let (_, manifest) = self.stored.swap_remove(0);
+            return Ok((manifest, urls));
+        }
+        let stored_in = self.stored_in();
+        if self.failed.is_empty() {
+            return Err(anyhow!("the backup went to no store"));
+        }
+        let (url, error) = self.failed.remove(0);
+        if self.stores == 1 {
+            return Err(error);
+        }
+        let others: String = self
+            .failed
+            .iter()
+            .map(|(url, error)| format!("; store {url} failed too: {error:#}"))
+            .collect();
+        Err(match self.stored.first() {
+            Some((_, manifest)) => error.context(format!(
+                "backup {} is stored in {stored_in}, but store {url} failed{others}, and does not have it",
+                manifest.backup_id
+            )),
+            None => error.context(format!("store {url} failed{others}")),
+        })
+    }
+
+    /// What the after-backup hook is told failed, if anything did.
+    fn failure_text(&self) -> Option<String> {
+        (!self.failed.is_empty()).then(|| {
+            self.failed
+                .iter()
+                .map(|(url, error)| format!("store {url}: {error:#}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+}
+
+/// Runs a backup into every store of `repos`: the app is stopped once, every volume read once
+/// and written to each store; each store gets its manifest once its own uploads are complete,
+/// and a store that fails does not stop the others. `after-backup` hooks run after every
+/// attempt that got as far as finding the app; when only they fail, the backup is stored and
+/// the error says so.
 pub async fn run(
     docker: &Docker,
-    repo: &Repo,
+    repos: &[Repo],
     plan: &BackupPlan,
     cancel: &CancellationToken,
-) -> Result<Manifest> {
+) -> Result<Outcome> {
     let started_at = Utc::now();
     let backup_id = format::new_backup_id(started_at);
     let state_dir = crate::state::state_dir();
@@ -220,61 +283,147 @@ pub async fn run(
         backup_id: backup_id.clone(),
         ..Default::default()
     };
-    let result = attempt(docker, repo, plan, cancel, &app, started_at, &backup_id).await;
-    context.failure = Some(result.as_ref().err().map(|e| format!("{e:#}")));
+    let result = attempt(docker, repos, plan, cancel, &app, started_at, &backup_id).await;
+    context.failure = Some(match &result {
+        Err(e) => Some(format!("{e:#}")),
+        Ok((outcome, _)) => outcome.failure_text(),
+    });
     let after_hooks = plan
         .hooks
         .run(docker, Some(&app), HookEvent::AfterBackup, &context)
         .await;
-    let (manifest, mut hook_failures) = result?;
+    let (outcome, mut hook_failures) = result?;
     if let Err(error) = after_hooks {
         hook_failures.push(format!("{error:#}"));
     }
     if !hook_failures.is_empty() {
         return Err(anyhow!(
-            "backup {} is complete and stored, but hooks failed: {}",
-            manifest.backup_id,
-            hook_failures.join("; ")
+            "backup {backup_id} is complete and stored, but hooks failed: {} (stored in {})",
+            hook_failures.join("; "),
+            outcome.stored_in()
         ));
     }
-    Ok(manifest)
+    Ok(outcome)
 }
 
-/// One backup under the store lock: the version record and the lock first, then
-/// [`locked_attempt`]; the lock is given back whatever happens.
+/// One store a backup writes to, its lock taken.
+#[derive(Clone)]
+struct Target {
+    repo: Repo,
+    /// Cancelled by a signal, or when this store's lock is lost.
+    cancel: CancellationToken,
+    /// Where chunks go and which this store has, when deduplicating.
+    dedup: Option<Arc<Dedup>>,
+}
+
+/// One backup under the store locks: the version record, then each store (reachable, locked,
+/// the backup's folder new there), then [`locked_attempt`] with the stores that are; every
+/// lock is given back whatever happens. With several stores, one that cannot be taken is left
+/// out; with one, its failure is the backup's.
 async fn attempt(
     docker: &Docker,
-    repo: &Repo,
+    repos: &[Repo],
     plan: &BackupPlan,
     cancel: &CancellationToken,
     app: &App,
     started_at: chrono::DateTime<Utc>,
     backup_id: &str,
-) -> Result<(Manifest, Vec<String>)> {
+) -> Result<(Outcome, Vec<String>)> {
     let sources = plan_sources(docker, app, &plan.selection).await?;
     let app_version = record_version(docker, app, plan).await?;
-    check_store_reachable(repo, &plan.app_name).await?;
     let local = crate::state::local_claims(&plan.app_name);
-    repo.with_lock(&plan.app_name, "backup", local.as_ref(), cancel, |cancel| {
-        let job = VolumeJob {
-            docker: docker.clone(),
-            repo: repo.clone(),
-            app: app.clone(),
-            app_name: plan.app_name.clone(),
-            backup_id: backup_id.to_string(),
-            recipients: Arc::clone(&plan.recipients),
-            compression: plan.compression,
-            policy: plan.part_policy,
-            hooks: Arc::clone(&plan.hooks),
-            progress: plan.progress.clone(),
-            // Set up once the before-backup hook has run: a hook may prepare the spool's disk.
-            spool: None,
-            dedup: None,
-            cancel,
-        };
-        locked_attempt(job, plan, sources, started_at, app_version)
-    })
-    .await
+    let mut outcome = Outcome {
+        stored: Vec::new(),
+        failed: Vec::new(),
+        stores: repos.len(),
+    };
+    let (mut targets, mut locks) = (Vec::new(), Vec::new());
+    for repo in repos {
+        match take_store(repo, plan, backup_id, local.as_ref(), cancel).await {
+            Ok((target, lock)) => {
+                targets.push(target);
+                locks.push(lock);
+            }
+            Err(error) if repos.len() == 1 => return Err(error),
+            Err(error) => {
+                tracing::error!(store = %repo.url(), "this store is left out of the backup: {error:#}");
+                outcome.failed.push((repo.url().to_string(), error));
+            }
+        }
+    }
+    if targets.is_empty() {
+        let error = outcome
+            .into_result()
+            .err()
+            .unwrap_or_else(|| anyhow!("no store"));
+        return Err(error.context("no store can take the backup; nothing was stopped"));
+    }
+    let result = locked_attempt(
+        docker,
+        plan,
+        app,
+        &targets,
+        sources,
+        (backup_id, started_at),
+        app_version,
+        cancel,
+    )
+    .await;
+    match result {
+        Ok((results, hook_failures)) => {
+            for ((target, lock), result) in targets.into_iter().zip(locks).zip(results) {
+                match lock.finish(result).await {
+                    Ok(manifest) => outcome.stored.push((target.repo, manifest)),
+                    Err(error) => outcome.failed.push((target.repo.url().to_string(), error)),
+                }
+            }
+            Ok((outcome, hook_failures))
+        }
+        Err(error) => {
+            let mut lost = None;
+            for lock in locks {
+                lost = lost.or(lock.release().await);
+            }
+            Err(match lost {
+                Some(lost) => anyhow::Error::new(lost).context(format!("{error:#}")),
+                None => error,
+            })
+        }
+    }
+}
+
+/// A store for this backup: reachable, locked, without a folder of this backup's id, and (when
+/// deduplicating) its chunks listed.
+async fn take_store(
+    repo: &Repo,
+    plan: &BackupPlan,
+    backup_id: &str,
+    local: Option<&crate::lock::LocalClaims>,
+    cancel: &CancellationToken,
+) -> Result<(Target, crate::lock::Lock)> {
+    check_store_reachable(repo, &plan.app_name).await?;
+    let lock = repo.lock(&plan.app_name, "backup", local).await?;
+    let prepared = async {
+        repo.ensure_new(&plan.app_name, backup_id).await?;
+        warn_if_made_elsewhere(repo, plan).await;
+        dedup_for(repo, plan).await
+    }
+    .await;
+    match prepared {
+        Ok(dedup) => Ok((
+            Target {
+                repo: repo.clone(),
+                cancel: lock.cancel_on_loss(cancel),
+                dedup,
+            },
+            lock,
+        )),
+        Err(error) => Err(lock
+            .finish::<()>(Err(error))
+            .await
+            .err()
+            .unwrap_or_else(|| anyhow!("the store could not be prepared"))),
+    }
 }
 
 /// What the app runs: the image of each service, and the version string the operator named.
@@ -290,29 +439,46 @@ async fn record_version(docker: &Docker, app: &App, plan: &BackupPlan) -> Result
     Ok(app_version)
 }
 
-/// The backup itself, in its order: checks and the before-backup hook with the app running;
-/// every volume read while it is stopped; the uploads finished once it runs again; the signed
-/// manifest last. A restart that failed is reported after the data is safe.
+/// The backup itself, in its order: the before-backup hook with the app running; every volume
+/// read while it is stopped, once for all stores; then in each store at once, its uploads
+/// finished and its signed manifest written. Returns each store's result in the order of
+/// `targets`. A restart that failed is reported after the data is safe.
+#[allow(clippy::too_many_arguments)]
 async fn locked_attempt(
-    mut job: VolumeJob,
+    docker: &Docker,
     plan: &BackupPlan,
+    app: &App,
+    targets: &[Target],
     sources: Vec<Source>,
-    started_at: chrono::DateTime<Utc>,
+    (backup_id, started_at): (&str, chrono::DateTime<Utc>),
     app_version: AppVersion,
-) -> Result<(Manifest, Vec<String>)> {
-    let (docker, repo, backup_id) = (job.docker.clone(), job.repo.clone(), job.backup_id.clone());
-    let (app, cancel) = (job.app.clone(), job.cancel.clone());
+    cancel: &CancellationToken,
+) -> Result<(Vec<Result<Manifest>>, Vec<String>)> {
+    let mut job = VolumeJob {
+        docker: docker.clone(),
+        app: app.clone(),
+        app_name: plan.app_name.clone(),
+        backup_id: backup_id.to_string(),
+        recipients: Arc::clone(&plan.recipients),
+        compression: plan.compression,
+        policy: plan.part_policy,
+        hooks: Arc::clone(&plan.hooks),
+        progress: plan.progress.clone(),
+        // Set up once the before-backup hook has run: a hook may prepare the spool's disk.
+        spool: None,
+        targets: targets.to_vec(),
+        cancel: cancel.clone(),
+    };
     before_stopping(&job, plan, sources.len()).await?;
-    job.dedup = dedup_for(&repo, plan).await?;
     job.spool = plan.spool_budget();
     let spooled = job.spool.is_some();
     let window = crate::downtime::while_stopped(
-        &docker,
-        &app,
+        docker,
+        app,
         &plan.app_name,
         "backup",
         plan.stop_timeout_secs,
-        &cancel,
+        cancel,
         read_volumes(job, sources),
     )
     .await?;
@@ -326,32 +492,39 @@ async fn locked_attempt(
             "every volume is read and the app started again; finishing the uploads from the spool"
         );
     }
-    let volumes = finish_uploads(&repo, &plan.app_name, &backup_id, read)
-        .await
-        .map_err(|error| and_also(error, &restarted))?;
-    let manifest = finish_manifest(
-        plan,
-        &backup_id,
-        started_at,
-        window.downtime,
-        app_version,
-        volumes,
-    );
-    // A run that lost its lock meanwhile (frozen past its lease) commits nothing: another run
-    // may have pruned chunks this manifest would reuse.
-    if cancel.is_cancelled() {
-        return Err(crate::error::interrupted().context(format!(
-            "backup {backup_id} was not committed: the run was interrupted or lost its lock"
-        )));
-    }
-    repo.commit(&manifest, &plan.signer).await?;
+    let downtime = window.downtime;
+    let finishing = targets.iter().zip(read).map(|(target, read)| {
+        let app_version = app_version.clone();
+        async move {
+            let repo = &target.repo;
+            let volumes = finish_uploads(repo, &plan.app_name, backup_id, read).await?;
+            let manifest =
+                finish_manifest(plan, backup_id, started_at, downtime, app_version, volumes);
+            // A run that lost this store's lock meanwhile (frozen past its lease) commits
+            // nothing there: another run may have pruned chunks this manifest would reuse.
+            if target.cancel.is_cancelled() {
+                return Err(crate::error::interrupted().context(format!(
+                    "backup {backup_id} was not committed to {}: the run was interrupted or lost its lock",
+                    repo.url()
+                )));
+            }
+            repo.commit(&manifest, &plan.signer).await?;
+            tracing::info!(store = %repo.url(), backup = %backup_id, "backup stored");
+            Ok(manifest)
+        }
+    });
+    let results = futures::future::join_all(finishing).await;
     if let Err(restart_error) = restarted {
         // The data is safe and recorded; the restart failure is what to report.
-        return Err(restart_error.context(format!(
-            "backup {backup_id} is complete, but the app is not fully running"
-        )));
+        let stored = results.iter().any(Result::is_ok);
+        return Err(match (stored, results.into_iter().find_map(Result::err)) {
+            (false, Some(error)) => and_also(error, &Err(restart_error)),
+            _ => restart_error.context(format!(
+                "backup {backup_id} is complete, but the app is not fully running"
+            )),
+        });
     }
-    Ok((manifest, hook_failures))
+    Ok((results, hook_failures))
 }
 
 /// A failure, with the app's failed restart (if it failed too) added to its message.
@@ -362,12 +535,10 @@ fn and_also(error: anyhow::Error, restarted: &Result<()>) -> anyhow::Error {
     }
 }
 
-/// What happens while the app still runs: the backup's folder must be new, the before-backup
-/// hook must pass, helpers a killed run left behind go.
+/// What happens while the app still runs: the before-backup hook must pass, helpers a killed
+/// run left behind go.
 async fn before_stopping(job: &VolumeJob, plan: &BackupPlan, volumes: usize) -> Result<()> {
-    let (repo, backup_id) = (&job.repo, &job.backup_id);
-    repo.ensure_new(&plan.app_name, backup_id).await?;
-    warn_if_made_elsewhere(repo, plan).await;
+    let backup_id = &job.backup_id;
     let context = HookContext {
         app: plan.app_name.clone(),
         backup_id: backup_id.to_string(),
@@ -388,7 +559,8 @@ async fn before_stopping(job: &VolumeJob, plan: &BackupPlan, volumes: usize) -> 
             "the engine is Podman: its archive API reads every file as owned by root:root, so this backup does not keep file owners (a restore gives root-owned files); see the README's \"Engines\""
         );
     }
-    tracing::info!(app = %plan.app_name, backup = %backup_id, volumes, store = %repo.url(), "starting backup");
+    let stores: Vec<&str> = job.targets.iter().map(|t| t.repo.url()).collect();
+    tracing::info!(app = %plan.app_name, backup = %backup_id, volumes, stores = %stores.join(", "), "starting backup");
     Ok(())
 }
 
@@ -441,32 +613,66 @@ async fn warn_if_made_elsewhere(repo: &Repo, plan: &BackupPlan) {
     }
 }
 
-/// A backup as `lifeboat backup` and `schedule` run it: open the store, connect to Docker,
-/// back up, then apply `policy` (the config file's `[retention]`; an empty one keeps all). A
-/// failed prune is logged and does not fail the backup, which is safe in the store. Returns
-/// the manifest and the store's URL.
+/// A backup as `lifeboat backup` and `schedule` run it: open the stores, connect to Docker,
+/// back up into every store, then apply `policy` (the config file's `[retention]`; an empty
+/// one keeps all) in each store that got the backup. A failed prune is logged and does not fail
+/// the backup, which is safe in the store. Returns the manifest and the URLs of the stores
+/// that have it; an error names each store that failed.
 pub async fn run_and_prune(
     plan: &BackupPlan,
-    store: &crate::store::StoreOptions,
+    stores: &[crate::store::StoreOptions],
     (policy, grace): (crate::retention::KeepPolicy, chrono::Duration),
     cancel: &CancellationToken,
 ) -> Result<(Manifest, String)> {
-    let repo = Repo::open(store).await?;
-    let docker = docker::connect().await?;
-    let manifest = run(&docker, &repo, plan, cancel).await?;
-    if !policy.is_empty() {
-        match prune_after(&repo, &manifest, &plan.signer, &policy, grace, cancel).await {
-            Ok(report) => tracing::info!(
-                removed =
-                    report.decisions.iter().filter(|d| !d.keep()).count() + report.incomplete.len(),
-                "pruned"
-            ),
-            Err(e) => {
-                tracing::error!("the backup is complete, but pruning old backups failed: {e:#}")
+    let (mut repos, mut unopened) = (Vec::new(), Vec::new());
+    for options in stores {
+        match Repo::open(options).await {
+            Ok(repo) => repos.push(repo),
+            Err(error) if stores.len() == 1 => return Err(error),
+            Err(error) => {
+                let url = options.url_or_default();
+                tracing::error!(store = %url, "this store is left out of the backup: {error:#}");
+                unopened.push((url, error));
             }
         }
     }
-    Ok((manifest, repo.url().to_string()))
+    if repos.is_empty() {
+        let (url, error) = unopened.remove(0);
+        return Err(error.context(format!(
+            "no store can take the backup ({url} and the others fail); nothing was stopped"
+        )));
+    }
+    let docker = docker::connect().await?;
+    let unopened_urls: Vec<String> = unopened.iter().map(|(url, _)| url.clone()).collect();
+    let mut outcome = run(&docker, &repos, plan, cancel).await.map_err(|error| {
+        if unopened_urls.is_empty() {
+            error
+        } else {
+            error.context(format!(
+                "the backup failed; store(s) {} could not be opened either",
+                unopened_urls.join(", ")
+            ))
+        }
+    })?;
+    outcome.failed.extend(unopened);
+    outcome.stores = stores.len();
+    if !policy.is_empty() {
+        for (repo, manifest) in &outcome.stored {
+            match prune_after(repo, manifest, &plan.signer, &policy, grace, cancel).await {
+                Ok(report) => tracing::info!(
+                    store = %repo.url(),
+                    removed = report.decisions.iter().filter(|d| !d.keep()).count()
+                        + report.incomplete.len(),
+                    "pruned"
+                ),
+                Err(e) => tracing::error!(
+                    "the backup is complete, but pruning old backups in {} failed: {e:#}",
+                    repo.url()
+                ),
+            }
+        }
+    }
+    outcome.into_result()
 }
 
 /// Applies the retention policy after a good backup, under the app's claim and lock, and only
@@ -506,7 +712,6 @@ pub async fn check_store_reachable(repo: &Repo, app: &str) -> Result<()> {
 /// What the volume task needs; owned, because it runs as its own task.
 struct VolumeJob {
     docker: Docker,
-    repo: Repo,
     app: App,
     app_name: String,
     backup_id: String,
@@ -516,8 +721,8 @@ struct VolumeJob {
     hooks: Arc<Hooks>,
     progress: Progress,
     spool: Option<Arc<SpoolBudget>>,
-    /// Where chunks go and which the store has, when deduplicating.
-    dedup: Option<Arc<Dedup>>,
+    /// The stores every volume is written to.
+    targets: Vec<Target>,
     cancel: CancellationToken,
 }
 
@@ -608,13 +813,14 @@ async fn abandon_all(read: impl IntoIterator<Item = ReadVolume>) {
 }
 
 /// The downtime part of a backup: reads the sources one after another, each between its volume
-/// hooks, into uploads that may still be draining the spool when this returns. Returns them
-/// and the after-volume hooks that failed; on an error, abandons every upload.
+/// hooks, into uploads (one per store) that may still be draining the spool when this
+/// returns. Returns them by store, and the after-volume hooks that failed; on an error,
+/// abandons every upload.
 async fn read_volumes(
     job: VolumeJob,
     sources: Vec<Source>,
-) -> Result<(Vec<ReadVolume>, Vec<String>)> {
-    let mut read = Vec::with_capacity(sources.len());
+) -> Result<(Vec<Vec<ReadVolume>>, Vec<String>)> {
+    let mut read: Vec<Vec<ReadVolume>> = job.targets.iter().map(|_| Vec::new()).collect();
     let mut hook_failures = Vec::new();
     for source in &sources {
         let started = Instant::now();
@@ -654,16 +860,19 @@ async fn read_volumes(
         match result {
             Ok(volume) => {
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
+                let record = &volume[0].record;
                 tracing::info!(
-                    volume = %volume.record.name,
-                    tar_bytes = volume.record.tar_size,
-                    mib_per_s = format!("{:.1}", volume.record.tar_size as f64 / secs / 1048576.0),
+                    volume = %record.name,
+                    tar_bytes = record.tar_size,
+                    mib_per_s = format!("{:.1}", record.tar_size as f64 / secs / 1048576.0),
                     "volume read"
                 );
-                read.push(volume);
+                for (store, volume) in read.iter_mut().zip(volume) {
+                    store.push(volume);
+                }
             }
             Err(error) => {
-                abandon_all(read).await;
+                abandon_all(read.into_iter().flatten()).await;
                 return Err(error);
             }
         }
@@ -704,7 +913,7 @@ async fn finish_uploads(
             Ok(sealed) => {
                 record.stored_size = sealed.stored_size;
                 record.sha256 = sealed.sha256;
-                tracing::info!(volume = %record.name, stored_bytes = sealed.stored_size, "volume stored");
+                tracing::info!(volume = %record.name, stored_bytes = sealed.stored_size, store = %repo.url(), "volume stored");
                 records.push(record);
             }
             Err(error) => {
@@ -721,17 +930,11 @@ async fn finish_uploads(
     Ok(records)
 }
 
-async fn read_volume(job: &VolumeJob, source: &Source) -> Result<ReadVolume> {
+/// Reads one volume into an upload per store: the same sealed bytes to each (or, chunked, the
+/// chunks each store lacks). Returns them in the order of the job's stores.
+async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>> {
     let (docker, compression) = (&job.docker, job.compression);
     let object = format::object_name(&source.name, compression.kind);
-    let at = job.repo.object(&job.app_name, &job.backup_id, &object);
-    let to = Destination {
-        objects: at.objects,
-        location: at.location,
-        attributes: job.repo.upload_attributes().clone(),
-        parts: job.policy,
-        spool: job.spool.clone(),
-    };
     let what = format!(
         "volume {} (read through {} at {})",
         source.name, source.service, source.container_path
@@ -742,58 +945,98 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<ReadVolume> {
         source.host_dir.clone(),
     );
     let tar = docker::tar_of(docker, &helper.id, docker::HELPER_PATH);
-    let sealer = Sealer {
-        recipients: Arc::clone(&job.recipients),
-        compression,
-    };
     let tar = progress.count_read(tokio_util::io::StreamReader::new(tar));
-    let result = match &job.dedup {
-        None => seal(tar, &sealer, &to, &progress, &job.cancel)
-            .await
-            .map(|s| (s.tar_size, s.root, Stored::Object(s))),
-        Some(dedup) => {
-            let (known, store) = (&dedup.known, &dedup.store);
-            seal_chunks(tar, &dedup.sealer, known, store, job.spool.as_ref(), &job.cancel)
+    let dedup: Option<Vec<&Dedup>> = job.targets.iter().map(|t| t.dedup.as_deref()).collect();
+    let result = match dedup {
+        None => {
+            let to: Vec<(Destination, CancellationToken)> = job
+                .targets
+                .iter()
+                .map(|target| {
+                    let at = target.repo.object(&job.app_name, &job.backup_id, &object);
+                    let to = Destination {
+                        objects: at.objects,
+                        location: at.location,
+                        attributes: target.repo.upload_attributes().clone(),
+                        parts: job.policy,
+                        spool: job.spool.clone(),
+                    };
+                    (to, target.cancel.clone())
+                })
+                .collect();
+            let sealer = Sealer {
+                recipients: Arc::clone(&job.recipients),
+                compression,
+            };
+            seal_each(tar, &sealer, &to, &progress, &job.cancel)
                 .await
-                .map(|c| {
-                    let s = &c.sealed;
-                    tracing::info!(volume = %source.name, chunks = s.chunks.len(), new_bytes = s.new_bytes, reused_bytes = s.reused_plain, "volume chunked");
-                    (s.tar_size, s.root, Stored::Chunks(c))
+                .map(|each| {
+                    each.into_iter()
+                        .map(|s| (s.tar_size, s.root, Stored::Object(s)))
+                        .collect::<Vec<_>>()
+                })
+        }
+        Some(dedup) => {
+            let to: Vec<ChunkTarget<'_>> = dedup
+                .iter()
+                .zip(&job.targets)
+                .map(|(d, target)| ChunkTarget {
+                    known: &d.known,
+                    store: &d.store,
+                    cancel: target.cancel.clone(),
+                })
+                .collect();
+            let sealer = &dedup[0].sealer;
+            seal_chunks_each(tar, sealer, &to, job.spool.as_ref(), &job.cancel)
+                .await
+                .map(|each| {
+                    each.into_iter()
+                        .map(|c| {
+                            let s = &c.sealed;
+                            tracing::info!(volume = %source.name, chunks = s.chunks.len(), new_bytes = s.new_bytes, reused_bytes = s.reused_plain, "volume chunked");
+                            (s.tar_size, s.root, Stored::Chunks(c))
+                        })
+                        .collect::<Vec<_>>()
                 })
         }
     };
     drop(progress);
     helper.remove(docker).await;
-    let (tar_size, root, sealing) = result.map_err(|e| seal_error(e, &what))?;
-    let (chunks, new_bytes) = match &sealing {
-        Stored::Chunks(c) => (c.sealed.chunks.clone(), Some(c.sealed.new_bytes)),
-        Stored::Object(_) => (Vec::new(), None),
-    };
-    Ok(ReadVolume {
-        record: VolumeRecord {
-            name: source.name.clone(),
-            kind: source.kind,
-            compose_volume: source.compose_volume.clone(),
-            driver: source.driver.clone(),
-            labels: source.labels.clone(),
-            service: source.service.clone(),
-            container_path: source.container_path.clone(),
-            object,
-            stored_size: 0,
-            sha256: String::new(),
-            tar_size,
-            compression: compression.kind,
-            encryption: Encryption {
-                scheme: "age".into(),
-                recipients: job.recipients.iter().map(|r| r.text.clone()).collect(),
-            },
-            root,
-            chunks,
-            new_bytes,
-        },
-        what,
-        sealing,
-    })
+    let each = result.map_err(|e| seal_error(e, &what))?;
+    Ok(each
+        .into_iter()
+        .map(|(tar_size, root, sealing)| {
+            let (chunks, new_bytes) = match &sealing {
+                Stored::Chunks(c) => (c.sealed.chunks.clone(), Some(c.sealed.new_bytes)),
+                Stored::Object(_) => (Vec::new(), None),
+            };
+            ReadVolume {
+                record: VolumeRecord {
+                    name: source.name.clone(),
+                    kind: source.kind,
+                    compose_volume: source.compose_volume.clone(),
+                    driver: source.driver.clone(),
+                    labels: source.labels.clone(),
+                    service: source.service.clone(),
+                    container_path: source.container_path.clone(),
+                    object: object.clone(),
+                    stored_size: 0,
+                    sha256: String::new(),
+                    tar_size,
+                    compression: compression.kind,
+                    encryption: Encryption {
+                        scheme: "age".into(),
+                        recipients: job.recipients.iter().map(|r| r.text.clone()).collect(),
+                    },
+                    root,
+                    chunks,
+                    new_bytes,
+                },
+                what: what.clone(),
+                sealing,
+            }
+        })
+        .collect())
 }
 
 /// The message of a failed volume: what was backed up, and the stage that failed.

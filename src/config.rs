@@ -321,6 +321,9 @@ impl NotifyOptions {
 #[serde(default, deny_unknown_fields)]
 pub struct ConfigFile {
     pub store: StoreOptions,
+    /// `[[stores]]` tables: more stores every backup writes to, each with its own settings
+    /// (unset ones come from `[store]`).
+    pub stores: Vec<StoreOptions>,
     pub app: AppOptions,
     pub backup: BackupOptions,
     pub restore: RestoreOptions,
@@ -331,6 +334,80 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
+    /// Every store the config file names: `[store]`'s URLs, then each `[[stores]]` table, all
+    /// with `[store]`'s settings where their own are unset.
+    fn configured_stores(&self) -> Vec<StoreOptions> {
+        let mut all: Vec<StoreOptions> = self
+            .store
+            .urls()
+            .iter()
+            .map(|url| self.store.with_url(url))
+            .collect();
+        all.extend(self.stores.iter().map(|s| s.clone().or(self.store.clone())));
+        all
+    }
+
+    /// The settings of the configured store at `url`, or `[store]`'s.
+    fn settings_for(&self, url: &str) -> StoreOptions {
+        self.configured_stores()
+            .into_iter()
+            .find(|s| s.urls().first().map(String::as_str) == Some(url))
+            .unwrap_or_else(|| self.store.with_url(url))
+    }
+
+    /// The one store a command other than `backup` uses: the flags over the config file. A
+    /// URL given by flag that a `[[stores]]` table names takes that table's settings (its
+    /// endpoint, region and profile); without one, the first configured store.
+    pub fn store_for(&self, flags: StoreOptions) -> Result<StoreOptions> {
+        Ok(match flags.urls() {
+            [] => match self.configured_stores().into_iter().next() {
+                Some(first) => flags.or(first),
+                None => flags.or(self.store.clone()),
+            },
+            [url] => {
+                let url = url.clone();
+                flags.or(self.settings_for(&url)).with_url(&url)
+            }
+            [..] => {
+                return Err(crate::error::usage(
+                    "this command works on one store: give --store (--from) once; only backup writes to several",
+                ));
+            }
+        })
+    }
+
+    /// Every store a backup writes to: each URL given by flag (`--to`, repeatable), else every
+    /// configured one, else the local-folder default; the flags' settings over each store's.
+    pub fn stores_for_backup(&self, flags: StoreOptions) -> Result<Vec<StoreOptions>> {
+        let stores: Vec<StoreOptions> = if flags.urls().is_empty() {
+            let configured = self.configured_stores();
+            if configured.is_empty() {
+                vec![flags.or(self.store.clone())]
+            } else {
+                configured
+                    .into_iter()
+                    .map(|store| flags.clone().or(store))
+                    .collect()
+            }
+        } else {
+            flags
+                .urls()
+                .iter()
+                .map(|url| flags.with_url(url).or(self.settings_for(url)))
+                .collect()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for store in &stores {
+            let url = store.url_or_default();
+            if !seen.insert(url.clone()) {
+                return Err(crate::error::usage(format!(
+                    "the store {url} is named twice; give each store once"
+                )));
+            }
+        }
+        Ok(stores)
+    }
+
     /// Reads the file at `path`; `None` gives the empty config.
     pub fn load(path: Option<&Path>) -> Result<Self> {
         let Some(path) = path else {
@@ -424,17 +501,78 @@ mod tests {
             "[store]\nurl = \"s3://b/p\"\nmax_parts = 1000\n[app]\nproject = \"cvat\"\n",
         )
         .unwrap();
-        let flags = StoreOptions {
-            url: Some("file:///x".into()),
-            ..Default::default()
-        };
-        let merged = flags.or(file.store);
-        assert_eq!(merged.url.as_deref(), Some("file:///x"));
+        let flags = StoreOptions::default().with_url("file:///x");
+        let merged = file.store_for(flags).unwrap();
+        assert_eq!(merged.urls(), ["file:///x"]);
         assert_eq!(merged.max_parts, Some(1000));
         assert_eq!(
             AppOptions::default().or(file.app).app_name().unwrap(),
             "cvat"
         );
+    }
+
+    #[test]
+    fn a_backup_writes_every_configured_store_each_with_its_own_settings() {
+        let file = ConfigFile::parse(
+            "[store]\nurl = \"file:///local\"\nregion = \"eu-west-1\"\n\n\
+             [[stores]]\nurl = \"s3://offsite/app\"\nendpoint = \"http://minio:9000\"\n\n\
+             [[stores]]\nurl = \"az://other/app\"\n",
+        )
+        .unwrap();
+        let stores = file.stores_for_backup(StoreOptions::default()).unwrap();
+        let urls: Vec<String> = stores.iter().map(StoreOptions::url_or_default).collect();
+        assert_eq!(
+            urls,
+            ["file:///local", "s3://offsite/app", "az://other/app"]
+        );
+        assert_eq!(stores[1].endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(
+            stores[1].region.as_deref(),
+            Some("eu-west-1"),
+            "from [store]"
+        );
+        assert_eq!(stores[2].endpoint, None);
+        // Commands that read take the first, or the one named, with its settings.
+        let first = file.store_for(StoreOptions::default()).unwrap();
+        assert_eq!(first.url_or_default(), "file:///local");
+        let named = file
+            .store_for(StoreOptions::default().with_url("s3://offsite/app"))
+            .unwrap();
+        assert_eq!(named.endpoint.as_deref(), Some("http://minio:9000"));
+        // --to on the command line replaces the list; a flag's settings win.
+        let flags = StoreOptions {
+            url: Some(vec!["s3://offsite/app".into(), "file:///elsewhere".into()]),
+            region: Some("us-east-2".into()),
+            ..Default::default()
+        };
+        let stores = file.stores_for_backup(flags.clone()).unwrap();
+        assert_eq!(stores.len(), 2);
+        assert_eq!(stores[0].endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(stores[0].region.as_deref(), Some("us-east-2"));
+        assert_eq!(stores[1].url_or_default(), "file:///elsewhere");
+        let err = file.store_for(flags).unwrap_err().to_string();
+        assert!(err.contains("one store"), "{err}");
+    }
+
+    #[test]
+    fn a_store_named_twice_is_refused_and_a_list_of_urls_is_read() {
+        let file = ConfigFile::parse("[store]\nurl = [\"file:///a\", \"file:///a\"]\n").unwrap();
+        let err = file
+            .stores_for_backup(StoreOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("file:///a is named twice"), "{err}");
+        let file = ConfigFile::parse("[store]\nurl = [\"file:///a\", \"file:///b\"]\n").unwrap();
+        assert_eq!(
+            file.stores_for_backup(StoreOptions::default())
+                .unwrap()
+                .len(),
+            2
+        );
+        let err = ConfigFile::parse("[[stores]]\nurll = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `url`"), "{err}");
     }
 
     #[test]

@@ -324,14 +324,32 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// A URL, or a list of them (`url = ["file:///backups", "s3://offsite/app"]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(url) => vec![url],
+        OneOrMany::Many(urls) => urls,
+    }))
+}
+
 /// Where backups are stored.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreOptions {
     /// Store URL: s3://bucket/prefix, az://container/prefix, gs://bucket/prefix or
-    /// file:///path [default: a local folder, ~/.local/share/lifeboat/backups]
+    /// file:///path [default: a local folder, ~/.local/share/lifeboat/backups]. `backup` takes
+    /// it more than once and writes every store in one run; the other commands use the first
     #[arg(long = "store", visible_aliases = ["to", "from"], env = "LIFEBOAT_STORE", value_name = "URL")]
-    pub url: Option<String>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub url: Option<Vec<String>>,
     /// S3: endpoint of an S3-compatible server [default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL or the profile's]
     #[arg(long, env = "LIFEBOAT_S3_ENDPOINT", value_name = "URL")]
     pub endpoint: Option<String>,
@@ -389,9 +407,22 @@ impl StoreOptions {
         Ok(policy)
     }
 
-    /// The store URL, or the local-folder default.
+    /// The same settings for one URL.
+    pub fn with_url(&self, url: &str) -> StoreOptions {
+        StoreOptions {
+            url: Some(vec![url.to_string()]),
+            ..self.clone()
+        }
+    }
+
+    /// The URLs given, none when none is.
+    pub fn urls(&self) -> &[String] {
+        self.url.as_deref().unwrap_or_default()
+    }
+
+    /// The store URL (the first, when several are given), or the local-folder default.
     pub fn url_or_default(&self) -> String {
-        self.url.clone().unwrap_or_else(|| {
+        self.urls().first().cloned().unwrap_or_else(|| {
             let base = std::env::var_os("XDG_DATA_HOME")
                 .map(PathBuf::from)
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))

@@ -17,7 +17,7 @@ pub async fn run(args: BackupArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
         .clone()
         .or_else(|| file.backup.backup_key.clone())
         .unwrap_or_else(lifeboat::keys::default_backup_key_path);
-    let (plan, store_options, retention) = build_plan(args, file)?;
+    let (plan, stores, retention) = build_plan(args, file)?;
     retention.policy()?;
     retention.grace()?;
     println!(
@@ -36,32 +36,12 @@ pub async fn run(args: BackupArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
         },
         lifeboat::auth::fingerprint(&signing)
     );
-    let repo = lifeboat::repo::Repo::open(&store_options).await?;
-    lifeboat::backup::check_store_reachable(&repo, &plan.app_name).await?;
-    println!("ok  store {} is reachable", repo.url());
     let policy = lifeboat::manifest::TrustPolicy {
         trust: lifeboat::auth::Trust::new(vec![signing]),
         allow_unsigned: false,
     };
-    let listed = repo.list(Some(&plan.app_name), &policy).await?;
-    let signed = listed.iter().filter(|l| l.outcome.is_ok()).count();
-    match listed.last() {
-        None => println!("ok  no backup of '{}' in the store yet", plan.app_name),
-        Some(newest) => match &newest.outcome {
-            Ok(_) => println!(
-                "ok  {signed} of {} backup(s) of '{}' are signed by this key, the newest ({}) among them",
-                listed.len(),
-                plan.app_name,
-                newest.backup_id
-            ),
-            Err(why) => println!(
-                "!!  the newest backup of '{}' ({}) does not verify with this key: {}. Is this the backup key of the owner key that made the others? ({signed} of {} verify)",
-                plan.app_name,
-                Printable(&newest.backup_id),
-                why.reason,
-                listed.len()
-            ),
-        },
+    for store_options in &stores {
+        check_store(store_options, &plan, &policy).await?;
     }
     let docker = lifeboat::docker::connect().await?;
     println!("ok  Docker engine answers");
@@ -83,4 +63,36 @@ pub async fn run(args: BackupArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
         println!("ok  app version {version} (from {version_from})");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One store: reachable, and whether its newest backup verifies with this key.
+async fn check_store(
+    store_options: &lifeboat::store::StoreOptions,
+    plan: &lifeboat::backup::BackupPlan,
+    policy: &lifeboat::manifest::TrustPolicy,
+) -> anyhow::Result<()> {
+    let repo = lifeboat::repo::Repo::open(store_options).await?;
+    lifeboat::backup::check_store_reachable(&repo, &plan.app_name).await?;
+    println!("ok  store {} is reachable", repo.url());
+    let listed = repo.list(Some(&plan.app_name), policy).await?;
+    let signed = listed.iter().filter(|l| l.outcome.is_ok()).count();
+    match listed.last() {
+        None => println!("ok  no backup of '{}' in the store yet", plan.app_name),
+        Some(newest) => match &newest.outcome {
+            Ok(_) => println!(
+                "ok  {signed} of {} backup(s) of '{}' are signed by this key, the newest ({}) among them",
+                listed.len(),
+                plan.app_name,
+                newest.backup_id
+            ),
+            Err(why) => println!(
+                "!!  the newest backup of '{}' ({}) does not verify with this key: {}. Is this the backup key of the owner key that made the others? ({signed} of {} verify)",
+                plan.app_name,
+                Printable(&newest.backup_id),
+                why.reason,
+                listed.len()
+            ),
+        },
+    }
+    Ok(())
 }

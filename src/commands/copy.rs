@@ -5,7 +5,7 @@
 //! `lifeboat::copy`.
 
 use super::TrustArgs;
-use lifeboat::config::{ConfigFile, Merge};
+use lifeboat::config::ConfigFile;
 use lifeboat::store::StoreOptions;
 use std::process::ExitCode;
 
@@ -34,12 +34,8 @@ pub struct CopyArgs {
 pub async fn run(args: CopyArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let app = args.app.app_name(&file.app)?;
     let keys = args.keys.keys(&file)?;
-    let settings = file.store.clone().or(StoreOptions::default());
-    let with_url = |url: &str| StoreOptions {
-        url: Some(url.to_string()),
-        ..settings.clone()
-    };
-    let (from_options, to_options) = (with_url(&args.from), with_url(&args.to));
+    let with_url = |url: &str| file.store_for(StoreOptions::default().with_url(url));
+    let (from_options, to_options) = (with_url(&args.from)?, with_url(&args.to)?);
     let from = lifeboat::repo::Repo::open(&from_options).await?;
     let to = lifeboat::repo::Repo::open(&to_options).await?;
     let which = match (args.backup, args.all) {

@@ -4,7 +4,7 @@
 //! Where it sits: The binary's edge: flags to `lifeboat::extract::dump`.
 
 use super::TrustArgs;
-use lifeboat::config::{ConfigFile, Merge};
+use lifeboat::config::ConfigFile;
 use lifeboat::store::StoreOptions;
 use std::process::ExitCode;
 
@@ -33,7 +33,7 @@ pub struct DumpArgs {
 }
 
 pub async fn run(args: DumpArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
-    let store_options = args.store.or(file.store.clone());
+    let store_options = file.store_for(args.store)?;
     let app = args.app.app_name(&file.app)?;
     let keys = args.keys.keys(&file)?;
     let owner = keys.owner.as_ref().ok_or_else(|| {

@@ -3,7 +3,7 @@
 //! Where it sits: The binary's edge: prints what `Repo::list` finds.
 
 use super::TrustArgs;
-use lifeboat::config::{ConfigFile, Merge};
+use lifeboat::config::ConfigFile;
 use lifeboat::format::Manifest;
 use lifeboat::manifest::Authenticity;
 use lifeboat::repo::Listed;
@@ -28,7 +28,7 @@ pub struct ListArgs {
 }
 
 pub async fn run(args: ListArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
-    let store_options = args.store.or(file.store.clone());
+    let store_options = file.store_for(args.store)?;
     let project = args.app.app_name_if_any(&file.app)?;
     let repo = lifeboat::repo::Repo::open(&store_options).await?;
     let keys = args.keys.keys(&file)?;

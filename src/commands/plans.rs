@@ -36,24 +36,24 @@ pub async fn notified(
     let app = args.app.clone().or(file.app.clone()).app_name()?;
     notifier
         .around(&app, async {
-            let (mut plan, store, retention) = build_plan(args, file)?;
+            let (mut plan, stores, retention) = build_plan(args, file)?;
             plan.progress = progress;
             let keep = (retention.policy()?, retention.grace()?);
-            lifeboat::backup::run_and_prune(&plan, &store, keep, cancel).await
+            lifeboat::backup::run_and_prune(&plan, &stores, keep, cancel).await
         })
         .await
 }
 
-/// Validates the backup settings and turns them into a plan, the store options and the
-/// retention settings.
+/// Validates the backup settings and turns them into a plan, the options of every store it
+/// writes to and the retention settings.
 pub fn build_plan(
     args: BackupArgs,
     file: ConfigFile,
-) -> anyhow::Result<(BackupPlan, StoreOptions, RetentionOptions)> {
+) -> anyhow::Result<(BackupPlan, Vec<StoreOptions>, RetentionOptions)> {
     let retention = file.retention.clone();
     let hooks = lifeboat::hooks::Hooks::from_config(&file.hook)?;
+    let stores = file.stores_for_backup(args.store)?;
     let app = args.app.or(file.app);
-    let store_options = args.store.or(file.store);
     let options = args.backup.or(file.backup);
 
     let mut given = Vec::new();
@@ -100,7 +100,7 @@ pub fn build_plan(
         recipients: Arc::new(recipients),
         signer: Arc::new(backup_key.signer()),
         compression: CompressionSettings::new(kind, options.level),
-        part_policy: store_options.part_policy()?,
+        part_policy: stores[0].part_policy()?,
         stop_timeout_secs: app.stop_timeout(),
         version_from: options.version_from,
         hooks: Arc::new(hooks),
@@ -109,5 +109,8 @@ pub fn build_plan(
         spool_limit,
         dedup,
     };
-    Ok((plan, store_options, retention))
+    for store in &stores {
+        store.part_policy()?;
+    }
+    Ok((plan, stores, retention))
 }

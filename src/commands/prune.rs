@@ -25,7 +25,7 @@ pub struct PruneArgs {
 }
 
 pub async fn run(args: PruneArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
-    let store_options = args.store.or(file.store.clone());
+    let store_options = file.store_for(args.store)?;
     let retention = args.retention.or(file.retention.clone());
     let app = args.app.app_name(&file.app)?;
     let (policy, grace) = (retention.policy()?, retention.grace()?);

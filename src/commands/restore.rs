@@ -74,7 +74,7 @@ pub struct RestoreArgs {
 
 pub async fn run(args: RestoreArgs, file: ConfigFile, verbose: bool) -> anyhow::Result<ExitCode> {
     let app = args.app.clone().or(file.app.clone());
-    let store_options = args.store.clone().or(file.store.clone());
+    let store_options = file.store_for(args.store.clone())?;
     if args.rollback {
         return rollback(&app, &store_options).await;
     }

@@ -3,7 +3,7 @@
 //! Where it sits: The binary's edge: prints one authenticated manifest.
 
 use super::TrustArgs;
-use lifeboat::config::{ConfigFile, Merge};
+use lifeboat::config::ConfigFile;
 use lifeboat::manifest::Authenticity;
 use lifeboat::store::StoreOptions;
 use lifeboat::text::{Printable, human_bytes};
@@ -26,7 +26,7 @@ pub struct ShowArgs {
 }
 
 pub async fn run(args: ShowArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
-    let store_options = args.store.or(file.store.clone());
+    let store_options = file.store_for(args.store)?;
     let app = args.app.app_name(&file.app)?;
     let repo = lifeboat::repo::Repo::open(&store_options).await?;
     let keys = args.keys.keys(&file)?;

@@ -2,7 +2,7 @@
 //!
 //! Where it sits: The binary's edge: `Repo::unlock`, printed.
 
-use lifeboat::config::{ConfigFile, Merge};
+use lifeboat::config::ConfigFile;
 use lifeboat::store::StoreOptions;
 use std::process::ExitCode;
 
@@ -15,7 +15,7 @@ pub struct UnlockArgs {
 }
 
 pub async fn run(args: UnlockArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
-    let store_options = args.store.or(file.store);
+    let store_options = file.store_for(args.store)?;
     let app = args.app.app_name(&file.app)?;
     let repo = lifeboat::repo::Repo::open(&store_options).await?;
     let removed = repo.unlock(&app).await?;

@@ -4,7 +4,7 @@
 //! prints a line per volume.
 
 use super::TrustArgs;
-use lifeboat::config::{ConfigFile, Merge};
+use lifeboat::config::ConfigFile;
 use lifeboat::store::StoreOptions;
 use lifeboat::text::Printable;
 use std::io::Write;
@@ -36,7 +36,7 @@ pub struct VerifyArgs {
 }
 
 pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
-    let store_options = args.store.or(file.store.clone());
+    let store_options = file.store_for(args.store)?;
     let app = args.app.app_name(&file.app)?;
     let repo = lifeboat::repo::Repo::open(&store_options).await?;
     let keys = args.keys.keys(&file)?;

@@ -35,7 +35,7 @@ use object_store::path::Path;
 use object_store::{Attributes, ObjectStore, ObjectStoreExt, PutOptions};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 /// Chunk sizes: half restic's average (1 MiB). With runs of zeros cut out
@@ -169,46 +169,99 @@ pub async fn seal_chunks(
     spool: Option<&Arc<SpoolBudget>>,
     cancel: &CancellationToken,
 ) -> Result<SealingChunks, SealError> {
-    let (pipe_writer, pipe_reader) = super::spool::pipe(spool).map_err(SealError::Spool)?;
-    let upload_cancel = cancel.child_token();
-    let upload = tokio::spawn(upload_frames(
-        pipe_reader,
-        to.clone(),
-        upload_cancel.clone(),
-    ));
+    let to = [ChunkTarget {
+        known,
+        store: to,
+        cancel: cancel.clone(),
+    }];
+    let mut each = seal_chunks_each(tar, sealer, &to, spool, cancel).await?;
+    Ok(each.pop().expect("one store, one upload"))
+}
+
+/// One store a chunked volume goes to: what it has, where its chunks go, and what stops its
+/// uploads (a signal, or its lock lost).
+pub struct ChunkTarget<'a> {
+    pub known: &'a Known,
+    pub store: &'a ChunkStore,
+    pub cancel: CancellationToken,
+}
+
+/// [`seal_chunks`] into several stores at once: the tar is read and cut once, each chunk is
+/// sealed once if any store lacks it, and goes to the uploads of the stores that lack it. Each
+/// store gets its own chunk list (a chunk it had is referenced as it stored it). Returns one
+/// upload per store in the order of `to`; an upload that failed says so from
+/// [`SealingChunks::finish`]. Fails only when reading fails (or `cancel` fires) or every
+/// upload has.
+pub async fn seal_chunks_each(
+    tar: impl AsyncRead + Send + Unpin,
+    sealer: &ChunkSealer,
+    to: &[ChunkTarget<'_>],
+    spool: Option<&Arc<SpoolBudget>>,
+    cancel: &CancellationToken,
+) -> Result<Vec<SealingChunks>, SealError> {
+    let mut writers = Vec::with_capacity(to.len());
+    let mut uploads = Vec::with_capacity(to.len());
+    for target in to {
+        let (pipe_writer, pipe_reader) = super::spool::pipe(spool).map_err(SealError::Spool)?;
+        let upload_cancel = target.cancel.child_token();
+        let upload = tokio::spawn(upload_frames(
+            pipe_reader,
+            target.store.clone(),
+            upload_cancel.clone(),
+        ));
+        writers.push(pipe_writer);
+        uploads.push((upload, upload_cancel));
+    }
+    let known: Vec<&Known> = to.iter().map(|target| target.known).collect();
+    let pipes = super::fan_out::Branches::new(writers);
     let read = tokio::select! {
-        read = cut_and_seal(tar, sealer, known, pipe_writer) => read,
+        read = cut_and_seal(tar, sealer, &known, pipes) => read,
         () = cancel.cancelled() => Err(SealError::Cancelled),
     };
     let read_error = match read {
         Ok(sealed) => {
-            return Ok(SealingChunks {
-                sealed,
-                upload,
-                cancel: upload_cancel,
-            });
+            return Ok(sealed
+                .into_iter()
+                .zip(uploads)
+                .map(|(sealed, (upload, cancel))| SealingChunks {
+                    sealed,
+                    upload,
+                    cancel,
+                })
+                .collect());
         }
         Err(error) => error,
     };
-    // An upload that failed first is the cause: the reader then only saw the pipe close.
-    upload_cancel.cancel();
-    let uploaded = upload.await;
+    // When every upload failed first, that is the cause: the reader then only saw the pipes
+    // close.
+    let mut first_upload_error = None;
+    let mut all_failed = true;
+    for (upload, upload_cancel) in uploads {
+        upload_cancel.cancel();
+        match upload.await {
+            Ok(Err(upload_error @ SealError::Upload { .. })) => {
+                first_upload_error.get_or_insert(upload_error);
+            }
+            _ => all_failed = false,
+        }
+    }
     if cancel.is_cancelled() {
         return Err(SealError::Cancelled);
     }
-    match uploaded {
-        Ok(Err(upload_error @ SealError::Upload { .. })) => Err(upload_error),
+    match first_upload_error {
+        Some(upload_error) if all_failed => Err(upload_error),
         _ => Err(read_error),
     }
 }
 
-/// tar → tar_end → tally → FastCDC → id → (known | sealed) → frames into `pipe`, in order.
+/// tar → tar_end → tally → FastCDC → id → (known | sealed) → frames into `pipes`, in order:
+/// one chunk list per store, each chunk sealed at most once.
 async fn cut_and_seal(
     tar: impl AsyncRead + Send + Unpin,
     sealer: &ChunkSealer,
-    known: &Known,
-    mut pipe: impl AsyncWrite + Send + Unpin,
-) -> Result<SealedChunks, SealError> {
+    known: &[&Known],
+    mut pipes: super::fan_out::Branches,
+) -> Result<Vec<SealedChunks>, SealError> {
     let (tar, tally) = TallyReader::counting(TarEndCheck::new(tar));
     let mut cdc = fastcdc::v2020::AsyncStreamCDC::with_level_and_seed(
         tar,
@@ -218,14 +271,19 @@ async fn cut_and_seal(
         fastcdc::v2020::Normalization::Level1,
         sealer.keys.seed(),
     );
-    let mut result = SealedChunks {
-        tar_size: 0,
-        root: None,
-        chunks: Vec::new(),
-        new_bytes: 0,
-        reused_plain: 0,
-    };
-    // Chunks in order, each either known (ready) or being sealed on a blocking thread.
+    let mut results: Vec<SealedChunks> = known
+        .iter()
+        .map(|_| SealedChunks {
+            tar_size: 0,
+            root: None,
+            chunks: Vec::new(),
+            new_bytes: 0,
+            reused_plain: 0,
+        })
+        .collect();
+    let pipe_error = |e| SealError::Read(PipelineError::Io(e));
+    // Chunks in order, each either known to every store (ready) or being sealed on a blocking
+    // thread.
     let in_order = cdc
         .as_stream()
         .flat_map(|piece| {
@@ -250,10 +308,10 @@ async fn cut_and_seal(
                         .await
                         .map_err(joined)?
                 };
-                if let Some(chunk) = known.get(&id) {
-                    return Ok((chunk, None));
-                }
                 let plain = data.len() as u64;
+                if known.iter().all(|k| k.get(&id).is_some()) {
+                    return Ok((id, None));
+                }
                 let sealed = tokio::task::spawn_blocking(move || seal_one(&sealer, &data))
                     .await
                     .map_err(joined)?
@@ -263,47 +321,59 @@ async fn cut_and_seal(
                     hex::encode(sha2::Sha256::digest(&sealed))
                 };
                 let chunk = ChunkRef {
-                    id,
+                    id: id.clone(),
                     size: sealed.len() as u64,
                     sha256,
                     plain,
                 };
-                Ok((chunk, Some(sealed)))
+                Ok((id, Some((chunk, sealed))))
             }
         })
         .buffered(IN_FLIGHT);
     let mut in_order = std::pin::pin!(in_order);
     while let Some(next) = in_order.next().await {
-        let (mut chunk, mut sealed) = next?;
-        // The same plaintext again within the chunks in flight: sealed twice, stored once.
-        if sealed.is_some()
-            && let Some(first) = known.get(&chunk.id)
-        {
-            (chunk, sealed) = (first, None);
-        }
-        match sealed {
-            Some(sealed) => {
-                write_frame(&mut pipe, &chunk.sha256, &sealed)
-                    .await
-                    .map_err(|e| SealError::Read(PipelineError::Io(e)))?;
-                result.new_bytes += chunk.size;
-                known.map().insert(chunk.id.clone(), chunk.clone());
+        let (id, sealed) = next?;
+        for (store, (known, result)) in known.iter().zip(results.iter_mut()).enumerate() {
+            // Known to this store, or the same plaintext again within the chunks in flight:
+            // sealed at most once, stored once.
+            if let Some(chunk) = known.get(&id) {
+                result.reused_plain += chunk.plain;
+                result.chunks.push(chunk);
+                continue;
             }
-            None => result.reused_plain += chunk.plain,
+            // A chunk goes unsealed only when every store knew it, and what is known stays.
+            let Some((chunk, bytes)) = &sealed else {
+                return Err(SealError::Read(PipelineError::Verification(format!(
+                    "chunk {id} was neither known nor sealed"
+                ))));
+            };
+            if pipes.is_alive(store) {
+                write_frame(&mut pipes, store, &chunk.sha256, bytes).await;
+            }
+            result.new_bytes += chunk.size;
+            known.map().insert(chunk.id.clone(), chunk.clone());
+            result.chunks.push(chunk.clone());
         }
-        result.chunks.push(chunk);
+        if pipes.alive() == 0 {
+            return Err(pipe_error(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "every store's upload has stopped",
+            )));
+        }
     }
-    pipe.shutdown()
-        .await
-        .map_err(|e| SealError::Read(PipelineError::Io(e)))?;
-    result.tar_size = tally.bytes();
-    result.root = root_meta(&tally.first_block());
-    if result.chunks.is_empty() {
+    pipes.shutdown().await.map_err(pipe_error)?;
+    let tar_size = tally.bytes();
+    let root = root_meta(&tally.first_block());
+    if results.first().is_none_or(|r| r.chunks.is_empty()) {
         return Err(SealError::Read(PipelineError::Verification(
             "the tar stream was empty".into(),
         )));
     }
-    Ok(result)
+    for result in &mut results {
+        result.tar_size = tar_size;
+        result.root = root;
+    }
+    Ok(results)
 }
 
 /// Runs of zeros at least this long are chunks of their own.
@@ -358,16 +428,19 @@ fn cdc_error(error: fastcdc::v2020::Error) -> PipelineError {
     }
 }
 
-/// A sealed chunk in the pipe: its sha256 (64 hex digits), its length (8 bytes,
-/// little-endian), its bytes.
+/// A sealed chunk in one store's pipe: its sha256 (64 hex digits), its length (8 bytes,
+/// little-endian), its bytes. A pipe that fails is dropped from `pipes`.
 async fn write_frame(
-    pipe: &mut (impl AsyncWrite + Unpin),
+    pipes: &mut super::fan_out::Branches,
+    store: usize,
     sha256: &str,
     sealed: &[u8],
-) -> std::io::Result<()> {
-    pipe.write_all(sha256.as_bytes()).await?;
-    pipe.write_all(&(sealed.len() as u64).to_le_bytes()).await?;
-    pipe.write_all(sealed).await
+) {
+    pipes.write(store, sha256.as_bytes()).await;
+    pipes
+        .write(store, &(sealed.len() as u64).to_le_bytes())
+        .await;
+    pipes.write(store, sealed).await;
 }
 
 /// The next frame from the pipe, or `None` at its end.
@@ -766,6 +839,116 @@ mod tests {
         .finish()
         .await
         .unwrap()
+    }
+
+    /// A store whose every write fails: its folder is a file.
+    fn broken_store(dir: &tempfile::TempDir) -> ChunkStore {
+        let root = dir.path().join("bucket");
+        std::fs::create_dir(&root).unwrap();
+        let objects = object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap();
+        std::fs::remove_dir(&root).unwrap();
+        std::fs::write(&root, b"not a folder").unwrap();
+        ChunkStore {
+            objects: Arc::new(objects),
+            app_dir: Path::from("app"),
+            attributes: Attributes::new(),
+        }
+    }
+
+    /// One read, several stores: each gets the chunks it lacks and its own list (a chunk it had
+    /// is referenced as it stored it), both read back to the tar; a store that fails does not
+    /// stop the others.
+    #[tokio::test]
+    async fn one_read_fills_each_store_with_what_it_lacks_and_a_broken_one_stops_no_other() {
+        let identity = age::x25519::Identity::generate();
+        let (fresh, used) = (memory_store(), memory_store());
+        let mut data = noise(8 << 20, 20);
+        let earlier = seal(&tar_of(&data), &identity, &Known::default(), &used).await;
+        data[4 << 20..(4 << 20) + 4096].copy_from_slice(&noise(4096, 21));
+        let tar = tar_of(&data);
+        let present = list_chunks(&used).await.unwrap();
+        let (known_fresh, known_used) = (
+            Known::default(),
+            Known::confirmed(&earlier.chunks, &present),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let broken = broken_store(&dir);
+        let cancel = CancellationToken::new();
+        let to = [
+            ChunkTarget {
+                known: &known_fresh,
+                store: &fresh,
+                cancel: cancel.clone(),
+            },
+            ChunkTarget {
+                known: &Known::default(),
+                store: &broken,
+                cancel: cancel.clone(),
+            },
+            ChunkTarget {
+                known: &known_used,
+                store: &used,
+                cancel: cancel.clone(),
+            },
+        ];
+        let each = seal_chunks_each(&tar[..], &sealer(&identity), &to, None, &cancel)
+            .await
+            .unwrap();
+        let mut each = each.into_iter();
+        let fresh_sealed = each.next().unwrap().finish().await.unwrap();
+        let broken_result = each.next().unwrap().finish().await;
+        let used_sealed = each.next().unwrap().finish().await.unwrap();
+        assert!(
+            matches!(broken_result, Err(SealError::Upload { .. })),
+            "the broken store's own upload fails"
+        );
+        assert_eq!(
+            fresh_sealed.new_bytes,
+            fresh_sealed.chunks.iter().map(|c| c.size).sum::<u64>()
+        );
+        assert!(
+            used_sealed.new_bytes * 4 < fresh_sealed.new_bytes,
+            "the store that had the earlier chunks takes only the changed ones: {} of {}",
+            used_sealed.new_bytes,
+            fresh_sealed.new_bytes
+        );
+        let ids = |s: &SealedChunks| s.chunks.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            ids(&fresh_sealed),
+            ids(&used_sealed),
+            "one cut for all stores"
+        );
+        assert_eq!(read_back(&fresh, &fresh_sealed, &identity).await, tar);
+        assert_eq!(read_back(&used, &used_sealed, &identity).await, tar);
+        assert!(missing(&used_sealed.chunks, &list_chunks(&used).await.unwrap()).is_none());
+    }
+
+    #[tokio::test]
+    async fn when_every_store_fails_the_read_stops_with_the_upload_error() {
+        let identity = age::x25519::Identity::generate();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (broken_store(&a), broken_store(&b));
+        let (known_a, known_b) = (Known::default(), Known::default());
+        let cancel = CancellationToken::new();
+        let to = [
+            ChunkTarget {
+                known: &known_a,
+                store: &a,
+                cancel: cancel.clone(),
+            },
+            ChunkTarget {
+                known: &known_b,
+                store: &b,
+                cancel: cancel.clone(),
+            },
+        ];
+        let tar = tar_of(&noise(24 << 20, 30));
+        let result = seal_chunks_each(&tar[..], &sealer(&identity), &to, None, &cancel).await;
+        assert!(
+            matches!(result, Err(SealError::Upload { .. })),
+            "{:?}",
+            result.err()
+        );
     }
 
     fn memory_store() -> ChunkStore {

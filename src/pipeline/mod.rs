@@ -17,6 +17,7 @@ pub mod chunk;
 pub mod compress;
 pub mod download;
 pub mod encrypt;
+pub mod fan_out;
 pub mod open;
 pub mod relay;
 pub mod seal;

@@ -6,7 +6,8 @@
 //!            → upload (multipart parts, sha256 of what is stored) → [finish] the object
 //! ```
 //!
-//! [`seal`] reads the tar to its end and returns a [`Sealing`]: the tar is read, its upload may
+//! [`seal`] reads the tar to its end and returns a [`Sealing`] ([`seal_each`]: one per store,
+//! the tar read once): the tar is read, its upload may
 //! still be draining the spool. [`Sealing::finish`] completes the upload and gives the one
 //! result a volume record needs, [`Sealed`]; [`Sealing::abandon`] aborts it. Which stage an
 //! error belongs to is decided here, once: [`SealError`].
@@ -104,54 +105,90 @@ pub async fn seal(
     progress: &VolumeProgress,
     cancel: &CancellationToken,
 ) -> Result<Sealing, SealError> {
-    let (pipe_writer, pipe_reader) = spool::pipe(to.spool.as_ref()).map_err(SealError::Spool)?;
-    let upload_cancel = cancel.child_token();
-    let upload = tokio::spawn({
-        let to = to.clone();
-        let cancel = upload_cancel.clone();
-        async move {
-            upload_parts(
-                &to.objects,
-                &to.location,
-                to.attributes,
-                pipe_reader,
-                &to.parts,
-                &cancel,
-            )
-            .await
-        }
-    });
+    let to = [(to.clone(), cancel.clone())];
+    let mut sealings = seal_each(tar, sealer, &to, progress, cancel).await?;
+    Ok(sealings.pop().expect("one destination, one upload"))
+}
+
+/// [`seal`] to several destinations at once: the tar is read, compressed and encrypted once,
+/// and the same bytes go to an upload per destination ([`super::fan_out`]), each stopped by
+/// its own token (a store whose lock is lost) or by `cancel`, which also stops the reading.
+/// Returns the uploads in the order of `to` once the tar is read; an upload that failed
+/// meanwhile says so from [`Sealing::finish`]. Fails only when reading fails or every upload
+/// has.
+pub async fn seal_each(
+    tar: impl AsyncRead + Send + Unpin,
+    sealer: &Sealer,
+    to: &[(Destination, CancellationToken)],
+    progress: &VolumeProgress,
+    cancel: &CancellationToken,
+) -> Result<Vec<Sealing>, SealError> {
+    let mut writers = Vec::with_capacity(to.len());
+    let mut uploads = Vec::with_capacity(to.len());
+    for (to, upload_cancel) in to {
+        let (pipe_writer, pipe_reader) =
+            spool::pipe(to.spool.as_ref()).map_err(SealError::Spool)?;
+        let upload_cancel = upload_cancel.child_token();
+        let upload = tokio::spawn({
+            let to = to.clone();
+            let cancel = upload_cancel.clone();
+            async move {
+                upload_parts(
+                    &to.objects,
+                    &to.location,
+                    to.attributes,
+                    pipe_reader,
+                    &to.parts,
+                    &cancel,
+                )
+                .await
+            }
+        });
+        writers.push(pipe_writer);
+        uploads.push((to.location.clone(), upload, upload_cancel));
+    }
+    let pipe = super::fan_out::tee(writers);
     let read = tokio::select! {
-        read = read_into(tar, sealer, progress.count_stored(pipe_writer)) => read,
+        read = read_into(tar, sealer, progress.count_stored(pipe)) => read,
         () = cancel.cancelled() => Err(PipelineError::Cancelled),
     };
-    let sealing = |(tar_size, root)| Sealing {
-        tar_size,
-        root,
-        location: to.location.clone(),
-        upload,
-        cancel: upload_cancel.clone(),
-    };
     let read_error = match read {
-        Ok(read) => return Ok(sealing(read)),
+        Ok((tar_size, root)) => {
+            return Ok(uploads
+                .into_iter()
+                .map(|(location, upload, cancel)| Sealing {
+                    tar_size,
+                    root,
+                    location,
+                    upload,
+                    cancel,
+                })
+                .collect());
+        }
         Err(error) => error,
     };
-    // An upload that failed first is the cause: the reader then only saw the pipe close.
-    // Otherwise the reader's error is, and the upload is abandoned.
-    upload_cancel.cancel();
-    let upload_result = sealing((0, None)).upload.await;
+    // When every upload failed first, that is the cause: the reader then only saw the pipe
+    // close. Otherwise the reader's error is, and the uploads are abandoned.
+    let mut first_upload_error = None;
+    let mut all_failed = true;
+    for (location, upload, upload_cancel) in uploads {
+        upload_cancel.cancel();
+        match upload.await {
+            Ok(Err(source)) if !matches!(source, PipelineError::Cancelled) => {
+                first_upload_error.get_or_insert(SealError::Upload { location, source });
+            }
+            Ok(Ok(parts)) => {
+                parts.abort().await;
+                all_failed = false;
+            }
+            _ => all_failed = false,
+        }
+    }
     if cancel.is_cancelled() {
         return Err(SealError::Cancelled);
     }
-    match upload_result {
-        Ok(Err(source)) if !matches!(source, PipelineError::Cancelled) => Err(SealError::Upload {
-            location: to.location.clone(),
-            source,
-        }),
-        Ok(Ok(parts)) => {
-            parts.abort().await;
-            Err(SealError::Read(read_error))
-        }
+    match first_upload_error {
+        Some(upload_error) if all_failed => Err(upload_error),
         _ => Err(SealError::Read(read_error)),
     }
 }
@@ -388,6 +425,46 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(objects.list(None).count().await, 0, "nothing is visible");
+    }
+
+    /// The same sealed bytes to two stores from one read; the one whose upload fails says so
+    /// and leaves nothing, the other completes.
+    #[tokio::test]
+    async fn one_read_goes_to_every_store_and_a_broken_one_stops_no_other() {
+        let big: Vec<u8> = (0..9_000_000u32).map(|i| (i * 31 % 256) as u8).collect();
+        let tar = tar_of(&[("big.bin", &big)]);
+        let (good, other): (Arc<dyn ObjectStore>, Arc<dyn ObjectStore>) =
+            (Arc::new(InMemory::new()), Arc::new(InMemory::new()));
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("bucket");
+        std::fs::create_dir(&root).unwrap();
+        let broken: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap());
+        std::fs::remove_dir(&root).unwrap();
+        std::fs::write(&root, b"not a folder").unwrap();
+        let (identity, sealer) = keys();
+        let cancel = CancellationToken::new();
+        let to: Vec<(Destination, CancellationToken)> = [&good, &broken, &other]
+            .into_iter()
+            .map(|objects| (destination(Arc::clone(objects)), cancel.clone()))
+            .collect();
+        let progress = crate::progress::Progress::hidden().volume("vol", None);
+        let each = seal_each(&tar[..], &sealer, &to, &progress, &cancel)
+            .await
+            .unwrap();
+        let mut results = Vec::new();
+        for sealing in each {
+            results.push(sealing.finish().await);
+        }
+        assert!(
+            matches!(results[1], Err(SealError::Upload { .. })),
+            "{:?}",
+            results[1]
+        );
+        let (a, c) = (results[0].as_ref().unwrap(), results[2].as_ref().unwrap());
+        assert_eq!(a, c, "the same bytes in both stores");
+        assert_eq!(open(&good, identity.clone()).await, tar);
+        assert_eq!(open(&other, identity).await, tar);
     }
 
     #[tokio::test]
