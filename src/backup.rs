@@ -18,9 +18,9 @@ use crate::pipeline::chunk::{
     ChunkSealer, ChunkStore, ChunkTarget, Known, SealingChunks, list_chunks, seal_chunks_each,
 };
 use crate::pipeline::compress::CompressionSettings;
+use crate::pipeline::fan_out::StoreTokens;
 use crate::pipeline::seal::{Destination, SealError, Sealed, Sealer, Sealing, seal_each};
 use crate::pipeline::spool::{self, SpoolBudget};
-use crate::pipeline::upload::PartPolicy;
 use crate::progress::Progress;
 use crate::repo::Repo;
 use anyhow::{Context, Result, anyhow};
@@ -50,7 +50,6 @@ pub struct BackupPlan {
     /// Signs the manifest: the backup key's signing key.
     pub signer: Arc<crate::auth::Signer>,
     pub compression: CompressionSettings,
-    pub part_policy: PartPolicy,
     /// Overrides every container's own stop timeout.
     pub stop_timeout_secs: Option<u32>,
     pub version_from: Option<String>,
@@ -296,6 +295,15 @@ pub async fn run(
     if let Err(error) = after_hooks {
         hook_failures.push(format!("{error:#}"));
     }
+    if !hook_failures.is_empty() && !outcome.failed.is_empty() {
+        // A store failed too: that is the error (its class, its store), the hooks beside it.
+        let hooks = hook_failures.join("; ");
+        return Err(outcome
+            .into_result()
+            .err()
+            .unwrap_or_else(|| anyhow!("a store failed"))
+            .context(format!("hooks failed too: {hooks}")));
+    }
     if !hook_failures.is_empty() {
         return Err(anyhow!(
             "backup {backup_id} is complete and stored, but hooks failed: {} (stored in {})",
@@ -310,8 +318,9 @@ pub async fn run(
 #[derive(Clone)]
 struct Target {
     repo: Repo,
-    /// Cancelled by a signal, or when this store's lock is lost.
-    cancel: CancellationToken,
+    /// `stop`: a signal, or this store's lock lost; `failed`: the store refused an upload, so
+    /// the volumes after it leave the store out.
+    tokens: StoreTokens,
     /// Where chunks go and which this store has, when deduplicating.
     dedup: Option<Arc<Dedup>>,
 }
@@ -384,9 +393,20 @@ async fn attempt(
             for lock in locks {
                 lost = lost.or(lock.release().await);
             }
-            Err(match lost {
+            let error = match lost {
                 Some(lost) => anyhow::Error::new(lost).context(format!("{error:#}")),
                 None => error,
+            };
+            // Stores left out before the run are named too.
+            let left_out: Vec<String> = outcome
+                .failed
+                .iter()
+                .map(|(url, e)| format!("store {url} was left out: {e:#}"))
+                .collect();
+            Err(if left_out.is_empty() {
+                error
+            } else {
+                error.context(left_out.join("; "))
             })
         }
     }
@@ -413,7 +433,7 @@ async fn take_store(
         Ok(dedup) => Ok((
             Target {
                 repo: repo.clone(),
-                cancel: lock.cancel_on_loss(cancel),
+                tokens: StoreTokens::stopped_by(lock.cancel_on_loss(cancel)),
                 dedup,
             },
             lock,
@@ -461,14 +481,16 @@ async fn locked_attempt(
         backup_id: backup_id.to_string(),
         recipients: Arc::clone(&plan.recipients),
         compression: plan.compression,
-        policy: plan.part_policy,
         hooks: Arc::clone(&plan.hooks),
         progress: plan.progress.clone(),
         // Set up once the before-backup hook has run: a hook may prepare the spool's disk.
         spool: None,
         targets: targets.to_vec(),
-        cancel: cancel.clone(),
+        cancel: CancellationToken::new(),
     };
+    // The watcher behind the job's token (several stores) ends with this run.
+    let (read_cancel, _watcher) = all_stopped(targets, cancel);
+    job.cancel = read_cancel;
     before_stopping(&job, plan, sources.len()).await?;
     job.spool = plan.spool_budget();
     let spooled = job.spool.is_some();
@@ -502,7 +524,7 @@ async fn locked_attempt(
                 finish_manifest(plan, backup_id, started_at, downtime, app_version, volumes);
             // A run that lost this store's lock meanwhile (frozen past its lease) commits
             // nothing there: another run may have pruned chunks this manifest would reuse.
-            if target.cancel.is_cancelled() {
+            if target.tokens.stop.is_cancelled() {
                 return Err(crate::error::interrupted().context(format!(
                     "backup {backup_id} was not committed to {}: the run was interrupted or lost its lock",
                     repo.url()
@@ -516,15 +538,56 @@ async fn locked_attempt(
     let results = futures::future::join_all(finishing).await;
     if let Err(restart_error) = restarted {
         // The data is safe and recorded; the restart failure is what to report.
-        let stored = results.iter().any(Result::is_ok);
-        return Err(match (stored, results.into_iter().find_map(Result::err)) {
-            (false, Some(error)) => and_also(error, &Err(restart_error)),
-            _ => restart_error.context(format!(
-                "backup {backup_id} is complete, but the app is not fully running"
-            )),
-        });
+        let stored: Vec<&str> = targets
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(t, _)| t.repo.url())
+            .collect();
+        let failed: Vec<String> = targets
+            .iter()
+            .zip(&results)
+            .filter_map(|(t, r)| {
+                r.as_ref()
+                    .err()
+                    .map(|e| format!("; store {} failed: {e:#}", t.repo.url()))
+            })
+            .collect();
+        return Err(
+            match (stored.is_empty(), results.into_iter().find_map(Result::err)) {
+                (true, Some(error)) => and_also(error, &Err(restart_error)),
+                _ => restart_error.context(format!(
+                    "backup {backup_id} is complete in {}{}, but the app is not fully running",
+                    stored.join(", "),
+                    failed.concat()
+                )),
+            },
+        );
     }
     Ok((results, hook_failures))
+}
+
+/// What stops the reading: `cancel` (a signal), or every store stopped (their locks lost).
+/// With one store, that store's token; with several, a token a task fires, and the guard that
+/// ends the task.
+fn all_stopped(
+    targets: &[Target],
+    cancel: &CancellationToken,
+) -> (CancellationToken, Option<tokio_util::sync::DropGuard>) {
+    if let [one] = targets {
+        return (one.tokens.stop.clone(), None);
+    }
+    let token = cancel.child_token();
+    let stops: Vec<CancellationToken> = targets.iter().map(|t| t.tokens.stop.clone()).collect();
+    let fire = token.clone();
+    tokio::spawn(async move {
+        let every = futures::future::join_all(stops.iter().map(|s| s.cancelled()));
+        tokio::select! {
+            _ = every => fire.cancel(),
+            () = fire.cancelled() => {}
+        }
+    });
+    (token.clone(), Some(token.drop_guard()))
 }
 
 /// A failure, with the app's failed restart (if it failed too) added to its message.
@@ -717,7 +780,6 @@ struct VolumeJob {
     backup_id: String,
     recipients: Arc<Vec<Recipient>>,
     compression: CompressionSettings,
-    policy: PartPolicy,
     hooks: Arc<Hooks>,
     progress: Progress,
     spool: Option<Arc<SpoolBudget>>,
@@ -789,10 +851,12 @@ struct ReadVolume {
     sealing: Stored,
 }
 
-/// A volume's upload: one object, maybe still draining the spool; or chunks, all stored.
+/// A volume's upload: one object, maybe still draining the spool; or chunks, all stored; or
+/// none, because its store had failed (or lost its lock) before the volume was read.
 enum Stored {
     Object(Sealing),
     Chunks(SealingChunks),
+    Gone,
 }
 
 impl ReadVolume {
@@ -802,6 +866,7 @@ impl ReadVolume {
         match self.sealing {
             Stored::Object(sealing) => sealing.abandon().await,
             Stored::Chunks(sealing) => sealing.abandon().await,
+            Stored::Gone => {}
         }
     }
 }
@@ -823,6 +888,14 @@ async fn read_volumes(
     let mut read: Vec<Vec<ReadVolume>> = job.targets.iter().map(|_| Vec::new()).collect();
     let mut hook_failures = Vec::new();
     for source in &sources {
+        if !job.targets.iter().any(|t| t.tokens.is_live()) {
+            // Every store has failed: each reports its own error; nothing more is read.
+            tracing::warn!(volume = %source.name, "not read: every store has failed");
+            for (store, target) in read.iter_mut().zip(&job.targets) {
+                store.push(job.gone(target, source));
+            }
+            continue;
+        }
         let started = Instant::now();
         let mut context = HookContext {
             app: job.app_name.clone(),
@@ -908,6 +981,10 @@ async fn finish_uploads(
                     sha256: format::chunk_list_digest(&chunks.chunks),
                 })
                 .map_err(|e| seal_error(e, &what)),
+            Stored::Gone => Err(anyhow!(
+                "{what} was not sent to {}: the store had failed or lost its lock before it was read",
+                repo.url()
+            )),
         };
         match stored {
             Ok(sealed) => {
@@ -930,15 +1007,58 @@ async fn finish_uploads(
     Ok(records)
 }
 
-/// Reads one volume into an upload per store: the same sealed bytes to each (or, chunked, the
-/// chunks each store lacks). Returns them in the order of the job's stores.
+impl VolumeJob {
+    /// A volume's record as far as the read knows it: the upload fills in the stored size and
+    /// hash.
+    fn record(&self, source: &Source, read: (u64, Option<format::RootMeta>)) -> VolumeRecord {
+        VolumeRecord {
+            name: source.name.clone(),
+            kind: source.kind,
+            compose_volume: source.compose_volume.clone(),
+            driver: source.driver.clone(),
+            labels: source.labels.clone(),
+            service: source.service.clone(),
+            container_path: source.container_path.clone(),
+            object: format::object_name(&source.name, self.compression.kind),
+            stored_size: 0,
+            sha256: String::new(),
+            tar_size: read.0,
+            compression: self.compression.kind,
+            encryption: Encryption {
+                scheme: "age".into(),
+                recipients: self.recipients.iter().map(|r| r.text.clone()).collect(),
+            },
+            root: read.1,
+            chunks: Vec::new(),
+            new_bytes: None,
+        }
+    }
+
+    fn what(source: &Source) -> String {
+        format!(
+            "volume {} (read through {} at {})",
+            source.name, source.service, source.container_path
+        )
+    }
+
+    /// The place of a volume not sent to a store that had already failed.
+    fn gone(&self, _target: &Target, source: &Source) -> ReadVolume {
+        ReadVolume {
+            record: self.record(source, (0, None)),
+            what: Self::what(source),
+            sealing: Stored::Gone,
+        }
+    }
+}
+
+/// Reads one volume into an upload per store still live: the same sealed bytes to each (or,
+/// chunked, the chunks each store lacks). Returns one per store of the job, in its order (a
+/// failed store's is [`Stored::Gone`]).
 async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>> {
     let (docker, compression) = (&job.docker, job.compression);
     let object = format::object_name(&source.name, compression.kind);
-    let what = format!(
-        "volume {} (read through {} at {})",
-        source.name, source.service, source.container_path
-    );
+    let what = VolumeJob::what(source);
+    let live: Vec<&Target> = job.targets.iter().filter(|t| t.tokens.is_live()).collect();
     let helper = Helper::create(docker, &source.mount, true).await?;
     let progress = job.progress.volume(
         source.compose_volume.as_deref().unwrap_or(&source.name),
@@ -946,11 +1066,10 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
     );
     let tar = docker::tar_of(docker, &helper.id, docker::HELPER_PATH);
     let tar = progress.count_read(tokio_util::io::StreamReader::new(tar));
-    let dedup: Option<Vec<&Dedup>> = job.targets.iter().map(|t| t.dedup.as_deref()).collect();
+    let dedup: Option<Vec<&Dedup>> = live.iter().map(|t| t.dedup.as_deref()).collect();
     let result = match dedup {
         None => {
-            let to: Vec<(Destination, CancellationToken)> = job
-                .targets
+            let to: Vec<(Destination, StoreTokens)> = live
                 .iter()
                 .map(|target| {
                     let at = target.repo.object(&job.app_name, &job.backup_id, &object);
@@ -958,10 +1077,10 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
                         objects: at.objects,
                         location: at.location,
                         attributes: target.repo.upload_attributes().clone(),
-                        parts: job.policy,
+                        parts: *target.repo.part_policy(),
                         spool: job.spool.clone(),
                     };
-                    (to, target.cancel.clone())
+                    (to, target.tokens.clone())
                 })
                 .collect();
             let sealer = Sealer {
@@ -979,11 +1098,11 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
         Some(dedup) => {
             let to: Vec<ChunkTarget<'_>> = dedup
                 .iter()
-                .zip(&job.targets)
+                .zip(&live)
                 .map(|(d, target)| ChunkTarget {
                     known: &d.known,
                     store: &d.store,
-                    cancel: target.cancel.clone(),
+                    tokens: target.tokens.clone(),
                 })
                 .collect();
             let sealer = &dedup[0].sealer;
@@ -1002,36 +1121,22 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
     };
     drop(progress);
     helper.remove(docker).await;
-    let each = result.map_err(|e| seal_error(e, &what))?;
-    Ok(each
-        .into_iter()
-        .map(|(tar_size, root, sealing)| {
-            let (chunks, new_bytes) = match &sealing {
-                Stored::Chunks(c) => (c.sealed.chunks.clone(), Some(c.sealed.new_bytes)),
-                Stored::Object(_) => (Vec::new(), None),
-            };
+    let mut each = result.map_err(|e| seal_error(e, &what))?.into_iter();
+    Ok(job
+        .targets
+        .iter()
+        .map(|target| {
+            if !live.iter().any(|l| std::ptr::eq(*l, target)) {
+                return job.gone(target, source);
+            }
+            let (tar_size, root, sealing) = each.next().expect("one upload per live store");
+            let mut record = job.record(source, (tar_size, root));
+            if let Stored::Chunks(c) = &sealing {
+                record.chunks = c.sealed.chunks.clone();
+                record.new_bytes = Some(c.sealed.new_bytes);
+            }
             ReadVolume {
-                record: VolumeRecord {
-                    name: source.name.clone(),
-                    kind: source.kind,
-                    compose_volume: source.compose_volume.clone(),
-                    driver: source.driver.clone(),
-                    labels: source.labels.clone(),
-                    service: source.service.clone(),
-                    container_path: source.container_path.clone(),
-                    object: object.clone(),
-                    stored_size: 0,
-                    sha256: String::new(),
-                    tar_size,
-                    compression: compression.kind,
-                    encryption: Encryption {
-                        scheme: "age".into(),
-                        recipients: job.recipients.iter().map(|r| r.text.clone()).collect(),
-                    },
-                    root,
-                    chunks,
-                    new_bytes,
-                },
+                record,
                 what: what.clone(),
                 sealing,
             }

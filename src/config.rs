@@ -334,78 +334,110 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    /// Every store the config file names: `[store]`'s URLs, then each `[[stores]]` table, all
-    /// with `[store]`'s settings where their own are unset.
-    fn configured_stores(&self) -> Vec<StoreOptions> {
-        let mut all: Vec<StoreOptions> = self
-            .store
-            .urls()
+    /// `[store]` without its URLs: the settings every `[[stores]]` table inherits.
+    fn shared_settings(&self) -> StoreOptions {
+        StoreOptions {
+            url: None,
+            ..self.store.clone()
+        }
+    }
+
+    /// Each `[[stores]]` table must name one URL.
+    fn check_tables(&self) -> Result<()> {
+        for (i, table) in self.stores.iter().enumerate() {
+            if table.urls().len() != 1 {
+                return Err(crate::error::usage(format!(
+                    "[[stores]] table {} must have one `url` (it has {}); give each store its own table",
+                    i + 1,
+                    table.urls().len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[[stores]]` table of `url`, if one names it.
+    fn table_of(&self, url: &str) -> Option<&StoreOptions> {
+        self.stores
             .iter()
-            .map(|url| self.store.with_url(url))
-            .collect();
-        all.extend(self.stores.iter().map(|s| s.clone().or(self.store.clone())));
-        all
+            .find(|t| t.urls().first().is_some_and(|u| same_store(u, url)))
     }
 
-    /// The settings of the configured store at `url`, or `[store]`'s.
-    fn settings_for(&self, url: &str) -> StoreOptions {
-        self.configured_stores()
-            .into_iter()
-            .find(|s| s.urls().first().map(String::as_str) == Some(url))
-            .unwrap_or_else(|| self.store.with_url(url))
-    }
-
-    /// The one store a command other than `backup` uses: the flags over the config file. A
-    /// URL given by flag that a `[[stores]]` table names takes that table's settings (its
-    /// endpoint, region and profile); without one, the first configured store.
-    pub fn store_for(&self, flags: StoreOptions) -> Result<StoreOptions> {
-        Ok(match flags.urls() {
-            [] => match self.configured_stores().into_iter().next() {
-                Some(first) => flags.or(first),
-                None => flags.or(self.store.clone()),
-            },
-            [url] => {
-                let url = url.clone();
-                flags.or(self.settings_for(&url)).with_url(&url)
-            }
-            [..] => {
-                return Err(crate::error::usage(
-                    "this command works on one store: give --store (--from) once; only backup writes to several",
-                ));
-            }
-        })
-    }
-
-    /// Every store a backup writes to: each URL given by flag (`--to`, repeatable), else every
-    /// configured one, else the local-folder default; the flags' settings over each store's.
-    pub fn stores_for_backup(&self, flags: StoreOptions) -> Result<Vec<StoreOptions>> {
-        let stores: Vec<StoreOptions> = if flags.urls().is_empty() {
-            let configured = self.configured_stores();
-            if configured.is_empty() {
-                vec![flags.or(self.store.clone())]
-            } else {
-                configured
-                    .into_iter()
-                    .map(|store| flags.clone().or(store))
-                    .collect()
-            }
-        } else {
-            flags
-                .urls()
-                .iter()
-                .map(|url| flags.with_url(url).or(self.settings_for(url)))
-                .collect()
+    /// The settings of the store at `url`: a `[[stores]]` table's own keys first (they are
+    /// that store's, so they win over flags and variables), then `flags`, then `[store]`.
+    fn settings_for(&self, url: &str, flags: &StoreOptions) -> StoreOptions {
+        let flags = StoreOptions {
+            url: None,
+            ..flags.clone()
         };
-        let mut seen = std::collections::BTreeSet::new();
-        for store in &stores {
-            let url = store.url_or_default();
-            if !seen.insert(url.clone()) {
+        match self.table_of(url) {
+            Some(table) => table.clone().or(flags).or(self.shared_settings()),
+            None => flags.or(self.shared_settings()),
+        }
+        .with_url(url)
+    }
+
+    /// Every store the config file names, in order: `[store]`'s URLs, then each `[[stores]]`
+    /// table's.
+    fn configured_urls(&self) -> Vec<String> {
+        let mut urls = self.store.urls().to_vec();
+        urls.extend(self.stores.iter().flat_map(|t| t.urls().first().cloned()));
+        urls
+    }
+
+    /// The one store a command other than `backup` uses: the URL given by flag, else the
+    /// first configured store, else the local-folder default; with the settings of
+    /// [`Self::settings_for`] (a `[[stores]]` table's endpoint, region and profile for its URL).
+    pub fn store_for(&self, flags: StoreOptions) -> Result<StoreOptions> {
+        self.check_tables()?;
+        match flags.urls() {
+            [] => Ok(match self.configured_urls().first() {
+                Some(url) => self.settings_for(url, &flags),
+                None => flags.or(self.store.clone()),
+            }),
+            [url] => Ok(self.settings_for(url, &flags)),
+            [..] => Err(crate::error::usage(
+                "this command works on one store: give --store (--from) once; only backup writes to several",
+            )),
+        }
+    }
+
+    /// Every store a backup writes to: each URL given by flag (`--to`, repeatable, or
+    /// `LIFEBOAT_STORE`), else every configured one, else the local-folder default.
+    pub fn stores_for_backup(&self, flags: StoreOptions) -> Result<Vec<StoreOptions>> {
+        self.check_tables()?;
+        let configured = self.configured_urls();
+        let urls: Vec<String> = if flags.urls().is_empty() {
+            configured.clone()
+        } else {
+            let hidden: Vec<&str> = configured
+                .iter()
+                .filter(|c| !flags.urls().iter().any(|u| same_store(u, c)))
+                .map(String::as_str)
+                .collect();
+            if !hidden.is_empty() {
+                tracing::warn!(
+                    "--to/LIFEBOAT_STORE names the stores of this run: the configured {} {} not written",
+                    hidden.join(", "),
+                    if hidden.len() == 1 { "is" } else { "are" }
+                );
+            }
+            flags.urls().to_vec()
+        };
+        if urls.is_empty() {
+            return Ok(vec![flags.or(self.store.clone())]);
+        }
+        for (i, url) in urls.iter().enumerate() {
+            if urls[..i].iter().any(|earlier| same_store(earlier, url)) {
                 return Err(crate::error::usage(format!(
                     "the store {url} is named twice; give each store once"
                 )));
             }
         }
-        Ok(stores)
+        Ok(urls
+            .iter()
+            .map(|url| self.settings_for(url, &flags))
+            .collect())
     }
 
     /// Reads the file at `path`; `None` gives the empty config.
@@ -433,6 +465,11 @@ impl ConfigFile {
             }
         })
     }
+}
+
+/// Two store URLs that name the same place (a trailing slash aside).
+fn same_store(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
 /// A TOML error quotes the offending line, which may hold a secret (a webhook URL): the quoted
@@ -550,6 +587,18 @@ mod tests {
         assert_eq!(stores[0].endpoint.as_deref(), Some("http://minio:9000"));
         assert_eq!(stores[0].region.as_deref(), Some("us-east-2"));
         assert_eq!(stores[1].url_or_default(), "file:///elsewhere");
+        // A table's own keys are that store's: an endpoint flag (or LIFEBOAT_S3_ENDPOINT) meant
+        // for the first store does not send the offsite uploads elsewhere.
+        let endpoint_flag = StoreOptions {
+            endpoint: Some("http://local-minio:9000".into()),
+            ..Default::default()
+        };
+        let stores = file.stores_for_backup(endpoint_flag).unwrap();
+        assert_eq!(
+            stores[0].endpoint.as_deref(),
+            Some("http://local-minio:9000")
+        );
+        assert_eq!(stores[1].endpoint.as_deref(), Some("http://minio:9000"));
         let err = file.store_for(flags).unwrap_err().to_string();
         assert!(err.contains("one store"), "{err}");
     }
@@ -573,6 +622,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("did you mean `url`"), "{err}");
+        for table in [
+            "[[stores]]\nregion = \"x\"\n",
+            "[[stores]]\nurl = [\"file:///a\", \"file:///b\"]\n",
+        ] {
+            let err = ConfigFile::parse(table)
+                .unwrap()
+                .stores_for_backup(StoreOptions::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("must have one `url`"), "{err}");
+        }
+        let file =
+            ConfigFile::parse("[store]\nurl = \"s3://b/p\"\n[[stores]]\nurl = \"s3://b/p/\"\n")
+                .unwrap();
+        let err = file
+            .stores_for_backup(StoreOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("named twice"), "{err}");
     }
 
     #[test]

@@ -548,6 +548,7 @@ mod tests {
             },
             url: "memory://".into(),
             upload_attributes: Default::default(),
+            parts: Default::default(),
         }
     }
 

@@ -76,6 +76,7 @@ impl Repo {
                 },
                 upload_attributes: Attributes::new(),
                 url: url.to_string(),
+                parts: crate::pipeline::upload::PartPolicy::default(),
             },
         }
     }
@@ -88,6 +89,11 @@ impl Repo {
     /// The folder of an app's backups, for messages.
     pub fn app_dir(&self, app: &str) -> Path {
         self.store.layout.app_dir(app)
+    }
+
+    /// How volume objects are uploaded to this store (part sizes, limits, stall deadline).
+    pub fn part_policy(&self) -> &crate::pipeline::upload::PartPolicy {
+        &self.store.parts
     }
 
     /// Attributes every volume object is uploaded with (S3 storage class).

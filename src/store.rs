@@ -37,6 +37,8 @@ pub struct Store {
     pub upload_attributes: Attributes,
     /// The URL as given, for messages.
     pub url: String,
+    /// How volume objects are uploaded to it (its part sizes and limits).
+    pub parts: PartPolicy,
 }
 
 /// Opens the store the options name.
@@ -57,6 +59,7 @@ pub async fn open(options: &StoreOptions) -> Result<Store> {
         layout: Layout { prefix },
         url,
         upload_attributes,
+        parts: options.part_policy()?,
     })
 }
 

@@ -100,7 +100,6 @@ pub fn build_plan(
         recipients: Arc::new(recipients),
         signer: Arc::new(backup_key.signer()),
         compression: CompressionSettings::new(kind, options.level),
-        part_policy: stores[0].part_policy()?,
         stop_timeout_secs: app.stop_timeout(),
         version_from: options.version_from,
         hooks: Arc::new(hooks),

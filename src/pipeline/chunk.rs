@@ -22,6 +22,7 @@
 //! folder, never the bucket layout above it.
 
 use super::PipelineError;
+use super::fan_out::{Branches, StoreTokens};
 use super::seal::SealError;
 use super::spool::SpoolBudget;
 use super::tally::TallyReader;
@@ -172,18 +173,18 @@ pub async fn seal_chunks(
     let to = [ChunkTarget {
         known,
         store: to,
-        cancel: cancel.clone(),
+        tokens: StoreTokens::stopped_by(cancel.clone()),
     }];
     let mut each = seal_chunks_each(tar, sealer, &to, spool, cancel).await?;
     Ok(each.pop().expect("one store, one upload"))
 }
 
-/// One store a chunked volume goes to: what it has, where its chunks go, and what stops its
-/// uploads (a signal, or its lock lost).
+/// One store a chunked volume goes to: what it has, where its chunks go, and its tokens (what
+/// stops its uploads; what its uploads cancel when the store refuses one).
 pub struct ChunkTarget<'a> {
     pub known: &'a Known,
     pub store: &'a ChunkStore,
-    pub cancel: CancellationToken,
+    pub tokens: StoreTokens,
 }
 
 /// [`seal_chunks`] into several stores at once: the tar is read and cut once, each chunk is
@@ -203,17 +204,23 @@ pub async fn seal_chunks_each(
     let mut uploads = Vec::with_capacity(to.len());
     for target in to {
         let (pipe_writer, pipe_reader) = super::spool::pipe(spool).map_err(SealError::Spool)?;
-        let upload_cancel = target.cancel.child_token();
-        let upload = tokio::spawn(upload_frames(
-            pipe_reader,
-            target.store.clone(),
-            upload_cancel.clone(),
-        ));
+        let upload_cancel = target.tokens.stop.child_token();
+        let upload = tokio::spawn({
+            let (store, cancel) = (target.store.clone(), upload_cancel.clone());
+            let failed = target.tokens.failed.clone();
+            async move {
+                let uploaded = upload_frames(pipe_reader, store, cancel).await;
+                if matches!(&uploaded, Err(SealError::Upload { .. })) {
+                    failed.cancel();
+                }
+                uploaded
+            }
+        });
         writers.push(pipe_writer);
         uploads.push((upload, upload_cancel));
     }
     let known: Vec<&Known> = to.iter().map(|target| target.known).collect();
-    let pipes = super::fan_out::Branches::new(writers);
+    let pipes = Branches::new(writers);
     let read = tokio::select! {
         read = cut_and_seal(tar, sealer, &known, pipes) => read,
         () = cancel.cancelled() => Err(SealError::Cancelled),
@@ -260,7 +267,7 @@ async fn cut_and_seal(
     tar: impl AsyncRead + Send + Unpin,
     sealer: &ChunkSealer,
     known: &[&Known],
-    mut pipes: super::fan_out::Branches,
+    mut pipes: Branches,
 ) -> Result<Vec<SealedChunks>, SealError> {
     let (tar, tally) = TallyReader::counting(TarEndCheck::new(tar));
     let mut cdc = fastcdc::v2020::AsyncStreamCDC::with_level_and_seed(
@@ -430,12 +437,7 @@ fn cdc_error(error: fastcdc::v2020::Error) -> PipelineError {
 
 /// A sealed chunk in one store's pipe: its sha256 (64 hex digits), its length (8 bytes,
 /// little-endian), its bytes. A pipe that fails is dropped from `pipes`.
-async fn write_frame(
-    pipes: &mut super::fan_out::Branches,
-    store: usize,
-    sha256: &str,
-    sealed: &[u8],
-) {
+async fn write_frame(pipes: &mut Branches, store: usize, sha256: &str, sealed: &[u8]) {
     pipes.write(store, sha256.as_bytes()).await;
     pipes
         .write(store, &(sealed.len() as u64).to_le_bytes())
@@ -878,17 +880,17 @@ mod tests {
             ChunkTarget {
                 known: &known_fresh,
                 store: &fresh,
-                cancel: cancel.clone(),
+                tokens: crate::pipeline::fan_out::StoreTokens::stopped_by(cancel.clone()),
             },
             ChunkTarget {
                 known: &Known::default(),
                 store: &broken,
-                cancel: cancel.clone(),
+                tokens: crate::pipeline::fan_out::StoreTokens::stopped_by(cancel.clone()),
             },
             ChunkTarget {
                 known: &known_used,
                 store: &used,
-                cancel: cancel.clone(),
+                tokens: crate::pipeline::fan_out::StoreTokens::stopped_by(cancel.clone()),
             },
         ];
         let each = seal_chunks_each(&tar[..], &sealer(&identity), &to, None, &cancel)
@@ -902,6 +904,8 @@ mod tests {
             matches!(broken_result, Err(SealError::Upload { .. })),
             "the broken store's own upload fails"
         );
+        let failed: Vec<bool> = to.iter().map(|t| t.tokens.failed.is_cancelled()).collect();
+        assert_eq!(failed, [false, true, false], "and only it is marked failed");
         assert_eq!(
             fresh_sealed.new_bytes,
             fresh_sealed.chunks.iter().map(|c| c.size).sum::<u64>()
@@ -934,12 +938,12 @@ mod tests {
             ChunkTarget {
                 known: &known_a,
                 store: &a,
-                cancel: cancel.clone(),
+                tokens: crate::pipeline::fan_out::StoreTokens::stopped_by(cancel.clone()),
             },
             ChunkTarget {
                 known: &known_b,
                 store: &b,
-                cancel: cancel.clone(),
+                tokens: crate::pipeline::fan_out::StoreTokens::stopped_by(cancel.clone()),
             },
         ];
         let tar = tar_of(&noise(24 << 20, 30));

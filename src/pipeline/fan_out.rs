@@ -11,6 +11,31 @@
 
 use super::spool::PipeWriter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// What ties the uploads of one store together across the volumes of a run: `stop` ends them
+/// (a signal, or the store's lock lost); an upload the store refuses cancels `failed`, so that
+/// the volumes after it leave that store out instead of trying it again.
+#[derive(Clone, Debug, Default)]
+pub struct StoreTokens {
+    pub stop: CancellationToken,
+    pub failed: CancellationToken,
+}
+
+impl StoreTokens {
+    /// Tokens for one store, stopped with `stop`.
+    pub fn stopped_by(stop: CancellationToken) -> Self {
+        Self {
+            stop,
+            failed: CancellationToken::new(),
+        }
+    }
+
+    /// Neither stopped nor failed: worth writing to.
+    pub fn is_live(&self) -> bool {
+        !self.stop.is_cancelled() && !self.failed.is_cancelled()
+    }
+}
 
 /// Writers of which some may have failed.
 pub struct Branches {

@@ -18,6 +18,7 @@
 use super::PipelineError;
 use super::compress::{CompressionSettings, compressing_writer};
 use super::encrypt::encrypting_writer;
+use super::fan_out::StoreTokens;
 use super::spool::{self, SpoolBudget};
 use super::tally::TallyReader;
 use super::tar_check::root_meta;
@@ -105,35 +106,36 @@ pub async fn seal(
     progress: &VolumeProgress,
     cancel: &CancellationToken,
 ) -> Result<Sealing, SealError> {
-    let to = [(to.clone(), cancel.clone())];
+    let to = [(to.clone(), StoreTokens::stopped_by(cancel.clone()))];
     let mut sealings = seal_each(tar, sealer, &to, progress, cancel).await?;
     Ok(sealings.pop().expect("one destination, one upload"))
 }
 
 /// [`seal`] to several destinations at once: the tar is read, compressed and encrypted once,
 /// and the same bytes go to an upload per destination ([`super::fan_out`]), each stopped by
-/// its own token (a store whose lock is lost) or by `cancel`, which also stops the reading.
-/// Returns the uploads in the order of `to` once the tar is read; an upload that failed
-/// meanwhile says so from [`Sealing::finish`]. Fails only when reading fails or every upload
-/// has.
+/// its store's token (a store whose lock is lost) or by `cancel`, which also stops the
+/// reading; an upload the store refuses marks its store failed. Returns the uploads in the
+/// order of `to` once the tar is read; an upload that failed meanwhile says so from
+/// [`Sealing::finish`]. Fails only when reading fails or every upload has.
 pub async fn seal_each(
     tar: impl AsyncRead + Send + Unpin,
     sealer: &Sealer,
-    to: &[(Destination, CancellationToken)],
+    to: &[(Destination, StoreTokens)],
     progress: &VolumeProgress,
     cancel: &CancellationToken,
 ) -> Result<Vec<Sealing>, SealError> {
     let mut writers = Vec::with_capacity(to.len());
     let mut uploads = Vec::with_capacity(to.len());
-    for (to, upload_cancel) in to {
+    for (to, tokens) in to {
         let (pipe_writer, pipe_reader) =
             spool::pipe(to.spool.as_ref()).map_err(SealError::Spool)?;
-        let upload_cancel = upload_cancel.child_token();
+        let upload_cancel = tokens.stop.child_token();
         let upload = tokio::spawn({
             let to = to.clone();
             let cancel = upload_cancel.clone();
+            let failed = tokens.failed.clone();
             async move {
-                upload_parts(
+                let uploaded = upload_parts(
                     &to.objects,
                     &to.location,
                     to.attributes,
@@ -141,7 +143,11 @@ pub async fn seal_each(
                     &to.parts,
                     &cancel,
                 )
-                .await
+                .await;
+                if matches!(&uploaded, Err(e) if !matches!(e, PipelineError::Cancelled)) {
+                    failed.cancel();
+                }
+                uploaded
             }
         });
         writers.push(pipe_writer);
@@ -444,9 +450,12 @@ mod tests {
         std::fs::write(&root, b"not a folder").unwrap();
         let (identity, sealer) = keys();
         let cancel = CancellationToken::new();
-        let to: Vec<(Destination, CancellationToken)> = [&good, &broken, &other]
+        let to: Vec<(Destination, StoreTokens)> = [&good, &broken, &other]
             .into_iter()
-            .map(|objects| (destination(Arc::clone(objects)), cancel.clone()))
+            .map(|objects| {
+                let tokens = StoreTokens::stopped_by(cancel.clone());
+                (destination(Arc::clone(objects)), tokens)
+            })
             .collect();
         let progress = crate::progress::Progress::hidden().volume("vol", None);
         let each = seal_each(&tar[..], &sealer, &to, &progress, &cancel)
@@ -460,6 +469,12 @@ mod tests {
             matches!(results[1], Err(SealError::Upload { .. })),
             "{:?}",
             results[1]
+        );
+        let failed: Vec<bool> = to.iter().map(|(_, t)| t.failed.is_cancelled()).collect();
+        assert_eq!(
+            failed,
+            [false, true, false],
+            "only the broken store is marked failed"
         );
         let (a, c) = (results[0].as_ref().unwrap(), results[2].as_ref().unwrap());
         assert_eq!(a, c, "the same bytes in both stores");

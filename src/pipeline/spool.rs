@@ -125,6 +125,17 @@ struct Pipe {
     state: Mutex<PipeState>,
     changed: Condvar,
     path: PathBuf,
+    budget: Arc<SpoolBudget>,
+}
+
+impl Drop for Pipe {
+    /// Gives back what was written and never read: a pipe whose reader went away (its upload
+    /// failed) must not keep that space from the other pipes of the run.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.budget
+            .release(state.written.saturating_sub(state.read));
+    }
 }
 
 impl Pipe {
@@ -175,6 +186,7 @@ pub fn pipe(budget: Option<&Arc<SpoolBudget>>) -> io::Result<(PipeWriter, PipeRe
         state: Mutex::new(PipeState::default()),
         changed: Condvar::new(),
         path: budget.dir().to_path_buf(),
+        budget: Arc::clone(budget),
     });
     let (to_spool, from_writer) = mpsc::channel::<Bytes>(16);
     let (to_reader, from_spool) = mpsc::channel::<io::Result<Bytes>>(2);
@@ -393,6 +405,43 @@ mod tests {
             0,
             "the spool file is unlinked from the start"
         );
+    }
+
+    /// Two pipes share a budget; one's reader goes away with its spool full (its store
+    /// failed): the space comes back and the other pipe goes on to its end.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_pipe_whose_reader_is_gone_gives_its_space_back_to_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = SpoolBudget::new(dir.path().to_path_buf(), 2 << 20).unwrap();
+        let (mut dead_writer, dead_reader) = pipe(Some(&budget)).unwrap();
+        dead_writer.write_all(&data(2 << 20)).await.unwrap();
+        // Wait until the spool thread has taken it all from the channel into the file.
+        for _ in 0..200 {
+            if *budget.lock() >= (2 << 20) - (64 << 10) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(dead_reader);
+        let _ = dead_writer.write_all(&data(64 << 10)).await;
+        let _ = dead_writer.write_all(&data(64 << 10)).await;
+        drop(dead_writer);
+        let (mut writer, mut reader) = pipe(Some(&budget)).unwrap();
+        let input = data(6 << 20);
+        let expected = input.clone();
+        let write = tokio::spawn(async move {
+            writer.write_all(&input).await.unwrap();
+            writer.shutdown().await.unwrap();
+        });
+        let mut output = Vec::new();
+        let read = reader.read_to_end(&mut output);
+        tokio::time::timeout(std::time::Duration::from_secs(20), read)
+            .await
+            .expect("the live pipe is not starved by the dead one's space")
+            .unwrap();
+        write.await.unwrap();
+        assert_eq!(output, expected);
+        assert_eq!(*budget.lock(), 0, "everything is given back");
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -139,7 +139,23 @@ where
         attributes,
         ..Default::default()
     };
-    let mut upload = store.put_multipart_opts(location, options).await?;
+    // A store that does not answer does not hold the run: the request to start is bounded by
+    // the stall deadline, and stopped with the rest.
+    let start = tokio::time::timeout(
+        policy.stall_timeout,
+        store.put_multipart_opts(location, options),
+    );
+    let mut upload = tokio::select! {
+        started = start => started.map_err(|_| PipelineError::Store(object_store::Error::Generic {
+            store: "upload",
+            source: format!(
+                "the store did not start the upload within {} s",
+                policy.stall_timeout.as_secs()
+            )
+            .into(),
+        }))??,
+        () = cancel.cancelled() => return Err(PipelineError::Cancelled),
+    };
     let mut in_flight: JoinSet<object_store::Result<()>> = JoinSet::new();
     let mut hasher = Sha256::new();
     let mut size = 0u64;
