@@ -266,6 +266,7 @@ impl Outcome {
 pub async fn run(
     docker: &Docker,
     repos: &[Repo],
+    left_out: Vec<(String, anyhow::Error)>,
     plan: &BackupPlan,
     cancel: &CancellationToken,
 ) -> Result<Outcome> {
@@ -282,7 +283,16 @@ pub async fn run(
         backup_id: backup_id.clone(),
         ..Default::default()
     };
-    let result = attempt(docker, repos, plan, cancel, &app, started_at, &backup_id).await;
+    let result = attempt(
+        docker,
+        (repos, left_out),
+        plan,
+        cancel,
+        &app,
+        started_at,
+        &backup_id,
+    )
+    .await;
     context.failure = Some(match &result {
         Err(e) => Some(format!("{e:#}")),
         Ok((outcome, _)) => outcome.failure_text(),
@@ -331,7 +341,7 @@ struct Target {
 /// out; with one, its failure is the backup's.
 async fn attempt(
     docker: &Docker,
-    repos: &[Repo],
+    (repos, left_out): (&[Repo], Vec<(String, anyhow::Error)>),
     plan: &BackupPlan,
     cancel: &CancellationToken,
     app: &App,
@@ -343,8 +353,8 @@ async fn attempt(
     let local = crate::state::local_claims(&plan.app_name);
     let mut outcome = Outcome {
         stored: Vec::new(),
-        failed: Vec::new(),
-        stores: repos.len(),
+        stores: repos.len() + left_out.len(),
+        failed: left_out,
     };
     let (mut targets, mut locks) = (Vec::new(), Vec::new());
     for repo in repos {
@@ -353,7 +363,7 @@ async fn attempt(
                 targets.push(target);
                 locks.push(lock);
             }
-            Err(error) if repos.len() == 1 => return Err(error),
+            Err(error) if outcome.stores == 1 => return Err(error),
             Err(error) => {
                 tracing::error!(store = %repo.url(), "this store is left out of the backup: {error:#}");
                 outcome.failed.push((repo.url().to_string(), error));
@@ -706,19 +716,7 @@ pub async fn run_and_prune(
         )));
     }
     let docker = docker::connect().await?;
-    let unopened_urls: Vec<String> = unopened.iter().map(|(url, _)| url.clone()).collect();
-    let mut outcome = run(&docker, &repos, plan, cancel).await.map_err(|error| {
-        if unopened_urls.is_empty() {
-            error
-        } else {
-            error.context(format!(
-                "the backup failed; store(s) {} could not be opened either",
-                unopened_urls.join(", ")
-            ))
-        }
-    })?;
-    outcome.failed.extend(unopened);
-    outcome.stores = stores.len();
+    let outcome = run(&docker, &repos, unopened, plan, cancel).await?;
     if !policy.is_empty() {
         for (repo, manifest) in &outcome.stored {
             match prune_after(repo, manifest, &plan.signer, &policy, grace, cancel).await {
@@ -852,11 +850,13 @@ struct ReadVolume {
 }
 
 /// A volume's upload: one object, maybe still draining the spool; or chunks, all stored; or
-/// none, because its store had failed (or lost its lock) before the volume was read.
+/// none: its store had failed (or lost its lock) before the volume was read (`Gone`), or
+/// failed while it was read (`Failed`, why).
 enum Stored {
     Object(Sealing),
     Chunks(SealingChunks),
     Gone,
+    Failed(anyhow::Error),
 }
 
 impl ReadVolume {
@@ -866,8 +866,13 @@ impl ReadVolume {
         match self.sealing {
             Stored::Object(sealing) => sealing.abandon().await,
             Stored::Chunks(sealing) => sealing.abandon().await,
-            Stored::Gone => {}
+            Stored::Gone | Stored::Failed(_) => {}
         }
+    }
+
+    /// Whether its upload is going on (or done), not given up.
+    fn is_under_way(&self) -> bool {
+        matches!(self.sealing, Stored::Object(_) | Stored::Chunks(_))
     }
 }
 
@@ -888,6 +893,10 @@ async fn read_volumes(
     let mut read: Vec<Vec<ReadVolume>> = job.targets.iter().map(|_| Vec::new()).collect();
     let mut hook_failures = Vec::new();
     for source in &sources {
+        if job.cancel.is_cancelled() {
+            abandon_all(read.into_iter().flatten()).await;
+            return Err(crate::error::interrupted());
+        }
         if !job.targets.iter().any(|t| t.tokens.is_live()) {
             // Every store has failed: each reports its own error; nothing more is read.
             tracing::warn!(volume = %source.name, "not read: every store has failed");
@@ -917,7 +926,13 @@ async fn read_volumes(
             Ok(()) => read_volume(&job, source).await,
             Err(error) => Err(error),
         };
-        context.failure = Some(result.as_ref().err().map(|e| format!("{e:#}")));
+        context.failure = Some(match &result {
+            Err(e) => Some(format!("{e:#}")),
+            Ok(volume) if !volume.iter().any(ReadVolume::is_under_way) => {
+                Some("every store's upload failed".to_string())
+            }
+            Ok(_) => None,
+        });
         if let Err(error) = job
             .hooks
             .run(
@@ -933,13 +948,15 @@ async fn read_volumes(
         match result {
             Ok(volume) => {
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
-                let record = &volume[0].record;
-                tracing::info!(
-                    volume = %record.name,
-                    tar_bytes = record.tar_size,
-                    mib_per_s = format!("{:.1}", record.tar_size as f64 / secs / 1048576.0),
-                    "volume read"
-                );
+                if let Some(under_way) = volume.iter().find(|v| v.is_under_way()) {
+                    let record = &under_way.record;
+                    tracing::info!(
+                        volume = %record.name,
+                        tar_bytes = record.tar_size,
+                        mib_per_s = format!("{:.1}", record.tar_size as f64 / secs / 1048576.0),
+                        "volume read"
+                    );
+                }
                 for (store, volume) in read.iter_mut().zip(volume) {
                     store.push(volume);
                 }
@@ -981,6 +998,7 @@ async fn finish_uploads(
                     sha256: format::chunk_list_digest(&chunks.chunks),
                 })
                 .map_err(|e| seal_error(e, &what)),
+            Stored::Failed(error) => Err(error),
             Stored::Gone => Err(anyhow!(
                 "{what} was not sent to {}: the store had failed or lost its lock before it was read",
                 repo.url()
@@ -1058,7 +1076,13 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
     let (docker, compression) = (&job.docker, job.compression);
     let object = format::object_name(&source.name, compression.kind);
     let what = VolumeJob::what(source);
+    if job.cancel.is_cancelled() {
+        return Err(crate::error::interrupted());
+    }
     let live: Vec<&Target> = job.targets.iter().filter(|t| t.tokens.is_live()).collect();
+    if live.is_empty() {
+        return Ok(job.targets.iter().map(|t| job.gone(t, source)).collect());
+    }
     let helper = Helper::create(docker, &source.mount, true).await?;
     let progress = job.progress.volume(
         source.compose_volume.as_deref().unwrap_or(&source.name),
@@ -1121,6 +1145,14 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
     };
     drop(progress);
     helper.remove(docker).await;
+    let result = match result {
+        // Several stores, each failed while the volume was read: each store says why.
+        Err(SealError::EveryUpload(errors)) => Ok(errors
+            .into_iter()
+            .map(|e| (0, None, Stored::Failed(seal_error(e, &what))))
+            .collect()),
+        other => other,
+    };
     let mut each = result.map_err(|e| seal_error(e, &what))?.into_iter();
     Ok(job
         .targets
@@ -1154,6 +1186,13 @@ fn seal_error(error: SealError, what: &str) -> anyhow::Error {
         SealError::Read(source) => anyhow::Error::new(source).context(format!("backing up {what}")),
         SealError::Spool(source) => {
             anyhow!("cannot set up the spool for {what}: {source}")
+        }
+        SealError::EveryUpload(errors) => {
+            let each: Vec<String> = errors
+                .into_iter()
+                .map(|e| format!("{:#}", seal_error(e, what)))
+                .collect();
+            anyhow!("every store's upload failed: {}", each.join("; "))
         }
     }
 }

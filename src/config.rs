@@ -363,15 +363,18 @@ impl ConfigFile {
             .find(|t| t.urls().first().is_some_and(|u| same_store(u, url)))
     }
 
-    /// The settings of the store at `url`: a `[[stores]]` table's own keys first (they are
-    /// that store's, so they win over flags and variables), then `flags`, then `[store]`.
-    fn settings_for(&self, url: &str, flags: &StoreOptions) -> StoreOptions {
+    /// The settings of the store at `url`. A `[[stores]]` table is that store's own: its keys,
+    /// then `[store]`'s; flags and `LIFEBOAT_*` variables apply to it only when this command
+    /// names it (`named`: `--to`/`--from` gave its URL, or the command works on one store),
+    /// and then win. Any other store: the flags, then `[store]`.
+    fn settings_for(&self, url: &str, flags: &StoreOptions, named: bool) -> StoreOptions {
         let flags = StoreOptions {
             url: None,
             ..flags.clone()
         };
         match self.table_of(url) {
-            Some(table) => table.clone().or(flags).or(self.shared_settings()),
+            Some(table) if named => flags.or(table.clone()).or(self.shared_settings()),
+            Some(table) => table.clone().or(self.shared_settings()),
             None => flags.or(self.shared_settings()),
         }
         .with_url(url)
@@ -392,10 +395,10 @@ impl ConfigFile {
         self.check_tables()?;
         match flags.urls() {
             [] => Ok(match self.configured_urls().first() {
-                Some(url) => self.settings_for(url, &flags),
+                Some(url) => self.settings_for(url, &flags, true),
                 None => flags.or(self.store.clone()),
             }),
-            [url] => Ok(self.settings_for(url, &flags)),
+            [url] => Ok(self.settings_for(url, &flags, true)),
             [..] => Err(crate::error::usage(
                 "this command works on one store: give --store (--from) once; only backup writes to several",
             )),
@@ -407,6 +410,7 @@ impl ConfigFile {
     pub fn stores_for_backup(&self, flags: StoreOptions) -> Result<Vec<StoreOptions>> {
         self.check_tables()?;
         let configured = self.configured_urls();
+        let named = !flags.urls().is_empty();
         let urls: Vec<String> = if flags.urls().is_empty() {
             configured.clone()
         } else {
@@ -436,7 +440,7 @@ impl ConfigFile {
         }
         Ok(urls
             .iter()
-            .map(|url| self.settings_for(url, &flags))
+            .map(|url| self.settings_for(url, &flags, named))
             .collect())
     }
 
@@ -599,6 +603,10 @@ mod tests {
             Some("http://local-minio:9000")
         );
         assert_eq!(stores[1].endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(
+            stores[2].endpoint, None,
+            "az://other/app has none of its own"
+        );
         let err = file.store_for(flags).unwrap_err().to_string();
         assert!(err.contains("one store"), "{err}");
     }

@@ -59,7 +59,8 @@ pub async fn open(options: &StoreOptions) -> Result<Store> {
         layout: Layout { prefix },
         url,
         upload_attributes,
-        parts: options.part_policy()?,
+        // Checked where something is uploaded (backup, copy); reading commands do not care.
+        parts: options.part_policy().unwrap_or_default(),
     })
 }
 

@@ -240,3 +240,56 @@ fn repeated_to_flags_deduplicate_against_each_store_and_an_unreachable_one_is_na
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(stderr(&output).contains("one store"), "{}", stderr(&output));
 }
+
+/// A signal while a volume's before-volume hook runs: the run stops there as interrupted
+/// (exit 130) — no panic, no helper left, the app running again, no backup in the store.
+#[test]
+fn a_signal_during_a_volume_hook_interrupts_the_backup_cleanly() {
+    let mut app = TestApp::new("stores-signal");
+    let data = app.volume("data");
+    app.in_volume(&data, &fill_script(1));
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("signal");
+    let work = tempfile::tempdir().unwrap();
+    let (_, recipient) = keygen(work.path());
+    let config = config(
+        work.path(),
+        &store,
+        &app.project,
+        &recipient,
+        "[[hook]]\non = \"before-volume\"\ncommand = \"sleep 3\"\n",
+    );
+    let child = s3
+        .env(&mut lifeboat())
+        .arg("--config")
+        .arg(&config)
+        .arg("backup")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(130), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        app.running().values().all(|&running| running),
+        "the app runs"
+    );
+    assert!(list_json(&s3, &store).is_empty(), "no backup");
+    let helpers = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=io.lifeboat.helper",
+        "--filter",
+        &format!("volume={data}"),
+    ]);
+    assert!(helpers.trim().is_empty(), "no helper left: {helpers}");
+}

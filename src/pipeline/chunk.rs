@@ -239,15 +239,16 @@ pub async fn seal_chunks_each(
         }
         Err(error) => error,
     };
-    // When every upload failed first, that is the cause: the reader then only saw the pipes
+    // When the uploads ended first, they are the cause: the reader then only saw the pipes
     // close.
-    let mut first_upload_error = None;
+    let ended_first = uploads.iter().all(|(upload, _)| upload.is_finished());
+    let mut errors = Vec::with_capacity(uploads.len());
     let mut all_failed = true;
     for (upload, upload_cancel) in uploads {
         upload_cancel.cancel();
         match upload.await {
-            Ok(Err(upload_error @ SealError::Upload { .. })) => {
-                first_upload_error.get_or_insert(upload_error);
+            Ok(Err(error @ (SealError::Upload { .. } | SealError::Cancelled))) => {
+                errors.push(error)
             }
             _ => all_failed = false,
         }
@@ -255,8 +256,13 @@ pub async fn seal_chunks_each(
     if cancel.is_cancelled() {
         return Err(SealError::Cancelled);
     }
-    match first_upload_error {
-        Some(upload_error) if all_failed => Err(upload_error),
+    let refused = errors.iter().any(|e| matches!(e, SealError::Upload { .. }));
+    if !all_failed || !refused {
+        return Err(read_error);
+    }
+    match errors.len() {
+        1 => Err(errors.remove(0)),
+        _ if ended_first => Err(SealError::EveryUpload(errors)),
         _ => Err(read_error),
     }
 }
@@ -928,7 +934,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn when_every_store_fails_the_read_stops_with_the_upload_error() {
+    async fn when_every_store_fails_the_read_stops_with_each_upload_error() {
         let identity = age::x25519::Identity::generate();
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (a, b) = (broken_store(&a), broken_store(&b));
@@ -948,6 +954,17 @@ mod tests {
         ];
         let tar = tar_of(&noise(24 << 20, 30));
         let result = seal_chunks_each(&tar[..], &sealer(&identity), &to, None, &cancel).await;
+        // Each store's own error, in order, for the backup to name each store.
+        let Err(SealError::EveryUpload(errors)) = result else {
+            panic!("{:?}", result.err());
+        };
+        assert_eq!(errors.len(), 2);
+        assert!(
+            errors.iter().all(|e| matches!(e, SealError::Upload { .. })),
+            "{errors:?}"
+        );
+        // One store alone: its upload error, as before.
+        let result = seal_chunks_each(&tar[..], &sealer(&identity), &to[..1], None, &cancel).await;
         assert!(
             matches!(result, Err(SealError::Upload { .. })),
             "{:?}",

@@ -83,6 +83,10 @@ pub enum SealError {
     /// The cancellation token given to [`seal`] fired.
     #[error("interrupted")]
     Cancelled,
+    /// Writing to several stores, every store's upload failed before the tar was read: each
+    /// one's error, in the order of the destinations (a stopped one's is `Cancelled`).
+    #[error("every store's upload failed")]
+    EveryUpload(Vec<SealError>),
 }
 
 type UploadTask = tokio::task::JoinHandle<Result<UploadedParts, PipelineError>>;
@@ -173,28 +177,33 @@ pub async fn seal_each(
         }
         Err(error) => error,
     };
-    // When every upload failed first, that is the cause: the reader then only saw the pipe
+    // When the uploads ended first, they are the cause: the reader then only saw the pipes
     // close. Otherwise the reader's error is, and the uploads are abandoned.
-    let mut first_upload_error = None;
+    let ended_first = uploads.iter().all(|(_, upload, _)| upload.is_finished());
+    let mut errors = Vec::with_capacity(uploads.len());
     let mut all_failed = true;
     for (location, upload, upload_cancel) in uploads {
         upload_cancel.cancel();
         match upload.await {
-            Ok(Err(source)) if !matches!(source, PipelineError::Cancelled) => {
-                first_upload_error.get_or_insert(SealError::Upload { location, source });
-            }
+            Ok(Err(PipelineError::Cancelled)) => errors.push(SealError::Cancelled),
+            Ok(Err(source)) => errors.push(SealError::Upload { location, source }),
             Ok(Ok(parts)) => {
                 parts.abort().await;
                 all_failed = false;
             }
-            _ => all_failed = false,
+            Err(_) => all_failed = false,
         }
     }
     if cancel.is_cancelled() {
         return Err(SealError::Cancelled);
     }
-    match first_upload_error {
-        Some(upload_error) if all_failed => Err(upload_error),
+    let refused = errors.iter().any(|e| matches!(e, SealError::Upload { .. }));
+    if !all_failed || !refused {
+        return Err(SealError::Read(read_error));
+    }
+    match errors.len() {
+        1 => Err(errors.remove(0)),
+        _ if ended_first => Err(SealError::EveryUpload(errors)),
         _ => Err(SealError::Read(read_error)),
     }
 }

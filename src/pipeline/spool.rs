@@ -128,9 +128,28 @@ struct Pipe {
     budget: Arc<SpoolBudget>,
 }
 
+impl Pipe {
+    /// The reader is gone (its upload ended or failed): what was written and never read goes
+    /// back to the budget at once, so that a failed store never keeps that space from the
+    /// other pipes of the run. From then on neither thread counts or releases anything more.
+    fn reader_gone(&self) {
+        let unread = {
+            let mut state = self.lock();
+            if state.reader_gone {
+                return;
+            }
+            state.reader_gone = true;
+            let unread = state.written.saturating_sub(state.read);
+            state.read = state.written;
+            unread
+        };
+        self.changed.notify_all();
+        self.budget.release(unread);
+    }
+}
+
 impl Drop for Pipe {
-    /// Gives back what was written and never read: a pipe whose reader went away (its upload
-    /// failed) must not keep that space from the other pipes of the run.
+    /// A safety net: anything still counted as written and unread goes back.
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         self.budget
@@ -234,7 +253,19 @@ fn spool_writes(
             shared.fail("cannot write", e);
             return;
         }
-        shared.update(|s| s.written += n);
+        let counted = {
+            let mut state = shared.lock();
+            if !state.reader_gone {
+                state.written += n;
+            }
+            !state.reader_gone
+        };
+        if !counted {
+            // The reader went away meanwhile and gave back what it had counted: this is ours.
+            budget.release(n);
+            return;
+        }
+        shared.changed.notify_all();
     }
     shared.update(|s| s.writer_done = true);
 }
@@ -281,10 +312,20 @@ fn spool_reads(
                 shared.path.display()
             );
         }
-        shared.update(|s| s.read += n as u64);
+        let consumed = {
+            let mut state = shared.lock();
+            if !state.reader_gone {
+                state.read += n as u64;
+            }
+            !state.reader_gone
+        };
+        if !consumed {
+            return; // the reader's going gave this space back already
+        }
+        shared.changed.notify_all();
         budget.release(n as u64);
         if to_reader.blocking_send(Ok(Bytes::from(chunk))).is_err() {
-            shared.update(|s| s.reader_gone = true);
+            shared.reader_gone();
             return;
         }
     }
@@ -352,8 +393,9 @@ struct SpoolReader {
 
 impl Drop for SpoolReader {
     fn drop(&mut self) {
-        // Wakes both threads: the writer stops waiting for space, the reader for data.
-        self.shared.update(|s| s.reader_gone = true);
+        // Gives back the unread space and wakes both threads: the writer stops waiting for
+        // space, the reader for data.
+        self.shared.reader_gone();
     }
 }
 
@@ -422,10 +464,9 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        // The store fails: its reader goes, its writer is never written again (the fan-out
+        // may be busy with the other branch) and stays alive until the end.
         drop(dead_reader);
-        let _ = dead_writer.write_all(&data(64 << 10)).await;
-        let _ = dead_writer.write_all(&data(64 << 10)).await;
-        drop(dead_writer);
         let (mut writer, mut reader) = pipe(Some(&budget)).unwrap();
         let input = data(6 << 20);
         let expected = input.clone();
@@ -441,6 +482,13 @@ mod tests {
             .unwrap();
         write.await.unwrap();
         assert_eq!(output, expected);
+        drop(dead_writer);
+        for _ in 0..200 {
+            if *budget.lock() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert_eq!(*budget.lock(), 0, "everything is given back");
     }
 

@@ -139,22 +139,24 @@ where
         attributes,
         ..Default::default()
     };
-    // A store that does not answer does not hold the run: the request to start is bounded by
-    // the stall deadline, and stopped with the rest.
-    let start = tokio::time::timeout(
-        policy.stall_timeout,
-        store.put_multipart_opts(location, options),
-    );
+    // Stopped with the rest (a signal, the store's lock lost): a start still under way is then
+    // left to finish in the background and aborted, so no upload is left open by it.
+    let mut start = Box::pin({
+        let (store, location) = (Arc::clone(store), location.clone());
+        async move { store.put_multipart_opts(&location, options).await }
+    });
     let mut upload = tokio::select! {
-        started = start => started.map_err(|_| PipelineError::Store(object_store::Error::Generic {
-            store: "upload",
-            source: format!(
-                "the store did not start the upload within {} s",
-                policy.stall_timeout.as_secs()
-            )
-            .into(),
-        }))??,
-        () = cancel.cancelled() => return Err(PipelineError::Cancelled),
+        started = &mut start => started?,
+        () = cancel.cancelled() => {
+            let location = location.clone();
+            tokio::spawn(async move {
+                let late = tokio::time::timeout(std::time::Duration::from_secs(60), start);
+                if let Ok(Ok(upload)) = late.await {
+                    abort_logged(upload, &location).await;
+                }
+            });
+            return Err(PipelineError::Cancelled);
+        }
     };
     let mut in_flight: JoinSet<object_store::Result<()>> = JoinSet::new();
     let mut hasher = Sha256::new();
@@ -207,6 +209,9 @@ where
 
     if let Err(err) = outcome {
         in_flight.abort_all();
+        // The pipe first: its spool space goes back to the other stores' pipes now, not after
+        // the abort's round trips to a store that is failing.
+        drop(reader);
         abort_logged(upload, location).await;
         return Err(err);
     }
