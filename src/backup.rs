@@ -228,6 +228,14 @@ impl Outcome {
         if self.failed.is_empty() {
             return Err(anyhow!("the backup went to no store"));
         }
+        // A signal is the run's outcome (exit 130) whichever store saw it first.
+        let interrupted = |e: &anyhow::Error| {
+            crate::error::classified(e) == Some(crate::error::ExitClass::Interrupted)
+        };
+        if let Some(at) = self.failed.iter().position(|(_, e)| interrupted(e)) {
+            let first = self.failed.remove(at);
+            self.failed.insert(0, first);
+        }
         let (url, error) = self.failed.remove(0);
         if self.stores == 1 {
             return Err(error);

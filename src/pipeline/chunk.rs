@@ -220,9 +220,10 @@ pub async fn seal_chunks_each(
         uploads.push((upload, upload_cancel));
     }
     let known: Vec<&Known> = to.iter().map(|target| target.known).collect();
+    let tokens: Vec<&StoreTokens> = to.iter().map(|target| &target.tokens).collect();
     let pipes = Branches::new(writers);
     let read = tokio::select! {
-        read = cut_and_seal(tar, sealer, &known, pipes) => read,
+        read = cut_and_seal(tar, sealer, (&known, &tokens), pipes) => read,
         () = cancel.cancelled() => Err(SealError::Cancelled),
     };
     let read_error = match read {
@@ -239,16 +240,16 @@ pub async fn seal_chunks_each(
         }
         Err(error) => error,
     };
-    // When the uploads ended first, they are the cause: the reader then only saw the pipes
-    // close.
-    let ended_first = uploads.iter().all(|(upload, _)| upload.is_finished());
+    // When every upload ended on its own (refused, or its store stopped) with at least one
+    // refusal, the uploads are the cause: the reader then only saw the pipes close.
     let mut errors = Vec::with_capacity(uploads.len());
     let mut all_failed = true;
-    for (upload, upload_cancel) in uploads {
+    for ((upload, upload_cancel), target) in uploads.into_iter().zip(to) {
         upload_cancel.cancel();
         match upload.await {
-            Ok(Err(error @ (SealError::Upload { .. } | SealError::Cancelled))) => {
-                errors.push(error)
+            Ok(Err(error @ SealError::Upload { .. })) => errors.push(error),
+            Ok(Err(SealError::Cancelled)) if target.tokens.stop.is_cancelled() => {
+                errors.push(SealError::Cancelled)
             }
             _ => all_failed = false,
         }
@@ -262,8 +263,7 @@ pub async fn seal_chunks_each(
     }
     match errors.len() {
         1 => Err(errors.remove(0)),
-        _ if ended_first => Err(SealError::EveryUpload(errors)),
-        _ => Err(read_error),
+        _ => Err(SealError::EveryUpload(errors)),
     }
 }
 
@@ -272,7 +272,7 @@ pub async fn seal_chunks_each(
 async fn cut_and_seal(
     tar: impl AsyncRead + Send + Unpin,
     sealer: &ChunkSealer,
-    known: &[&Known],
+    (known, tokens): (&[&Known], &[&StoreTokens]),
     mut pipes: Branches,
 ) -> Result<Vec<SealedChunks>, SealError> {
     let (tar, tally) = TallyReader::counting(TarEndCheck::new(tar));
@@ -367,12 +367,14 @@ async fn cut_and_seal(
             known.map().insert(chunk.id.clone(), chunk.clone());
             result.chunks.push(chunk.clone());
         }
-        if pipes.alive() == 0 {
-            return Err(pipe_error(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "every store's upload has stopped",
-            )));
+        // A store whose upload failed (or stopped) is dead too, even if every chunk still to
+        // come is one it has and nothing would be written to it again.
+        for (store, tokens) in tokens.iter().enumerate() {
+            if !tokens.is_live() {
+                pipes.drop_branch(store);
+            }
         }
+        pipes.any_left().map_err(pipe_error)?;
     }
     pipes.shutdown().await.map_err(pipe_error)?;
     let tar_size = tally.bytes();
@@ -964,7 +966,7 @@ mod tests {
             "{errors:?}"
         );
         // One store alone: its upload error, as before.
-        let result = seal_chunks_each(&tar[..], &sealer(&identity), &to[..1], None, &cancel).await;
+        let result = seal_chunks(&tar[..], &sealer(&identity), &known_a, &a, None, &cancel).await;
         assert!(
             matches!(result, Err(SealError::Upload { .. })),
             "{:?}",

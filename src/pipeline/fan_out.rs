@@ -40,13 +40,22 @@ impl StoreTokens {
 /// Writers of which some may have failed.
 pub struct Branches {
     writers: Vec<Option<PipeWriter>>,
+    /// The first error a write to a branch gave (the spool's disk full, say): what writing
+    /// fails with once no branch is left.
+    first_error: Option<std::io::Error>,
 }
 
 impl Branches {
     pub fn new(writers: Vec<PipeWriter>) -> Self {
         Self {
             writers: writers.into_iter().map(Some).collect(),
+            first_error: None,
         }
+    }
+
+    /// Stops writing to a branch (its store failed or stopped).
+    pub fn drop_branch(&mut self, branch: usize) {
+        self.writers[branch] = None;
     }
 
     /// How many branches are still written to.
@@ -65,6 +74,7 @@ impl Branches {
         {
             tracing::debug!(branch, "a branch of the fan-out failed: {error}");
             self.writers[branch] = None;
+            self.first_error.get_or_insert(error);
         }
     }
 
@@ -80,20 +90,24 @@ impl Branches {
     pub async fn shutdown(&mut self) -> std::io::Result<()> {
         for branch in 0..self.writers.len() {
             if let Some(writer) = &mut self.writers[branch]
-                && writer.shutdown().await.is_err()
+                && let Err(error) = writer.shutdown().await
             {
                 self.writers[branch] = None;
+                self.first_error.get_or_insert(error);
             }
         }
         self.any_left()
     }
 
-    fn any_left(&self) -> std::io::Result<()> {
+    /// Fails once no branch is left, with the first write error if there was one.
+    pub fn any_left(&mut self) -> std::io::Result<()> {
         if self.alive() == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "every store's upload has stopped",
-            ));
+            return Err(self.first_error.take().unwrap_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "every store's upload has stopped",
+                )
+            }));
         }
         Ok(())
     }

@@ -177,15 +177,19 @@ pub async fn seal_each(
         }
         Err(error) => error,
     };
-    // When the uploads ended first, they are the cause: the reader then only saw the pipes
-    // close. Otherwise the reader's error is, and the uploads are abandoned.
-    let ended_first = uploads.iter().all(|(_, upload, _)| upload.is_finished());
+    // When every upload ended on its own (refused, or its store stopped) with at least one
+    // refusal, the uploads are the cause: the reader then only saw the pipes close. Otherwise
+    // the reader's error is, and the uploads are abandoned.
     let mut errors = Vec::with_capacity(uploads.len());
     let mut all_failed = true;
-    for (location, upload, upload_cancel) in uploads {
+    for ((location, upload, upload_cancel), (_, tokens)) in uploads.into_iter().zip(to) {
         upload_cancel.cancel();
         match upload.await {
-            Ok(Err(PipelineError::Cancelled)) => errors.push(SealError::Cancelled),
+            // Stopped by its own store (a lost lock), not by this reader giving up.
+            Ok(Err(PipelineError::Cancelled)) if tokens.stop.is_cancelled() => {
+                errors.push(SealError::Cancelled)
+            }
+            Ok(Err(PipelineError::Cancelled)) => all_failed = false,
             Ok(Err(source)) => errors.push(SealError::Upload { location, source }),
             Ok(Ok(parts)) => {
                 parts.abort().await;
@@ -203,8 +207,7 @@ pub async fn seal_each(
     }
     match errors.len() {
         1 => Err(errors.remove(0)),
-        _ if ended_first => Err(SealError::EveryUpload(errors)),
-        _ => Err(SealError::Read(read_error)),
+        _ => Err(SealError::EveryUpload(errors)),
     }
 }
 
@@ -489,6 +492,42 @@ mod tests {
         assert_eq!(a, c, "the same bytes in both stores");
         assert_eq!(open(&good, identity.clone()).await, tar);
         assert_eq!(open(&other, identity).await, tar);
+    }
+
+    /// Every store refuses (an outage): each store's own error comes back, in order, not a
+    /// "broken pipe" from the reader that only saw the pipes close.
+    #[tokio::test]
+    async fn when_every_store_refuses_each_says_why() {
+        let big: Vec<u8> = (0..9_000_000u32).map(|i| (i * 17 % 256) as u8).collect();
+        let tar = tar_of(&[("big.bin", &big)]);
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let (_, sealer) = keys();
+        let cancel = CancellationToken::new();
+        let to: Vec<(Destination, StoreTokens)> = dirs
+            .iter()
+            .map(|dir| {
+                let root = dir.path().join("bucket");
+                std::fs::create_dir(&root).unwrap();
+                let objects: Arc<dyn ObjectStore> =
+                    Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap());
+                std::fs::remove_dir(&root).unwrap();
+                std::fs::write(&root, b"not a folder").unwrap();
+                (
+                    destination(objects),
+                    StoreTokens::stopped_by(cancel.clone()),
+                )
+            })
+            .collect();
+        let progress = crate::progress::Progress::hidden().volume("vol", None);
+        let result = seal_each(&tar[..], &sealer, &to, &progress, &cancel).await;
+        let Err(SealError::EveryUpload(errors)) = result else {
+            panic!("{:?}", result.err());
+        };
+        assert_eq!(errors.len(), 2);
+        assert!(
+            errors.iter().all(|e| matches!(e, SealError::Upload { .. })),
+            "{errors:?}"
+        );
     }
 
     #[tokio::test]

@@ -126,6 +126,8 @@ struct Pipe {
     changed: Condvar,
     path: PathBuf,
     budget: Arc<SpoolBudget>,
+    /// The spool file, to free a dead pipe's unread range at once.
+    file: Arc<File>,
 }
 
 impl Pipe {
@@ -140,6 +142,10 @@ impl Pipe {
             }
             state.reader_gone = true;
             let unread = state.written.saturating_sub(state.read);
+            // The disk too, not only the count: the writer may never write to this pipe again.
+            if unread > 0 {
+                punch_hole(&self.file, state.read, unread);
+            }
             state.read = state.written;
             unread
         };
@@ -206,6 +212,7 @@ pub fn pipe(budget: Option<&Arc<SpoolBudget>>) -> io::Result<(PipeWriter, PipeRe
         changed: Condvar::new(),
         path: budget.dir().to_path_buf(),
         budget: Arc::clone(budget),
+        file: Arc::clone(&file),
     });
     let (to_spool, from_writer) = mpsc::channel::<Bytes>(16);
     let (to_reader, from_spool) = mpsc::channel::<io::Result<Bytes>>(2);

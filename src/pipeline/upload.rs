@@ -139,23 +139,38 @@ where
         attributes,
         ..Default::default()
     };
-    // Stopped with the rest (a signal, the store's lock lost): a start still under way is then
-    // left to finish in the background and aborted, so no upload is left open by it.
+    // Bounded by the stall deadline (a store that does not answer must not hold every other
+    // store's read), and stopped with the rest (a signal, the store's lock lost). A start
+    // still under way then goes on in the background and is aborted if it completes.
     let mut start = Box::pin({
         let (store, location) = (Arc::clone(store), location.clone());
         async move { store.put_multipart_opts(&location, options).await }
     });
-    let mut upload = tokio::select! {
-        started = &mut start => started?,
-        () = cancel.cancelled() => {
+    let given_up = tokio::select! {
+        started = tokio::time::timeout(policy.stall_timeout, &mut start) => match started {
+            Ok(started) => Ok(started?),
+            Err(_) => Err(PipelineError::Store(object_store::Error::Generic {
+                store: "upload",
+                source: format!(
+                    "the store did not start the upload within {} s",
+                    policy.stall_timeout.as_secs()
+                )
+                .into(),
+            })),
+        },
+        () = cancel.cancelled() => Err(PipelineError::Cancelled),
+    };
+    let mut upload = match given_up {
+        Ok(upload) => upload,
+        Err(error) => {
             let location = location.clone();
             tokio::spawn(async move {
-                let late = tokio::time::timeout(std::time::Duration::from_secs(60), start);
+                let late = tokio::time::timeout(std::time::Duration::from_secs(300), start);
                 if let Ok(Ok(upload)) = late.await {
                     abort_logged(upload, &location).await;
                 }
             });
-            return Err(PipelineError::Cancelled);
+            return Err(error);
         }
     };
     let mut in_flight: JoinSet<object_store::Result<()>> = JoinSet::new();
