@@ -39,7 +39,8 @@ fn a_backup_goes_to_every_configured_store_and_a_store_that_fails_stops_no_other
     app.in_volume(&data, &fill_script(12));
     app.service("app", IMAGE, &[("data", "/data")], &[], true);
     let (nightly, offsite) = (S3Server::start(), S3Server::start());
-    // The offsite link is slow: 4 MiB/s, so its upload is still going when it breaks below.
+    // The offsite link is slow (2 MiB/s at night 3), so its upload is still going when it
+    // breaks.
     let link = proxy::FaultProxy::start(offsite.port);
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
@@ -120,17 +121,18 @@ fn a_backup_goes_to_every_configured_store_and_a_store_that_fails_stops_no_other
     // Night 3: the offsite server dies in the middle of its upload. The other stores get the
     // backup (and their retention), the run exits non-zero naming the offsite store, the app
     // runs, and the offsite store keeps night 2 untouched.
-    link.throttle_uploads(4 << 20);
-    let child = backup()
+    link.throttle_uploads(2 << 20);
+    let mut child = backup()
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while offsite.open_uploads().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the offsite upload never started"
-        );
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!("the offsite upload never started: {}", stderr(&output));
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut offsite = offsite;
