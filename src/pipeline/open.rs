@@ -15,7 +15,7 @@
 //! command): sees an object store and a path, never the bucket layout.
 
 use super::PipelineError;
-use super::chunk::{ChunkStore, chunk_plaintext, fetch_chunks, spooled_chunks};
+use super::chunk::{ChunkStore, Digest, chunk_plaintext, fetch_chunks, spooled_chunks};
 use super::compress::decompressing_reader;
 use super::download::{StoreReadError, open_object};
 use super::encrypt::decrypting_reader;
@@ -179,7 +179,12 @@ async fn verify_chunks(
         }
         return Ok(None);
     };
-    let tar = chunk_plaintext(fetched, record.compression, Arc::clone(identities));
+    let tar = chunk_plaintext(
+        fetched,
+        record.compression,
+        Arc::clone(identities),
+        Digest::Check,
+    );
     check_tar(tar, record).await.map(Some)
 }
 
@@ -246,7 +251,12 @@ pub async fn fetch_verified(
                 }
             });
             let verify = check_tar(
-                chunk_plaintext(teed, record.compression, Arc::clone(identities)),
+                chunk_plaintext(
+                    teed,
+                    record.compression,
+                    Arc::clone(identities),
+                    Digest::Check,
+                ),
                 record,
             );
             let (verified, written) = tokio::join!(verify, write);
@@ -309,10 +319,12 @@ pub async fn open_spooled(
     file.rewind().map_err(PipelineError::Io)?;
     let tar: Box<dyn AsyncRead + Send + Unpin> = if record.is_chunked() {
         let stored = spooled_chunks(file, record.chunks.clone());
+        // Every chunk's sha256 was checked on its way into this spool.
         Box::new(chunk_plaintext(
             stored,
             record.compression,
             Arc::clone(identities),
+            Digest::CheckedBefore,
         ))
     } else {
         plaintext(tokio::fs::File::from_std(file), record, identities).await?
