@@ -15,54 +15,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-1024}
-missing=()
-[ -x /usr/bin/time ] || missing+=(time)
-command -v restic >/dev/null || missing+=(restic)
-command -v dockerd >/dev/null || missing+=(docker.io)
-[ -x /bin/busybox ] || missing+=(busybox-static)
-if [ ${#missing[@]} -gt 0 ]; then apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; fi
-command -v s3s-fs >/dev/null || cargo install s3s-fs@0.14.1 --features binary --locked --quiet
-if ! docker info >/dev/null 2>&1; then
-  nohup dockerd >/var/log/lifeboat-bench-dockerd.log 2>&1 &
-  for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-fi
-cargo build --release --quiet
-L=$PWD/target/release/lifeboat
-work=$(mktemp -d /var/tmp/lifeboat-stores.XXXXXX)
-project=lbstores$$
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p "$work/s3/bench" "$work/local"
-s3s-fs --host 127.0.0.1 --port "$port" --access-key bench --secret-key bench-secret "$work/s3" >/dev/null 2>&1 &
-s3pid=$!
-cleanup() {
-  kill $s3pid 2>/dev/null || true
-  docker rm -f "$project-app-1" >/dev/null 2>&1 || true
-  docker volume rm -f "${project}_data" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1
-export AWS_ENDPOINT_URL=http://127.0.0.1:$port AWS_EC2_METADATA_DISABLED=true
-unset AWS_CA_BUNDLE
-export RESTIC_PASSWORD=bench-restic-password
-IMAGE=lifeboat-test/busybox:1
-docker image inspect $IMAGE >/dev/null 2>&1 || cargo test --quiet --test backup_restore no_matching_containers >/dev/null
-
+. bench/lib.sh
+bench_setup stores
+mkdir -p "$work/local"
 # The volume: half random, a quarter text, a quarter zeros and random in 1 MiB runs.
-docker volume create --label com.docker.compose.project=$project --label com.docker.compose.volume=data "${project}_data" >/dev/null
 echo "building a ${SIZE_MIB} MiB volume..." >&2
-docker run --rm -v "${project}_data:/v" $IMAGE sh -c "
+docker run --rm -v "$volume:/v" $IMAGE sh -c "
   set -e; cd /v
   head -c $((SIZE_MIB / 2 * 1048576)) /dev/urandom > random.bin
   i=0; while [ \$i -lt $((SIZE_MIB / 32)) ]; do seq \$((i*1000000)) \$((i*1000000+1150000)); i=\$((i+1)); done | head -c $((SIZE_MIB / 4 * 1048576)) > text.log
   i=0; while [ \$i -lt $((SIZE_MIB / 8)) ]; do head -c 1048576 /dev/urandom; head -c 1048576 /dev/zero; i=\$((i+1)); done > db.bin"
-docker create --name "$project-app-1" --label com.docker.compose.project=$project --label com.docker.compose.service=app \
-  -v "${project}_data:/data" $IMAGE sh -c "trap 'exit 0' TERM; while true; do sleep 1; done" >/dev/null
-docker start "$project-app-1" >/dev/null
-volume_dir=$(docker volume inspect -f '{{.Mountpoint}}' "${project}_data")
+bench_app
 data_bytes=$(du -sb "$volume_dir" | cut -f1)
-$L keygen --output "$work/key.txt" --backup-key-output "$work/backup.key" 2> "$work/recipient.txt"
-export LIFEBOAT_BACKUP_KEY_FILE=$work/backup.key
 restic -q -r "$work/local/restic" init >/dev/null
 restic -q -r "s3:$AWS_ENDPOINT_URL/bench/restic" init >/dev/null
 cat > "$work/restic_two.sh" <<SH
@@ -78,14 +42,6 @@ $L backup -p $project --to file://$work/local/copied
 $L copy -p $project --from file://$work/local/copied --to s3://bench/copied
 SH
 
-# timed NAME COMMAND...: "name wall maxrss_kib" into results
-timed() {
-  local name=$1; shift
-  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-  /usr/bin/time -f "%e %M" -o "$work/time" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
-  read -r wall rss < "$work/time"
-  echo "$name $wall $rss" >> "$work/results"
-}
 downtime() { $L list --store "$1" --json | python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)[-1]["downtime_seconds"])'; }
 
 timed "lifeboat-two-stores" $L backup -p $project --to "file://$work/local/both" --to s3://bench/both

@@ -881,13 +881,8 @@ mod tests {
 
     /// A store whose every write fails: its folder is a file.
     fn broken_store(dir: &tempfile::TempDir) -> ChunkStore {
-        let root = dir.path().join("bucket");
-        std::fs::create_dir(&root).unwrap();
-        let objects = object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap();
-        std::fs::remove_dir(&root).unwrap();
-        std::fs::write(&root, b"not a folder").unwrap();
         ChunkStore {
-            objects: Arc::new(objects),
+            objects: crate::pipeline::testing::broken_objects(dir),
             app_dir: Path::from("app"),
             attributes: Attributes::new(),
         }
@@ -985,14 +980,7 @@ mod tests {
         let tar = tar_of(&noise(24 << 20, 30));
         let result = seal_chunks_each(&tar[..], &sealer(&identity), &to, None, &cancel).await;
         // Each store's own error, in order, for the backup to name each store.
-        let Err(SealError::EveryUpload(errors)) = result else {
-            panic!("{:?}", result.err());
-        };
-        assert_eq!(errors.len(), 2);
-        assert!(
-            errors.iter().all(|e| matches!(e, SealError::Upload { .. })),
-            "{errors:?}"
-        );
+        crate::pipeline::testing::assert_each_refused(result, 2);
         // One store alone: its upload error, as before.
         let result = seal_chunks(&tar[..], &sealer(&identity), &known_a, &a, None, &cancel).await;
         assert!(

@@ -105,3 +105,33 @@ impl PipelineError {
         }
     }
 }
+
+/// Helpers for the stages' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::seal::SealError;
+    use object_store::ObjectStore;
+    use std::sync::Arc;
+
+    /// A store whose every write fails: its folder is a file.
+    pub fn broken_objects(dir: &tempfile::TempDir) -> Arc<dyn ObjectStore> {
+        let root = dir.path().join("bucket");
+        std::fs::create_dir(&root).unwrap();
+        let objects = object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap();
+        std::fs::remove_dir(&root).unwrap();
+        std::fs::write(&root, b"not a folder").unwrap();
+        Arc::new(objects)
+    }
+
+    /// `result` is every one of `stores` stores' own refusal, in order.
+    pub fn assert_each_refused<T>(result: Result<T, SealError>, stores: usize) {
+        let Err(SealError::EveryUpload(errors)) = result else {
+            panic!("not every store refused: {:?}", result.err());
+        };
+        assert_eq!(errors.len(), stores);
+        assert!(
+            errors.iter().all(|e| matches!(e, SealError::Upload { .. })),
+            "{errors:?}"
+        );
+    }
+}

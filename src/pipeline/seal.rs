@@ -454,12 +454,7 @@ mod tests {
         let (good, other): (Arc<dyn ObjectStore>, Arc<dyn ObjectStore>) =
             (Arc::new(InMemory::new()), Arc::new(InMemory::new()));
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("bucket");
-        std::fs::create_dir(&root).unwrap();
-        let broken: Arc<dyn ObjectStore> =
-            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap());
-        std::fs::remove_dir(&root).unwrap();
-        std::fs::write(&root, b"not a folder").unwrap();
+        let broken = crate::pipeline::testing::broken_objects(&dir);
         let (identity, sealer) = keys();
         let cancel = CancellationToken::new();
         let to: Vec<(Destination, StoreTokens)> = [&good, &broken, &other]
@@ -506,12 +501,7 @@ mod tests {
         let to: Vec<(Destination, StoreTokens)> = dirs
             .iter()
             .map(|dir| {
-                let root = dir.path().join("bucket");
-                std::fs::create_dir(&root).unwrap();
-                let objects: Arc<dyn ObjectStore> =
-                    Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap());
-                std::fs::remove_dir(&root).unwrap();
-                std::fs::write(&root, b"not a folder").unwrap();
+                let objects = crate::pipeline::testing::broken_objects(dir);
                 (
                     destination(objects),
                     StoreTokens::stopped_by(cancel.clone()),
@@ -520,14 +510,7 @@ mod tests {
             .collect();
         let progress = crate::progress::Progress::hidden().volume("vol", None);
         let result = seal_each(&tar[..], &sealer, &to, &progress, &cancel).await;
-        let Err(SealError::EveryUpload(errors)) = result else {
-            panic!("{:?}", result.err());
-        };
-        assert_eq!(errors.len(), 2);
-        assert!(
-            errors.iter().all(|e| matches!(e, SealError::Upload { .. })),
-            "{errors:?}"
-        );
+        crate::pipeline::testing::assert_each_refused(result, 2);
     }
 
     #[tokio::test]
