@@ -908,8 +908,8 @@ async fn read_volumes(
         if !job.targets.iter().any(|t| t.tokens.is_live()) {
             // Every store has failed: each reports its own error; nothing more is read.
             tracing::warn!(volume = %source.name, "not read: every store has failed");
-            for (store, target) in read.iter_mut().zip(&job.targets) {
-                store.push(job.gone(target, source));
+            for store in read.iter_mut() {
+                store.push(job.gone(source));
             }
             continue;
         }
@@ -1068,7 +1068,7 @@ impl VolumeJob {
     }
 
     /// The place of a volume not sent to a store that had already failed.
-    fn gone(&self, _target: &Target, source: &Source) -> ReadVolume {
+    fn gone(&self, source: &Source) -> ReadVolume {
         ReadVolume {
             record: self.record(source, (0, None)),
             what: Self::what(source),
@@ -1089,7 +1089,7 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
     }
     let live: Vec<&Target> = job.targets.iter().filter(|t| t.tokens.is_live()).collect();
     if live.is_empty() {
-        return Ok(job.targets.iter().map(|t| job.gone(t, source)).collect());
+        return Ok(job.targets.iter().map(|_| job.gone(source)).collect());
     }
     let helper = Helper::create(docker, &source.mount, true).await?;
     let progress = job.progress.volume(
@@ -1167,7 +1167,7 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
         .iter()
         .map(|target| {
             if !live.iter().any(|l| std::ptr::eq(*l, target)) {
-                return job.gone(target, source);
+                return job.gone(source);
             }
             let (tar_size, root, sealing) = each.next().expect("one upload per live store");
             let mut record = job.record(source, (tar_size, root));
