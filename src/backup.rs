@@ -18,6 +18,7 @@ use crate::pipeline::chunk::{
     ChunkSealer, ChunkStore, ChunkTarget, Known, SealingChunks, list_chunks, seal_chunks_each,
 };
 use crate::pipeline::compress::CompressionSettings;
+use crate::pipeline::cut::Previous;
 use crate::pipeline::fan_out::StoreTokens;
 use crate::pipeline::seal::{Destination, SealError, Sealed, Sealer, Sealing, seal_each};
 use crate::pipeline::spool::{self, SpoolBudget};
@@ -26,7 +27,7 @@ use crate::repo::Repo;
 use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
 use chrono::Utc;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -799,6 +800,9 @@ struct Dedup {
     store: ChunkStore,
     sealer: ChunkSealer,
     known: Known,
+    /// Each volume's chunks in the newest backup, in order: where the volume is unchanged,
+    /// its cuts are taken again without running the chunker's hash.
+    previous: HashMap<String, Arc<Previous>>,
 }
 
 /// What a deduplicating backup may reuse: the chunks of the newest genuine backup (its own
@@ -817,7 +821,7 @@ async fn dedup_for(repo: &Repo, plan: &BackupPlan) -> Result<Option<Arc<Dedup>>>
     // (a recipient added must be able to read every chunk; one removed, none of the new ones).
     let recipients: std::collections::BTreeSet<&str> =
         plan.recipients.iter().map(|r| r.text.as_str()).collect();
-    let earlier: Vec<format::ChunkRef> = newest
+    let volumes: Vec<&format::VolumeRecord> = newest
         .iter()
         .flat_map(|n| n.manifest.volumes.iter())
         .filter(|v| v.compression == plan.compression.kind)
@@ -826,7 +830,15 @@ async fn dedup_for(repo: &Repo, plan: &BackupPlan) -> Result<Option<Arc<Dedup>>>
                 v.encryption.recipients.iter().map(String::as_str).collect();
             theirs == recipients
         })
+        .collect();
+    let earlier: Vec<format::ChunkRef> = volumes
+        .iter()
         .flat_map(|v| v.chunks.iter().cloned())
+        .collect();
+    let previous = volumes
+        .iter()
+        .filter(|v| v.is_chunked())
+        .map(|v| (v.name.clone(), Arc::new(Previous::of(&v.chunks))))
         .collect();
     let present = list_chunks(&store)
         .await
@@ -846,6 +858,7 @@ async fn dedup_for(repo: &Repo, plan: &BackupPlan) -> Result<Option<Arc<Dedup>>>
             keys: Arc::new(keys.for_app(&plan.app_name)),
         },
         known,
+        previous,
     })))
 }
 
@@ -1135,6 +1148,7 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
                     known: &d.known,
                     store: &d.store,
                     tokens: target.tokens.clone(),
+                    previous: d.previous.get(&source.name).cloned(),
                 })
                 .collect();
             let sealer = &dedup[0].sealer;

@@ -107,7 +107,12 @@ pub struct ChunkKeys {
 impl ChunkKeys {
     /// The address of a chunk: keyed BLAKE3 of its plaintext, hex.
     pub fn id_of(&self, data: &[u8]) -> String {
-        blake3::keyed_hash(&self.id, data).to_hex().to_string()
+        hex::encode(self.id_bytes(data))
+    }
+
+    /// [`Self::id_of`], as bytes.
+    pub fn id_bytes(&self, data: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.id, data).as_bytes()
     }
 
     /// The gear seed of the chunker (never 0: 0 means unkeyed).

@@ -22,6 +22,7 @@
 //! folder, never the bucket layout above it.
 
 use super::PipelineError;
+use super::cut::{Cutter, Previous};
 use super::fan_out::{Branches, StoreTokens};
 use super::seal::SealError;
 use super::spool::SpoolBudget;
@@ -174,6 +175,7 @@ pub async fn seal_chunks(
         known,
         store: to,
         tokens: StoreTokens::stopped_by(cancel.clone()),
+        previous: None,
     }];
     let mut each = seal_chunks_each(tar, sealer, &to, spool, cancel).await?;
     Ok(each.pop().expect("one store, one upload"))
@@ -185,6 +187,8 @@ pub struct ChunkTarget<'a> {
     pub known: &'a Known,
     pub store: &'a ChunkStore,
     pub tokens: StoreTokens,
+    /// The volume's chunks in this store's previous backup: the cuts to try first.
+    pub previous: Option<Arc<Previous>>,
 }
 
 /// [`seal_chunks`] into several stores at once: the tar is read and cut once, each chunk is
@@ -222,8 +226,9 @@ pub async fn seal_chunks_each(
     let known: Vec<&Known> = to.iter().map(|target| target.known).collect();
     let tokens: Vec<&StoreTokens> = to.iter().map(|target| &target.tokens).collect();
     let pipes = Branches::new(writers);
+    let previous = to.iter().find_map(|target| target.previous.clone());
     let read = tokio::select! {
-        read = cut_and_seal(tar, sealer, (&known, &tokens), pipes) => read,
+        read = cut_and_seal(tar, sealer, (&known, &tokens), previous, pipes) => read,
         () = cancel.cancelled() => Err(SealError::Cancelled),
     };
     let read_error = match read {
@@ -273,17 +278,11 @@ async fn cut_and_seal(
     tar: impl AsyncRead + Send + Unpin,
     sealer: &ChunkSealer,
     (known, tokens): (&[&Known], &[&StoreTokens]),
+    previous: Option<Arc<Previous>>,
     mut pipes: Branches,
 ) -> Result<Vec<SealedChunks>, SealError> {
     let (tar, tally) = TallyReader::counting(TarEndCheck::new(tar));
-    let mut cdc = fastcdc::v2020::AsyncStreamCDC::with_level_and_seed(
-        tar,
-        MIN_CHUNK,
-        AVG_CHUNK,
-        MAX_CHUNK,
-        fastcdc::v2020::Normalization::Level1,
-        sealer.keys.seed(),
-    );
+    let pieces = Cutter::new(tar, Arc::clone(&sealer.keys), previous).into_stream();
     let mut results: Vec<SealedChunks> = known
         .iter()
         .map(|_| SealedChunks {
@@ -297,29 +296,23 @@ async fn cut_and_seal(
     let pipe_error = |e| SealError::Read(PipelineError::Io(e));
     // Chunks in order, each either known to every store (ready) or being sealed on a blocking
     // thread.
-    let in_order = cdc
-        .as_stream()
-        .flat_map(|piece| {
-            let pieces = match piece {
-                Ok(piece) => split_zero_runs(Bytes::from(piece.data))
-                    .into_iter()
-                    .map(Ok)
-                    .collect(),
-                Err(e) => vec![Err(SealError::Read(cdc_error(e)))],
-            };
-            futures::stream::iter(pieces)
-        })
-        .map(|piece: Result<Bytes, SealError>| {
+    let in_order = pieces
+        .map(|piece| {
             let sealer = sealer.clone();
             async move {
-                let data = piece?;
+                let piece =
+                    piece.map_err(|e| SealError::Read(PipelineError::from_read_chain(e)))?;
                 let joined = |e| SealError::Read(PipelineError::Io(std::io::Error::other(e)));
-                // Hashing, like sealing, on a blocking thread: the chunker goes on meanwhile.
-                let (id, data) = {
-                    let keys = Arc::clone(&sealer.keys);
-                    tokio::task::spawn_blocking(move || (keys.id_of(&data), data))
-                        .await
-                        .map_err(joined)?
+                // Hashing, like sealing, on a blocking thread: the cutter goes on meanwhile
+                // (unless it needed the id itself).
+                let (id, data) = match piece.id {
+                    Some(id) => (hex::encode(id), piece.data),
+                    None => {
+                        let (keys, data) = (Arc::clone(&sealer.keys), piece.data);
+                        tokio::task::spawn_blocking(move || (keys.id_of(&data), data))
+                            .await
+                            .map_err(joined)?
+                    }
                 };
                 let plain = data.len() as u64;
                 if known.iter().all(|k| k.get(&id).is_some()) {
@@ -389,58 +382,6 @@ async fn cut_and_seal(
         result.root = root;
     }
     Ok(results)
-}
-
-/// Runs of zeros at least this long are chunks of their own.
-const ZERO_RUN: usize = 64 * 1024;
-
-/// A chunk cut again at the edges of every long run of zeros in it. FastCDC's gear hash finds
-/// no boundary inside a run of equal bytes, so a chunk would run on through zeros (a
-/// database's empty pages, a preallocated log) to its maximum, and one page written in or
-/// near them would cost the whole chunk again. The cuts depend on the content only, like
-/// FastCDC's, and equal zero runs share one chunk.
-fn split_zero_runs(data: Bytes) -> Vec<Bytes> {
-    let word = |at: usize| u64::from_ne_bytes(data[at..at + 8].try_into().expect("8 bytes"));
-    let n = data.len();
-    let mut cuts = Vec::new();
-    let mut i = 0;
-    while i + 8 <= n {
-        if word(i) != 0 {
-            i += 8;
-            continue;
-        }
-        let mut start = i;
-        while start > 0 && data[start - 1] == 0 {
-            start -= 1;
-        }
-        let mut end = i + 8;
-        while end + 8 <= n && word(end) == 0 {
-            end += 8;
-        }
-        while end < n && data[end] == 0 {
-            end += 1;
-        }
-        if end - start >= ZERO_RUN {
-            cuts.extend([start, end]);
-        }
-        i = end.max(i + 8);
-    }
-    let mut pieces = Vec::with_capacity(cuts.len() + 1);
-    let mut from = 0;
-    for cut in cuts.into_iter().chain([n]) {
-        if cut > from {
-            pieces.push(data.slice(from..cut));
-            from = cut;
-        }
-    }
-    pieces
-}
-
-fn cdc_error(error: fastcdc::v2020::Error) -> PipelineError {
-    match error {
-        fastcdc::v2020::Error::IoError(e) => PipelineError::from_read_chain(e),
-        other => PipelineError::Io(std::io::Error::other(other.to_string())),
-    }
 }
 
 /// A sealed chunk in one store's pipe: its sha256 (64 hex digits), its length (8 bytes,
@@ -912,16 +853,19 @@ mod tests {
                 known: &known_fresh,
                 store: &fresh,
                 tokens: crate::pipeline::fan_out::StoreTokens::stopped_by(cancel.clone()),
+                previous: None,
             },
             ChunkTarget {
                 known: &Known::default(),
                 store: &broken,
                 tokens: crate::pipeline::fan_out::StoreTokens::stopped_by(cancel.clone()),
+                previous: None,
             },
             ChunkTarget {
                 known: &known_used,
                 store: &used,
                 tokens: crate::pipeline::fan_out::StoreTokens::stopped_by(cancel.clone()),
+                previous: None,
             },
         ];
         let each = seal_chunks_each(&tar[..], &sealer(&identity), &to, None, &cancel)
@@ -970,11 +914,13 @@ mod tests {
                 known: &known_a,
                 store: &a,
                 tokens: crate::pipeline::fan_out::StoreTokens::stopped_by(cancel.clone()),
+                previous: None,
             },
             ChunkTarget {
                 known: &known_b,
                 store: &b,
                 tokens: crate::pipeline::fan_out::StoreTokens::stopped_by(cancel.clone()),
+                previous: None,
             },
         ];
         let tar = tar_of(&noise(24 << 20, 30));
@@ -1049,22 +995,6 @@ mod tests {
         );
         assert_eq!(list_chunks(&store).await.unwrap().len(), distinct.len());
         assert_eq!(read_back(&store, &sealed, &identity).await, tar);
-    }
-
-    #[test]
-    fn long_zero_runs_are_pieces_of_their_own() {
-        let mut data = noise(1000, 20);
-        data.extend(vec![0u8; 100_000]);
-        data.extend(noise(5000, 21));
-        data.extend(vec![0u8; 1000]);
-        data.extend(noise(7, 22));
-        let pieces = split_zero_runs(Bytes::from(data.clone()));
-        let lens: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
-        assert_eq!(lens, [1000, 100_000, 5000 + 1000 + 7]);
-        assert_eq!(pieces.concat(), data);
-        let all_zero = split_zero_runs(Bytes::from(vec![0u8; 200_000]));
-        assert_eq!(all_zero.len(), 1);
-        assert_eq!(split_zero_runs(Bytes::from(vec![1u8; 10])).len(), 1);
     }
 
     /// Only `chunks/<ab>/<sha256>` counts as a stored chunk.

@@ -15,6 +15,7 @@
 
 pub mod chunk;
 pub mod compress;
+pub mod cut;
 pub mod download;
 pub mod encrypt;
 pub mod fan_out;
