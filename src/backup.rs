@@ -444,8 +444,15 @@ async fn take_store(
     let lock = repo.lock(&plan.app_name, "backup", local).await?;
     let prepared = async {
         repo.ensure_new(&plan.app_name, backup_id).await?;
-        warn_if_made_elsewhere(repo, plan).await;
-        dedup_for(repo, plan).await
+        let policy = manifest::TrustPolicy {
+            trust: crate::auth::Trust::new(vec![plan.signer.public()]),
+            allow_unsigned: false,
+        };
+        let newest = repo.newest_genuine(&plan.app_name, &policy).await;
+        if let Ok(Some(newest)) = &newest {
+            warn_if_made_elsewhere(newest, plan);
+        }
+        dedup_for(repo, plan, newest).await
     }
     .await;
     match prepared {
@@ -677,15 +684,9 @@ fn finish_manifest(
 /// Says so when the newest backup under this name was made on another host: a migration, or
 /// two hosts backing up under one name by mistake (their backups would count against each
 /// other in prune).
-async fn warn_if_made_elsewhere(repo: &Repo, plan: &BackupPlan) {
-    let policy = manifest::TrustPolicy {
-        trust: crate::auth::Trust::new(vec![plan.signer.public()]),
-        allow_unsigned: false,
-    };
+fn warn_if_made_elsewhere(newest: &manifest::Authenticated, plan: &BackupPlan) {
     let here = gethostname::gethostname().to_string_lossy().into_owned();
-    if let Ok(Some(newest)) = repo.newest_genuine(&plan.app_name, &policy).await
-        && newest.manifest.host != here
-    {
+    if newest.manifest.host != here {
         tracing::warn!(
             "the newest backup of '{}' ({}) was made on host {}, not on this one ({here}): fine after a migration; if two hosts back up under one name by mistake, give each its own with --name",
             plan.app_name,
@@ -799,7 +800,11 @@ struct VolumeJob {
 struct Dedup {
     store: ChunkStore,
     sealer: ChunkSealer,
-    known: Known,
+    /// What this run may reuse, once the store's listing is in: see [`Dedup::known`].
+    known: tokio::sync::OnceCell<Known>,
+    /// The listing of the store's chunks, made while the app stops (taken by the first
+    /// volume that needs it).
+    listing: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<Known>>>>,
     /// Each volume's chunks in the newest backup, in order: where the volume is unchanged,
     /// its cuts are taken again without running the chunker's hash.
     previous: HashMap<String, Arc<Previous>>,
@@ -807,16 +812,16 @@ struct Dedup {
 
 /// What a deduplicating backup may reuse: the chunks of the newest genuine backup (its own
 /// signing key's) that this run's listing of the store shows, with their recorded sizes.
-async fn dedup_for(repo: &Repo, plan: &BackupPlan) -> Result<Option<Arc<Dedup>>> {
+async fn dedup_for(
+    repo: &Repo,
+    plan: &BackupPlan,
+    newest: Result<Option<manifest::Authenticated>>,
+) -> Result<Option<Arc<Dedup>>> {
     let Some(keys) = &plan.dedup else {
         return Ok(None);
     };
+    let newest = newest?;
     let store = repo.chunk_store(&plan.app_name);
-    let policy = manifest::TrustPolicy {
-        trust: crate::auth::Trust::new(vec![plan.signer.public()]),
-        allow_unsigned: false,
-    };
-    let newest = repo.newest_genuine(&plan.app_name, &policy).await?;
     // Only chunks sealed the way this run seals: the same compression, to the same recipients
     // (a recipient added must be able to read every chunk; one removed, none of the new ones).
     let recipients: std::collections::BTreeSet<&str> =
@@ -840,15 +845,23 @@ async fn dedup_for(repo: &Repo, plan: &BackupPlan) -> Result<Option<Arc<Dedup>>>
         .filter(|v| v.is_chunked())
         .map(|v| (v.name.clone(), Arc::new(Previous::of(&v.chunks))))
         .collect();
-    let present = list_chunks(&store)
-        .await
-        .map_err(|e| anyhow!("cannot list the chunks in {}: {e}", repo.url()))?;
-    let known = Known::confirmed(&earlier, &present);
-    tracing::info!(
-        reusable = known.len(),
-        in_store = present.len(),
-        "deduplicating against the newest backup's chunks"
-    );
+    // The listing (one request per thousand chunks) goes on while the app is stopped; this run
+    // holds the store's lock already, so nothing it lists is pruned before the manifest.
+    let listing = tokio::spawn({
+        let (store, url) = (store.clone(), repo.url().to_string());
+        async move {
+            let present = list_chunks(&store)
+                .await
+                .map_err(|e| anyhow!("cannot list the chunks in {url}: {e}"))?;
+            let known = Known::confirmed(&earlier, &present);
+            tracing::info!(
+                reusable = known.len(),
+                in_store = present.len(),
+                "deduplicating against the newest backup's chunks"
+            );
+            Ok(known)
+        }
+    });
     Ok(Some(Arc::new(Dedup {
         store,
         sealer: ChunkSealer {
@@ -857,9 +870,29 @@ async fn dedup_for(repo: &Repo, plan: &BackupPlan) -> Result<Option<Arc<Dedup>>>
             level: plan.compression.level.unwrap_or(3),
             keys: Arc::new(keys.for_app(&plan.app_name)),
         },
-        known,
+        known: tokio::sync::OnceCell::new(),
+        listing: std::sync::Mutex::new(Some(listing)),
         previous,
     })))
+}
+
+impl Dedup {
+    /// The chunks this run may reuse in this store, the listing awaited the first time.
+    async fn known(&self) -> Result<&Known> {
+        self.known
+            .get_or_try_init(|| async {
+                let listing = self
+                    .listing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .ok_or_else(|| anyhow!("the listing of the store's chunks failed"))?;
+                listing
+                    .await
+                    .map_err(|e| anyhow!("the listing of the store's chunks failed: {e}"))?
+            })
+            .await
+    }
 }
 
 /// A volume read to its end, its upload still going on (from the spool, or done already).
@@ -1100,9 +1133,29 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
     if job.cancel.is_cancelled() {
         return Err(crate::error::interrupted());
     }
+    // A store whose chunk listing failed leaves the run here, as one that refused an upload.
+    let mut unlisted: Vec<Option<anyhow::Error>> = Vec::new();
+    for target in &job.targets {
+        let listed = match &target.dedup {
+            Some(dedup) if target.tokens.is_live() => dedup.known().await.err(),
+            _ => None,
+        };
+        if listed.is_some() {
+            target.tokens.failed.cancel();
+        }
+        unlisted.push(listed);
+    }
+    let out_of_run = |unlisted: &mut Option<anyhow::Error>| match unlisted.take() {
+        Some(error) => ReadVolume {
+            record: job.record(source, (0, None)),
+            what: what.clone(),
+            sealing: Stored::Failed(error),
+        },
+        None => job.gone(source),
+    };
     let live: Vec<&Target> = job.targets.iter().filter(|t| t.tokens.is_live()).collect();
     if live.is_empty() {
-        return Ok(job.targets.iter().map(|_| job.gone(source)).collect());
+        return Ok(unlisted.iter_mut().map(out_of_run).collect());
     }
     let helper = Helper::create(docker, &source.mount, true).await?;
     let progress = job.progress.volume(
@@ -1145,7 +1198,7 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
                 .iter()
                 .zip(&live)
                 .map(|(d, target)| ChunkTarget {
-                    known: &d.known,
+                    known: d.known.get().expect("listed above"),
                     store: &d.store,
                     tokens: target.tokens.clone(),
                     previous: d.previous.get(&source.name).cloned(),
@@ -1179,9 +1232,10 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
     Ok(job
         .targets
         .iter()
-        .map(|target| {
+        .zip(unlisted.iter_mut())
+        .map(|(target, unlisted)| {
             if !live.iter().any(|l| std::ptr::eq(*l, target)) {
-                return job.gone(source);
+                return out_of_run(unlisted);
             }
             let (tar_size, root, sealing) = each.next().expect("one upload per live store");
             let mut record = job.record(source, (tar_size, root));

@@ -24,7 +24,7 @@ use crate::lock::{LocalClaims, Lock, LockInfo};
 use crate::manifest::{self, Authenticated, NotAuthentic, TrustPolicy};
 use crate::store::{Layout, Store, StoreOptions};
 use anyhow::{Result, anyhow};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{Attributes, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 use std::collections::BTreeMap;
@@ -278,14 +278,25 @@ impl Repo {
     /// Every complete backup under the store's prefix (optionally of one app), oldest first
     /// per app, each authenticated under `policy`. Only a failure to list the store is an error.
     pub async fn list(&self, app: Option<&str>, policy: &TrustPolicy) -> Result<Vec<Listed>> {
+        /// Manifests fetched at once (each is a few KiB to a few MiB).
+        const MANIFESTS_IN_FLIGHT: usize = 8;
         let apps = match app {
             Some(app) => vec![app.to_string()],
             None => self.apps().await?,
         };
         let mut listed = Vec::new();
         for app in apps {
-            for backup_id in self.backup_ids(&app).await? {
-                let fetched = match self.fetch(&app, &backup_id).await {
+            // Several manifests at once: a store's round trip is most of the cost of each.
+            let ids = self.backup_ids(&app).await?;
+            let fetches = futures::stream::iter(ids)
+                .map(|backup_id: String| async {
+                    let fetched = self.fetch(&app, &backup_id).await;
+                    (backup_id, fetched)
+                })
+                .buffered(MANIFESTS_IN_FLIGHT);
+            let mut fetches = std::pin::pin!(fetches);
+            while let Some((backup_id, fetched)) = fetches.next().await {
+                let fetched = match fetched {
                     // No manifest: an incomplete backup, never listed.
                     Err(object_store::Error::NotFound { .. }) => continue,
                     other => other,
@@ -384,17 +395,23 @@ impl Repo {
         backup_id: &str,
     ) -> Result<(bytes::Bytes, Option<bytes::Bytes>), object_store::Error> {
         let (objects, layout) = (&self.store.objects, &self.store.layout);
-        let bytes = objects
-            .get(&layout.manifest(app, backup_id))
-            .await?
-            .bytes()
-            .await?;
-        let sig = match objects.get(&layout.signature(app, backup_id)).await {
-            Ok(got) => Some(got.bytes().await?),
-            Err(object_store::Error::NotFound { .. }) => None,
-            Err(e) => return Err(e),
+        let manifest = async {
+            objects
+                .get(&layout.manifest(app, backup_id))
+                .await?
+                .bytes()
+                .await
         };
-        Ok((bytes, sig))
+        let signature = async {
+            match objects.get(&layout.signature(app, backup_id)).await {
+                Ok(got) => Ok(Some(got.bytes().await?)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        // Both at once: one round trip, not two.
+        let (bytes, sig) = tokio::join!(manifest, signature);
+        Ok((bytes?, sig?))
     }
 
     /// Reads and authenticates one backup's manifest; `None` picks the newest backup of `app`,
