@@ -51,8 +51,10 @@ pub const MAX_CHUNK: usize = 2 * 1024 * 1024;
 /// times about three `MAX_CHUNK`s.
 pub const IN_FLIGHT: usize = 6;
 /// Chunks being downloaded at once (restore, verify, copy): a GET of a small object is mostly
-/// waiting, so many overlap; memory is bounded by this many `MAX_CHUNK`s.
-pub const FETCH_IN_FLIGHT: usize = 24;
+/// waiting, so many overlap, as long as their stored bytes stay within [`FETCH_BUDGET_KIB`].
+pub const FETCH_IN_FLIGHT: usize = 64;
+/// The stored bytes of the chunks being downloaded at once, at most (KiB): 32 MiB.
+const FETCH_BUDGET_KIB: u32 = 32 * 1024;
 
 /// Where an app's chunks go.
 #[derive(Clone)]
@@ -463,10 +465,27 @@ async fn upload_frames(
 /// One chunk: its own zstd frame (or as is), then its own age file.
 fn seal_one(sealer: &ChunkSealer, data: &[u8]) -> Result<Vec<u8>, PipelineError> {
     use std::io::Write;
+    thread_local! {
+        /// This thread's compression context and its level: one per chunk would cost an
+        /// allocation and the clearing of its tables each time.
+        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
     let compressed;
     let payload: &[u8] = match sealer.compression {
         Compression::Zstd => {
-            compressed = zstd::bulk::compress(data, sealer.level).map_err(PipelineError::Io)?;
+            compressed = COMPRESSOR
+                .with_borrow_mut(|cached| {
+                    if cached
+                        .as_ref()
+                        .is_none_or(|(level, _)| *level != sealer.level)
+                    {
+                        *cached = Some((sealer.level, zstd::bulk::Compressor::new(sealer.level)?));
+                    }
+                    let (_, compressor) = cached.as_mut().expect("set above");
+                    compressor.compress(data)
+                })
+                .map_err(PipelineError::Io)?;
             &compressed
         }
         _ => data,
@@ -536,13 +555,35 @@ fn open_chunk(
                 "chunk {short}… cannot be decrypted with the owner key given: {e}"
             ))
         })?;
-    let mut payload = Vec::new();
+    thread_local! {
+        /// This thread's decompression context, kept from chunk to chunk.
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    // The payload is no longer than the age file; the frame holds what the signed manifest
+    // says (never more than a chunk can be).
+    let mut payload = Vec::with_capacity(stored.len());
     reader
         .read_to_end(&mut payload)
         .map_err(|e| PipelineError::Verification(format!("chunk {short}…: {e}")))?;
     let plain = match compression {
-        Compression::Zstd => zstd::bulk::decompress(&payload, MAX_CHUNK)
-            .map_err(|e| PipelineError::Verification(format!("chunk {short}…: {e}")))?,
+        Compression::Zstd => DECOMPRESSOR
+            .with_borrow_mut(|cached| {
+                if cached.is_none() {
+                    *cached = Some(zstd::bulk::Decompressor::new()?);
+                }
+                let capacity = chunk.plain.min(MAX_CHUNK as u64) as usize;
+                cached
+                    .as_mut()
+                    .expect("set above")
+                    .decompress(&payload, capacity)
+            })
+            .map_err(|e| {
+                PipelineError::Verification(format!(
+                    "chunk {short}… does not decompress to the {} bytes of tar stream the manifest records: {e}",
+                    chunk.plain
+                ))
+            })?,
         _ => payload,
     };
     if plain.len() as u64 != chunk.plain {
@@ -622,10 +663,18 @@ pub fn fetch_chunks(
     from: ChunkStore,
     chunks: Vec<ChunkRef>,
 ) -> impl Stream<Item = Result<(ChunkRef, Bytes), PipelineError>> + Send + 'static {
+    let budget = Arc::new(tokio::sync::Semaphore::new(FETCH_BUDGET_KIB as usize));
     futures::stream::iter(chunks)
         .map(move |chunk| {
-            let from = from.clone();
+            let (from, budget) = (from.clone(), Arc::clone(&budget));
             async move {
+                // The semaphore is fair and the chunks ask in order, so the first chunk still
+                // waiting is always the next one served: no deadlock, whatever the sizes.
+                let kib = chunk.size.div_ceil(1024).min(u64::from(FETCH_BUDGET_KIB)) as u32;
+                let permit = budget
+                    .acquire_many_owned(kib)
+                    .await
+                    .expect("the fetch budget is never closed");
                 let location = from.location(&chunk.sha256);
                 let got = from.objects.get(&location).await.map_err(|e| match e {
                     object_store::Error::NotFound { .. } => PipelineError::Verification(format!(
@@ -642,10 +691,12 @@ pub fn fetch_chunks(
                     )));
                 }
                 let bytes = got.bytes().await.map_err(PipelineError::Store)?;
-                Ok((chunk, bytes))
+                Ok((chunk, bytes, permit))
             }
         })
         .buffered(FETCH_IN_FLIGHT)
+        // Its share of the budget goes back as the chunk leaves, in order.
+        .map_ok(|(chunk, bytes, _permit)| (chunk, bytes))
 }
 
 /// The quick check of a chunked volume: what is wrong with its chunks in `present` (the
