@@ -15,7 +15,8 @@ use crate::hooks::{HookContext, HookEvent, Hooks};
 use crate::keys::Recipient;
 use crate::manifest;
 use crate::pipeline::chunk::{
-    ChunkSealer, ChunkStore, ChunkTarget, Known, SealingChunks, list_chunks, seal_chunks_each,
+    ChunkSealer, ChunkStore, ChunkTarget, Known, SealingChunks, list_chunks, list_chunks_by_prefix,
+    seal_chunks_each,
 };
 use crate::pipeline::compress::CompressionSettings;
 use crate::pipeline::cut::Previous;
@@ -518,6 +519,18 @@ async fn locked_attempt(
     let (read_cancel, _watcher) = all_stopped(targets, cancel);
     job.cancel = read_cancel;
     before_stopping(&job, plan, sources.len()).await?;
+    // Every store's chunk listing is in before the app stops: a listing that takes long (a
+    // huge or junk-filled chunks folder) costs time, never downtime.
+    for target in targets {
+        if let Some(dedup) = &target.dedup {
+            tokio::select! {
+                listed = dedup.known() => if let (Err(error), [_]) = (listed, targets) {
+                    return Err(error.context("nothing was stopped and no backup was made"));
+                },
+                () = cancel.cancelled() => return Err(crate::error::interrupted()),
+            }
+        }
+    }
     job.spool = plan.spool_budget();
     let spooled = job.spool.is_some();
     let window = crate::downtime::while_stopped(
@@ -800,15 +813,22 @@ struct VolumeJob {
 struct Dedup {
     store: ChunkStore,
     sealer: ChunkSealer,
-    /// What this run may reuse, once the store's listing is in: see [`Dedup::known`].
-    known: tokio::sync::OnceCell<Known>,
-    /// The listing of the store's chunks, made while the app stops (taken by the first
-    /// volume that needs it).
+    /// What this run may reuse once the store's listing is in (or why it is not): see
+    /// [`Dedup::known`].
+    known: tokio::sync::OnceCell<Result<Known, String>>,
+    /// The listing of the store's chunks, made while the run prepares (taken by the first
+    /// that awaits it), and what stops it when the run ends first.
     listing: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<Known>>>>,
+    stop_listing: tokio::task::AbortHandle,
+    url: String,
     /// Each volume's chunks in the newest backup, in order: where the volume is unchanged,
     /// its cuts are taken again without running the chunker's hash.
     previous: HashMap<String, Arc<Previous>>,
 }
+
+/// A store whose newest backup has at least this many chunks is listed a prefix at a time,
+/// several at once: one page after the other, a million chunks take a thousand round trips.
+const LIST_BY_PREFIX: usize = 4000;
 
 /// What a deduplicating backup may reuse: the chunks of the newest genuine backup (its own
 /// signing key's) that this run's listing of the store shows, with their recorded sizes.
@@ -845,14 +865,19 @@ async fn dedup_for(
         .filter(|v| v.is_chunked())
         .map(|v| (v.name.clone(), Arc::new(Previous::of(&v.chunks))))
         .collect();
-    // The listing (one request per thousand chunks) goes on while the app is stopped; this run
-    // holds the store's lock already, so nothing it lists is pruned before the manifest.
+    // The listing (one request per thousand chunks, or per prefix at once for a large store)
+    // goes on while the run prepares, and is in before anything stops; this run holds the
+    // store's lock already, so nothing it lists is pruned before the manifest.
+    let by_prefix = earlier.len() >= LIST_BY_PREFIX;
     let listing = tokio::spawn({
         let (store, url) = (store.clone(), repo.url().to_string());
         async move {
-            let present = list_chunks(&store)
-                .await
-                .map_err(|e| anyhow!("cannot list the chunks in {url}: {e}"))?;
+            let present = if by_prefix {
+                list_chunks_by_prefix(&store).await
+            } else {
+                list_chunks(&store).await
+            };
+            let present = present.map_err(|e| anyhow!("cannot list the chunks in {url}: {e}"))?;
             let known = Known::confirmed(&earlier, &present);
             tracing::info!(
                 reusable = known.len(),
@@ -871,27 +896,44 @@ async fn dedup_for(
             keys: Arc::new(keys.for_app(&plan.app_name)),
         },
         known: tokio::sync::OnceCell::new(),
+        stop_listing: listing.abort_handle(),
         listing: std::sync::Mutex::new(Some(listing)),
+        url: repo.url().to_string(),
         previous,
     })))
 }
 
 impl Dedup {
-    /// The chunks this run may reuse in this store, the listing awaited the first time.
+    /// The chunks this run may reuse in this store, the listing awaited the first time; its
+    /// failure, each time.
     async fn known(&self) -> Result<&Known> {
-        self.known
-            .get_or_try_init(|| async {
+        let listed = self
+            .known
+            .get_or_init(|| async {
                 let listing = self
                     .listing
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                    .ok_or_else(|| anyhow!("the listing of the store's chunks failed"))?;
-                listing
-                    .await
-                    .map_err(|e| anyhow!("the listing of the store's chunks failed: {e}"))?
+                    .take();
+                let failed = |e: &dyn std::fmt::Display| {
+                    format!("the listing of the chunks in {} failed: {e}", self.url)
+                };
+                match listing {
+                    None => Err(failed(&"it was stopped")),
+                    Some(listing) => match listing.await {
+                        Ok(listed) => listed.map_err(|e| format!("{e:#}")),
+                        Err(e) => Err(failed(&e)),
+                    },
+                }
             })
-            .await
+            .await;
+        listed.as_ref().map_err(|e| anyhow!("{e}"))
+    }
+}
+
+impl Drop for Dedup {
+    fn drop(&mut self) {
+        self.stop_listing.abort();
     }
 }
 
@@ -1198,7 +1240,10 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
                 .iter()
                 .zip(&live)
                 .map(|(d, target)| ChunkTarget {
-                    known: d.known.get().expect("listed above"),
+                    known: match d.known.get() {
+                        Some(Ok(known)) => known,
+                        _ => unreachable!("a live store's listing is in and succeeded"),
+                    },
                     store: &d.store,
                     tokens: target.tokens.clone(),
                     previous: d.previous.get(&source.name).cloned(),

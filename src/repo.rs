@@ -411,7 +411,18 @@ impl Repo {
         };
         // Both at once: one round trip, not two.
         let (bytes, sig) = tokio::join!(manifest, signature);
-        Ok((bytes?, sig?))
+        let bytes = bytes?;
+        let sig = match sig? {
+            // The signature is written before the manifest: asked for just before it was
+            // written, it is there once the manifest is.
+            None => match objects.get(&layout.signature(app, backup_id)).await {
+                Ok(got) => Some(got.bytes().await?),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            found => found,
+        };
+        Ok((bytes, sig))
     }
 
     /// Reads and authenticates one backup's manifest; `None` picks the newest backup of `app`,

@@ -462,30 +462,48 @@ async fn upload_frames(
     }
 }
 
+/// zstd contexts kept between chunks: creating one per chunk costs an allocation and the
+/// clearing of its tables each time. At most [`IN_FLIGHT`] of each kind are kept (a context at
+/// a high level is tens of MiB), whichever threads the chunks are sealed or opened on.
+struct Contexts<T>(std::sync::Mutex<Vec<T>>);
+
+impl<T> Contexts<T> {
+    const fn new() -> Self {
+        Contexts(std::sync::Mutex::new(Vec::new()))
+    }
+
+    fn take(&self, fits: impl Fn(&T) -> bool) -> Option<T> {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let at = kept.iter().position(fits)?;
+        Some(kept.swap_remove(at))
+    }
+
+    fn give_back(&self, context: T) {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < IN_FLIGHT {
+            kept.push(context);
+        }
+    }
+}
+
+static COMPRESSORS: Contexts<(i32, zstd::bulk::Compressor<'static>)> = Contexts::new();
+static DECOMPRESSORS: Contexts<zstd::bulk::Decompressor<'static>> = Contexts::new();
+
 /// One chunk: its own zstd frame (or as is), then its own age file.
 fn seal_one(sealer: &ChunkSealer, data: &[u8]) -> Result<Vec<u8>, PipelineError> {
     use std::io::Write;
-    thread_local! {
-        /// This thread's compression context and its level: one per chunk would cost an
-        /// allocation and the clearing of its tables each time.
-        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-            const { std::cell::RefCell::new(None) };
-    }
     let compressed;
     let payload: &[u8] = match sealer.compression {
         Compression::Zstd => {
-            compressed = COMPRESSOR
-                .with_borrow_mut(|cached| {
-                    if cached
-                        .as_ref()
-                        .is_none_or(|(level, _)| *level != sealer.level)
-                    {
-                        *cached = Some((sealer.level, zstd::bulk::Compressor::new(sealer.level)?));
-                    }
-                    let (_, compressor) = cached.as_mut().expect("set above");
-                    compressor.compress(data)
+            let mut compressor = COMPRESSORS
+                .take(|(level, _)| *level == sealer.level)
+                .map(Ok)
+                .unwrap_or_else(|| {
+                    zstd::bulk::Compressor::new(sealer.level).map(|c| (sealer.level, c))
                 })
                 .map_err(PipelineError::Io)?;
+            compressed = compressor.1.compress(data).map_err(PipelineError::Io)?;
+            COMPRESSORS.give_back(compressor);
             &compressed
         }
         _ => data,
@@ -555,11 +573,6 @@ fn open_chunk(
                 "chunk {short}… cannot be decrypted with the owner key given: {e}"
             ))
         })?;
-    thread_local! {
-        /// This thread's decompression context, kept from chunk to chunk.
-        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-            const { std::cell::RefCell::new(None) };
-    }
     // The payload is no longer than the age file; the frame holds what the signed manifest
     // says (never more than a chunk can be).
     let mut payload = Vec::with_capacity(stored.len());
@@ -567,16 +580,15 @@ fn open_chunk(
         .read_to_end(&mut payload)
         .map_err(|e| PipelineError::Verification(format!("chunk {short}…: {e}")))?;
     let plain = match compression {
-        Compression::Zstd => DECOMPRESSOR
-            .with_borrow_mut(|cached| {
-                if cached.is_none() {
-                    *cached = Some(zstd::bulk::Decompressor::new()?);
-                }
+        Compression::Zstd => DECOMPRESSORS
+            .take(|_| true)
+            .map(Ok)
+            .unwrap_or_else(zstd::bulk::Decompressor::new)
+            .and_then(|mut decompressor| {
                 let capacity = chunk.plain.min(MAX_CHUNK as u64) as usize;
-                cached
-                    .as_mut()
-                    .expect("set above")
-                    .decompress(&payload, capacity)
+                let plain = decompressor.decompress(&payload, capacity);
+                DECOMPRESSORS.give_back(decompressor);
+                plain
             })
             .map_err(|e| {
                 PipelineError::Verification(format!(
@@ -722,7 +734,31 @@ pub fn missing(chunks: &[ChunkRef], present: &HashMap<String, u64>) -> Option<St
 /// else): sha256 → stored size.
 pub async fn list_chunks(to: &ChunkStore) -> Result<HashMap<String, u64>, object_store::Error> {
     let dir = to.app_dir.clone().join(crate::format::CHUNKS_DIR);
-    let to = to.clone();
+    Ok(chunks_under(to, dir).await?.into_iter().collect())
+}
+
+/// [`list_chunks`], one listing per two-digit prefix (`chunks/00/` … `chunks/ff/`), 16 at
+/// once: for a store with many chunks, where one listing is a long chain of pages.
+pub async fn list_chunks_by_prefix(
+    to: &ChunkStore,
+) -> Result<HashMap<String, u64>, object_store::Error> {
+    let dirs = (0..=255u8).map(|prefix| {
+        let dir = to.app_dir.clone().join(crate::format::CHUNKS_DIR);
+        chunks_under(to, dir.join(format!("{prefix:02x}")))
+    });
+    let mut present = HashMap::new();
+    let mut lists = std::pin::pin!(futures::stream::iter(dirs).buffer_unordered(16));
+    while let Some(listed) = lists.next().await {
+        present.extend(listed?);
+    }
+    Ok(present)
+}
+
+/// The chunks under `dir` where a chunk lies, with their sizes.
+async fn chunks_under(
+    to: &ChunkStore,
+    dir: Path,
+) -> Result<Vec<(String, u64)>, object_store::Error> {
     to.objects
         .list(Some(&dir))
         .try_filter_map(|meta| {
@@ -848,6 +884,53 @@ mod tests {
         let third = seal(&second_tar, &identity, &known, &store).await;
         assert_eq!(third.new_bytes, third.chunks[0].size);
         assert_eq!(read_back(&store, &third, &identity).await, second_tar);
+    }
+
+    /// A night that follows the previous backup's cuts stores what a night cut afresh stores,
+    /// and a chunk the store lost is uploaded again even where the cuts are followed.
+    #[tokio::test]
+    async fn following_the_previous_cuts_stores_what_cutting_afresh_stores() {
+        let identity = age::x25519::Identity::generate();
+        let mut data = noise(10 << 20, 11);
+        let first_tar = tar_of(&data);
+        data[3 << 20..(3 << 20) + 8192].copy_from_slice(&noise(8192, 12));
+        let second_tar = tar_of(&data);
+        let mut seconds = Vec::new();
+        for follow in [false, true] {
+            let store = memory_store();
+            let first = seal(&first_tar, &identity, &Known::default(), &store).await;
+            // The store lost the first night's last chunk.
+            let lost = first.chunks.last().unwrap();
+            store
+                .objects
+                .delete(&store.location(&lost.sha256))
+                .await
+                .unwrap();
+            let known = Known::confirmed(&first.chunks, &list_chunks(&store).await.unwrap());
+            let cancel = CancellationToken::new();
+            let to = [ChunkTarget {
+                known: &known,
+                store: &store,
+                tokens: StoreTokens::stopped_by(cancel.clone()),
+                previous: follow.then(|| Arc::new(Previous::of(&first.chunks))),
+            }];
+            let second = seal_chunks_each(&second_tar[..], &sealer(&identity), &to, None, &cancel)
+                .await
+                .unwrap()
+                .pop()
+                .unwrap()
+                .finish()
+                .await
+                .unwrap();
+            assert_eq!(read_back(&store, &second, &identity).await, second_tar);
+            // Referenced again, and read back above: stored again.
+            assert!(second.chunks.iter().any(|c| c.id == lost.id));
+            seconds.push(second);
+        }
+        let ids = |s: &SealedChunks| s.chunks.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        // The same chunks (their stored sizes differ by age's random header padding).
+        assert_eq!(ids(&seconds[0]), ids(&seconds[1]));
+        assert!(seconds[1].new_bytes < 4 << 20, "{}", seconds[1].new_bytes);
     }
 
     async fn seal(
@@ -1084,6 +1167,9 @@ mod tests {
         let present = list_chunks(&store).await.unwrap();
         assert!(missing(&sealed.chunks, &present).is_some());
         assert!(Known::confirmed(&sealed.chunks, &present).is_empty() || sealed.chunks.len() > 1);
+        // Listed a prefix at a time: the same chunks, and not the stray one either.
+        assert_eq!(list_chunks_by_prefix(&store).await.unwrap(), present);
+        assert_eq!(present.len(), sealed.chunks.len() - 1);
     }
 
     #[tokio::test]

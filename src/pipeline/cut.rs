@@ -83,6 +83,8 @@ pub struct Cutter<R> {
     buf: BytesMut,
     /// Earlier blocks, emptied: each is read into again once no chunk holds it.
     retired: VecDeque<BytesMut>,
+    /// Blocks allocated so far.
+    allocated: usize,
     eof: bool,
     keys: Arc<ChunkKeys>,
     gear: Box<[u64; 256]>,
@@ -108,6 +110,7 @@ impl<R: AsyncRead + Unpin> Cutter<R> {
             source,
             buf: BytesMut::with_capacity(BUFFER),
             retired: VecDeque::new(),
+            allocated: 1,
             eof: false,
             gear: table(&gear),
             gear_ls: table(&gear_ls),
@@ -144,9 +147,13 @@ impl<R: AsyncRead + Unpin> Cutter<R> {
     /// allocation, no page faults), or of a new one.
     fn next_block(&mut self) {
         let reusable = (0..self.retired.len()).find(|&i| self.retired[i].try_reclaim(BUFFER));
-        let mut block = reusable
-            .and_then(|i| self.retired.remove(i))
-            .unwrap_or_else(|| BytesMut::with_capacity(BUFFER));
+        let mut block = match reusable.and_then(|i| self.retired.remove(i)) {
+            Some(block) => block,
+            None => {
+                self.allocated += 1;
+                BytesMut::with_capacity(BUFFER)
+            }
+        };
         block.extend_from_slice(&self.buf);
         let mut old = std::mem::replace(&mut self.buf, block);
         old.clear();
@@ -405,6 +412,32 @@ mod tests {
             reused + 3 >= followed.len(),
             "{reused} of {}",
             followed.len()
+        );
+    }
+
+    /// A long stream read in small pieces, each chunk dropped once used: the blocks are read
+    /// into again rather than allocated anew.
+    #[tokio::test]
+    async fn blocks_are_reused_once_their_chunks_are_gone() {
+        let data = noise(48 << 20, 6);
+        let pieces = data
+            .chunks(64 << 10)
+            .map(|p| Ok::<_, std::io::Error>(Bytes::copy_from_slice(p)));
+        let reader =
+            tokio_util::io::StreamReader::new(futures::stream::iter(pieces.collect::<Vec<_>>()));
+        let mut cutter = Cutter::new(reader, keys(), None);
+        let mut hasher = blake3::Hasher::new();
+        let mut n = 0;
+        while let Some(piece) = cutter.next().await.unwrap() {
+            hasher.update(&piece.data);
+            n += piece.data.len();
+        }
+        assert_eq!(n, data.len());
+        assert_eq!(hasher.finalize(), blake3::hash(&data));
+        assert!(
+            cutter.allocated <= 2,
+            "{} blocks for 48 MiB",
+            cutter.allocated
         );
     }
 
