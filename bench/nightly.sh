@@ -4,8 +4,9 @@
 #   - "database pages" rewritten in place: PAGES random 8 KiB pages of a DB_MIB file;
 #   - one new 8 MiB upload;
 #   - 20 small files edited.
-# Per night: bytes and objects each tool adds to the bucket, wall time, lifeboat's downtime and
-# peak RSS. Then: the first night against a full (not deduplicated) lifeboat backup, and the
+# Per night: bytes and objects each tool adds to the bucket, wall time, CPU time, lifeboat's
+# downtime and peak RSS, and the floor of reading the volume through Docker's archive API:
+# `docker cp` of a stopped helper container that mounts it, to /dev/null. Then: the first night against a full (not deduplicated) lifeboat backup, and the
 # restore of the last night by both. Prints Markdown tables.
 #
 #   bash bench/nightly.sh                      # ≈1.2 GiB volume, 4 nights
@@ -37,6 +38,13 @@ restic -q -r s3:$AWS_ENDPOINT_URL/bench/restic restore latest --target /
 docker start $project-app-1 >/dev/null
 SH
 
+cat > "$work/floor.sh" <<SH
+set -euo pipefail
+helper=\$(docker create -v $volume:/volume:ro \$(docker images --format '{{.Repository}}:{{.Tag}}' lifeboat-helper | head -1) x)
+docker cp \$helper:/volume - > /dev/null
+docker rm \$helper > /dev/null
+SH
+
 bytes() { if [ -d "$work/s3/bench/$1" ]; then du -sb "$work/s3/bench/$1" | cut -f1; else echo 0; fi; }
 objects() { if [ -d "$work/s3/bench/$1" ]; then find "$work/s3/bench/$1" -type f | wc -l; else echo 0; fi; }
 
@@ -58,6 +66,7 @@ for night in $(seq 1 "$NIGHTS"); do
   lb0=$(bytes lifeboat); lo0=$(objects lifeboat); rb0=$(bytes restic); ro0=$(objects restic)
   timed "lifeboat-night-$night" $L backup --dedup -p $project --store s3://bench/lifeboat
   timed "restic-night-$night" bash "$work/restic_backup.sh"
+  timed "floor-night-$night" bash "$work/floor.sh"
   down=$($L list --store s3://bench/lifeboat --json | python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)[-1]["downtime_seconds"])')
   echo "night $night $(( $(bytes lifeboat) - lb0 )) $(( $(objects lifeboat) - lo0 )) $(( $(bytes restic) - rb0 )) $(( $(objects restic) - ro0 )) $down" >> "$work/nights"
 done
@@ -70,17 +79,19 @@ echo "total $(bytes lifeboat) $(objects lifeboat) $(bytes restic) $(objects rest
 python3 - "$work/results" "$work/nights" "$data_bytes" "$SIZE_MIB" "$PAGES" <<'PY'
 import sys
 res = {l.split()[0]: (float(l.split()[1]), int(l.split()[2])) for l in open(sys.argv[1])}
+cpu = {l.split()[0]: float(l.split()[3]) for l in open(sys.argv[1])}
 nights = [l.split() for l in open(sys.argv[2])]
 data = int(sys.argv[3]); mib = lambda b: int(b) / 2**20
 print(f"Volume: {mib(data):.0f} MiB; churn per night: {sys.argv[5]} random 8 KiB pages rewritten in place, one new 8 MiB upload, 20 small files edited.\n")
-print("| night | lifeboat adds MiB | objects | wall s | downtime s | peak RSS MiB | restic adds MiB | objects | wall s |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| night | lifeboat adds MiB | objects | wall s | CPU s | downtime s | peak RSS MiB | restic adds MiB | objects | wall s | CPU s | docker cp s |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for row in nights:
     if row[0] == "night":
         n = row[1]; lw, lr = res[f"lifeboat-night-{n}"]; rw, _ = res[f"restic-night-{n}"]
-        print(f"| {n} | {mib(row[2]):.1f} | {row[3]} | {lw:.1f} | {row[6]} | {lr/1024:.0f} | {mib(row[4]):.1f} | {row[5]} | {rw:.1f} |")
+        lc, rc = cpu[f"lifeboat-night-{n}"], cpu[f"restic-night-{n}"]; fw, _ = res[f"floor-night-{n}"]
+        print(f"| {n} | {mib(row[2]):.1f} | {row[3]} | {lw:.1f} | {lc:.1f} | {row[6]} | {lr/1024:.0f} | {mib(row[4]):.1f} | {row[5]} | {rw:.1f} | {rc:.1f} | {fw:.1f} |")
     else:
-        print(f"| total stored | {mib(row[1]):.1f} | {row[2]} | | | | {mib(row[3]):.1f} | {row[4]} | |")
+        print(f"| total stored | {mib(row[1]):.1f} | {row[2]} | | | | | {mib(row[3]):.1f} | {row[4]} | | | |")
 fw, fr = res["lifeboat-full-backup"]
 print(f"\nFirst night, deduplicated: {res['lifeboat-night-1'][0]:.1f} s; a full (format 2) lifeboat backup of the last night's data: {fw:.1f} s.")
 for name in ["lifeboat-dedup-restore", "lifeboat-full-restore", "restic-restore"]:
