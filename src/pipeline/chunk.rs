@@ -783,6 +783,7 @@ fn is_hex64(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::testing::noise;
     use object_store::memory::InMemory;
 
     fn sealer(identity: &age::x25519::Identity) -> ChunkSealer {
@@ -813,18 +814,6 @@ mod tests {
         tar.extend_from_slice(data);
         tar.resize(tar.len().div_ceil(512) * 512 + 1024, 0);
         tar
-    }
-
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     async fn read_back(

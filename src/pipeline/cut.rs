@@ -283,19 +283,8 @@ pub fn split_zero_runs(data: Bytes) -> Vec<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::testing::noise;
     use futures::TryStreamExt;
-
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     fn keys() -> Arc<ChunkKeys> {
         Arc::new(ChunkKeys::for_tests(9))

@@ -114,6 +114,19 @@ pub(crate) mod testing {
     use object_store::ObjectStore;
     use std::sync::Arc;
 
+    /// Pseudo-random (incompressible) bytes, the same for the same seed.
+    pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     /// A store whose every write fails: its folder is a file.
     pub fn broken_objects(dir: &tempfile::TempDir) -> Arc<dyn ObjectStore> {
         let root = dir.path().join("bucket");
