@@ -1175,7 +1175,8 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
     if job.cancel.is_cancelled() {
         return Err(crate::error::interrupted());
     }
-    // A store whose chunk listing failed leaves the run here, as one that refused an upload.
+    // The listings were awaited before the stop (`locked_attempt`): this only reads them. A
+    // store whose listing failed leaves the run here, as one that refused an upload.
     let mut unlisted: Vec<Option<anyhow::Error>> = Vec::new();
     for target in &job.targets {
         let listed = match &target.dedup {

@@ -310,6 +310,18 @@ mod tests {
             .collect()
     }
 
+    fn joined(pieces: &[Piece]) -> Vec<u8> {
+        pieces.iter().flat_map(|p| p.data.to_vec()).collect()
+    }
+
+    /// How many of `pieces` are chunks of `previous`.
+    fn reused_of(pieces: &[Piece], previous: &Previous) -> usize {
+        pieces
+            .iter()
+            .filter(|p| previous.at.contains_key(&p.id.unwrap()))
+            .count()
+    }
+
     fn lens(pieces: &[Piece]) -> Vec<usize> {
         pieces.iter().map(|p| p.data.len()).collect()
     }
@@ -341,10 +353,7 @@ mod tests {
         let got = pieces(&data, None).await;
         assert_eq!(lens(&got), expected);
         assert!(got.iter().all(|p| p.id.is_none()));
-        assert_eq!(
-            got.iter().flat_map(|p| p.data.to_vec()).collect::<Vec<_>>(),
-            data
-        );
+        assert_eq!(joined(&got), data);
     }
 
     /// A night that rewrote a page: the unchanged chunks are the previous ones, found by id,
@@ -361,21 +370,12 @@ mod tests {
         let followed = pieces(&night2, Some(Arc::clone(&previous))).await;
         let fresh = pieces(&night2, None).await;
         assert_eq!(lens(&followed), lens(&fresh));
-        assert_eq!(
-            followed
-                .iter()
-                .flat_map(|p| p.data.to_vec())
-                .collect::<Vec<_>>(),
-            night2
-        );
+        assert_eq!(joined(&followed), night2);
         let ids = keys();
         for piece in &followed {
             assert_eq!(piece.id, Some(ids.id_bytes(&piece.data)));
         }
-        let reused = followed
-            .iter()
-            .filter(|p| previous.at.contains_key(&p.id.unwrap()))
-            .count();
+        let reused = reused_of(&followed, &previous);
         assert!(
             reused + 2 >= followed.len(),
             "{reused} of {}",
@@ -386,17 +386,8 @@ mod tests {
         let mut night3 = noise(300_000, 4);
         night3.extend_from_slice(&night1);
         let followed = pieces(&night3, Some(Arc::clone(&previous))).await;
-        assert_eq!(
-            followed
-                .iter()
-                .flat_map(|p| p.data.to_vec())
-                .collect::<Vec<_>>(),
-            night3
-        );
-        let reused = followed
-            .iter()
-            .filter(|p| previous.at.contains_key(&p.id.unwrap()))
-            .count();
+        assert_eq!(joined(&followed), night3);
+        let reused = reused_of(&followed, &previous);
         assert!(
             reused + 3 >= followed.len(),
             "{reused} of {}",
@@ -438,10 +429,7 @@ mod tests {
         let previous = Arc::new(Previous::of(&chunk_list(&pieces(&long, None).await)));
         for data in [&long[..4 << 20], &long[1..], &[][..], &long[..100]] {
             let got = pieces(data, Some(Arc::clone(&previous))).await;
-            assert_eq!(
-                got.iter().flat_map(|p| p.data.to_vec()).collect::<Vec<_>>(),
-                data
-            );
+            assert_eq!(joined(&got), data);
             assert!(
                 got.iter()
                     .all(|p| !p.data.is_empty() && p.data.len() <= MAX_CHUNK)
