@@ -547,6 +547,13 @@ async fn locked_attempt(
     let (read, hook_failures) = window
         .outcome
         .map_err(|error| and_also(error, &restarted))?;
+    // Every volume is read: what each store may reuse is looked up no more, and its memory
+    // goes before the manifests are written.
+    for dedup in targets.iter().filter_map(|t| t.dedup.as_deref()) {
+        if let Some(Ok(known)) = dedup.known.get() {
+            known.forget();
+        }
+    }
     if spooled {
         tracing::info!(
             downtime_s = format!("{:.1}", window.downtime.as_secs_f64()),
@@ -676,7 +683,9 @@ fn finish_manifest(
 ) -> Manifest {
     Manifest {
         format: format::FORMAT.into(),
-        format_version: if volumes.iter().any(VolumeRecord::is_chunked) {
+        format_version: if volumes.iter().any(|v| v.segments > 1) {
+            format::SEGMENTED_FORMAT
+        } else if volumes.iter().any(VolumeRecord::is_chunked) {
             format::CHUNKED_FORMAT
         } else {
             format::SIGNED_FORMAT
@@ -822,8 +831,9 @@ struct Dedup {
     stop_listing: tokio::task::AbortHandle,
     url: String,
     /// Each volume's chunks in the newest backup, in order: where the volume is unchanged,
-    /// its cuts are taken again without running the chunker's hash.
-    previous: HashMap<String, Arc<Previous>>,
+    /// its cuts are taken again without running the chunker's hash. Taken by the volume's
+    /// read, so each list is freed once its volume is read.
+    previous: std::sync::Mutex<HashMap<String, Arc<Previous>>>,
 }
 
 /// A store whose newest backup has at least this many chunks is listed a prefix at a time,
@@ -858,7 +868,7 @@ async fn dedup_for(
         .collect();
     let earlier: Vec<format::ChunkRef> = volumes
         .iter()
-        .flat_map(|v| v.chunks.iter().cloned())
+        .flat_map(|v| v.chunks.iter().copied())
         .collect();
     let previous = volumes
         .iter()
@@ -899,7 +909,7 @@ async fn dedup_for(
         stop_listing: listing.abort_handle(),
         listing: std::sync::Mutex::new(Some(listing)),
         url: repo.url().to_string(),
-        previous,
+        previous: std::sync::Mutex::new(previous),
     })))
 }
 
@@ -1084,14 +1094,16 @@ async fn finish_uploads(
         } = volume;
         let stored = match sealing {
             Stored::Object(sealing) => sealing.finish().await.map_err(|e| seal_error(e, &what)),
+            // The chunk list moved to the record when the volume was read.
             Stored::Chunks(sealing) => sealing
                 .finish()
                 .await
                 .map(|chunks| Sealed {
                     tar_size: chunks.tar_size,
                     root: chunks.root,
-                    stored_size: chunks.chunks.iter().map(|c| c.size).sum(),
-                    sha256: format::chunk_list_digest(&chunks.chunks),
+                    stored_size: record.chunks.iter().map(|c| c.size).sum(),
+                    sha256: format::chunk_list_digest(&record.chunks),
+                    segments: 1,
                 })
                 .map_err(|e| seal_error(e, &what)),
             Stored::Failed(error) => Err(error),
@@ -1104,6 +1116,7 @@ async fn finish_uploads(
             Ok(sealed) => {
                 record.stored_size = sealed.stored_size;
                 record.sha256 = sealed.sha256;
+                record.segments = sealed.segments;
                 tracing::info!(volume = %record.name, stored_bytes = sealed.stored_size, store = %repo.url(), "volume stored");
                 records.push(record);
             }
@@ -1111,8 +1124,11 @@ async fn finish_uploads(
                 abandon_all(pending).await;
                 // Chunks stay, unreferenced, until a prune after the grace period.
                 for done in records.iter().filter(|r| !r.is_chunked()) {
-                    repo.delete_object(&repo.object(app, backup_id, &done.object))
-                        .await;
+                    for index in 0..done.segments {
+                        let name = format::segment_name(&done.object, index);
+                        repo.delete_object(&repo.object(app, backup_id, &name))
+                            .await;
+                    }
                 }
                 return Err(error);
             }
@@ -1145,6 +1161,7 @@ impl VolumeJob {
             root: read.1,
             chunks: Vec::new(),
             new_bytes: None,
+            segments: 1,
         }
     }
 
@@ -1247,7 +1264,11 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
                     },
                     store: &d.store,
                     tokens: target.tokens.clone(),
-                    previous: d.previous.get(&source.name).cloned(),
+                    previous: d
+                        .previous
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&source.name),
                 })
                 .collect();
             let sealer = &dedup[0].sealer;
@@ -1283,10 +1304,10 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
             if !live.iter().any(|l| std::ptr::eq(*l, target)) {
                 return out_of_run(unlisted);
             }
-            let (tar_size, root, sealing) = each.next().expect("one upload per live store");
+            let (tar_size, root, mut sealing) = each.next().expect("one upload per live store");
             let mut record = job.record(source, (tar_size, root));
-            if let Stored::Chunks(c) = &sealing {
-                record.chunks = c.sealed.chunks.clone();
+            if let Stored::Chunks(c) = &mut sealing {
+                record.chunks = std::mem::take(&mut c.sealed.chunks);
                 record.new_bytes = Some(c.sealed.new_bytes);
             }
             ReadVolume {

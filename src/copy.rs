@@ -157,8 +157,9 @@ async fn copy_one(
     Ok(copied)
 }
 
-/// One volume object, streamed: its size and sha256 checked as it is uploaded, completed only
-/// when both match the manifest. Skipped when the target has it with the right size.
+/// One volume object (each of its segments to an object of the same name), streamed: its size
+/// and sha256 checked as it is uploaded, completed only when both match the manifest. Skipped
+/// when the target has every segment and they add up to the recorded size.
 async fn copy_object(
     from: &Repo,
     to: &Repo,
@@ -167,35 +168,103 @@ async fn copy_object(
     parts: &PartPolicy,
     cancel: &CancellationToken,
 ) -> Result<(u64, usize)> {
+    use crate::pipeline::PipelineError;
+    use crate::pipeline::upload::segment_location;
+    use tokio::io::AsyncReadExt;
     let (app, id) = (&manifest.app, &manifest.backup_id);
     let source = from.object(app, id, &record.object);
     let target = to.object(app, id, &record.object);
-    if let Ok(head) = target.objects.head(&target.location).await
-        && head.size == record.stored_size
-    {
+    let segments = |at: &object_store::path::Path| -> Vec<object_store::path::Path> {
+        (0..record.segments)
+            .map(|index| segment_location(at, index))
+            .collect()
+    };
+    let (sources, targets) = (segments(&source.location), segments(&target.location));
+    let mut present = Some(0u64);
+    for at in &targets {
+        present = match (present, target.objects.head(at).await) {
+            (Some(total), Ok(head)) => Some(total + head.size),
+            _ => None,
+        };
+    }
+    if present == Some(record.stored_size) {
         return Ok((0, 0));
     }
-    let reader = crate::pipeline::download::open_object(&source.objects, &source.location).await?;
-    let uploaded = upload_parts(
-        &target.objects,
-        &target.location,
-        to.upload_attributes().clone(),
-        reader,
-        parts,
-        cancel,
-    )
-    .await?;
-    if uploaded.size != record.stored_size || uploaded.sha256 != record.sha256 {
-        uploaded.abort().await;
-        return Err(crate::error::verification(format!(
+    let mut sizes = Vec::with_capacity(sources.len());
+    for at in &sources {
+        sizes.push(source.objects.head(at).await?.size);
+    }
+    let not_copied = || {
+        crate::error::verification(format!(
             "{} in {} does not match the signed manifest (size or sha256): not copied",
             source.location,
             from.url()
-        )));
+        ))
+    };
+    if sizes.iter().sum::<u64>() != record.stored_size {
+        return Err(not_copied());
     }
-    let size = uploaded.size;
-    uploaded.complete().await?;
-    Ok((size, 1))
+    let reader = crate::pipeline::download::open_objects(&source.objects, sources).await?;
+    let expected = crate::pipeline::tally::Expected {
+        size: record.stored_size,
+        sha256: record.sha256.clone(),
+    };
+    let (mut reader, _) = crate::pipeline::tally::TallyReader::expecting(reader, expected);
+    let mut uploaded = Vec::with_capacity(sizes.len());
+    for (size, at) in sizes.iter().zip(&targets) {
+        // A segment there for each segment here: the parts grow only when the target takes
+        // fewer parts per object than the source did.
+        let policy = PartPolicy {
+            part_size: parts
+                .part_size
+                .max(size.div_ceil(parts.max_parts.max(1) as u64) as usize),
+            ..*parts
+        };
+        let segment = upload_parts(
+            &target.objects,
+            at,
+            to.upload_attributes().clone(),
+            (&mut reader).take(*size),
+            &policy,
+            cancel,
+        )
+        .await
+        .map_err(|e| match e {
+            PipelineError::Io(io) => PipelineError::from_read_chain(io),
+            other => other,
+        });
+        match segment {
+            Ok(segment) if segment.segments == 1 => uploaded.push(segment),
+            other => {
+                for segment in uploaded {
+                    segment.abort().await;
+                }
+                return match other {
+                    Err(PipelineError::Verification(_)) => Err(not_copied()),
+                    Err(e) => Err(e.into()),
+                    Ok(split) => {
+                        split.abort().await;
+                        Err(anyhow!(
+                            "{at}: a segment did not fit one object in {}",
+                            to.url()
+                        ))
+                    }
+                };
+            }
+        }
+    }
+    // The end of the source, where its size and sha256 are checked.
+    if !matches!(reader.read(&mut [0u8; 1]).await, Ok(0)) {
+        for segment in uploaded {
+            segment.abort().await;
+        }
+        return Err(not_copied());
+    }
+    let objects = uploaded.len();
+    for segment in uploaded {
+        segment.complete().await?;
+    }
+    Ok((record.stored_size, objects))
 }
 
 /// The chunks of one volume the target lacks, each checked (size, sha256) before it is
@@ -204,22 +273,22 @@ async fn copy_chunks(
     from: ChunkStore,
     to: ChunkStore,
     record: &VolumeRecord,
-    present: &std::collections::HashMap<String, u64>,
+    present: &std::collections::HashMap<crate::format::Hex32, u64>,
 ) -> Result<(u64, usize)> {
     use sha2::Digest;
     let mut seen = std::collections::HashSet::new();
     let missing: Vec<_> = record
         .chunks
         .iter()
-        .filter(|c| present.get(&c.sha256) != Some(&c.size) && seen.insert(c.sha256.clone()))
-        .cloned()
+        .filter(|c| present.get(&c.sha256) != Some(&c.size) && seen.insert(c.sha256))
+        .copied()
         .collect();
     let count = missing.len();
     let mut fetched = std::pin::pin!(fetch_chunks(from, missing));
     let mut bytes = 0;
     let mut puts = futures::stream::FuturesUnordered::new();
     while let Some((chunk, data)) = fetched.try_next().await? {
-        if hex::encode(sha2::Sha256::digest(&data)) != chunk.sha256 {
+        if sha2::Sha256::digest(&data)[..] != chunk.sha256.0 {
             return Err(crate::error::verification(format!(
                 "chunk {} does not match the signed manifest: not copied",
                 chunk.sha256

@@ -11,12 +11,17 @@ use std::collections::BTreeMap;
 
 pub const FORMAT: &str = "lifeboat-backup";
 /// The newest format this lifeboat reads and writes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The first format whose manifests are signed.
 pub const SIGNED_FORMAT: u32 = 2;
 /// The first format whose volumes may be stored as deduplicated chunks ([`ChunkRef`]); a
 /// backup without chunks is still written as format 2, which older lifeboats read.
 pub const CHUNKED_FORMAT: u32 = 3;
+/// The first format whose volume objects may be split into segments ([`segment_name`]); a
+/// backup whose every volume is one object (or chunks) is written as format 2 or 3.
+pub const SEGMENTED_FORMAT: u32 = 4;
+/// The most segments a volume object is split into: their names sort in order (four digits).
+pub const MAX_SEGMENTS: u32 = 9999;
 /// The folder, beside an app's backup folders, that holds its chunks: `<app>/chunks/<ab>/<id>`.
 pub const CHUNKS_DIR: &str = "chunks";
 pub const MANIFEST_NAME: &str = "manifest.json";
@@ -112,20 +117,105 @@ pub struct VolumeRecord {
     /// rest was reused. Chunked volumes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_bytes: Option<u64>,
+    /// Format 4: the objects `object` is split into, in order ([`segment_name`]); their
+    /// concatenation is the age file that `stored_size` and `sha256` describe. A store takes
+    /// at most its part limit of fixed-size parts per object, so a volume larger than that
+    /// continues in the next segment instead of growing its parts (and the memory they take).
+    #[serde(default = "one_segment", skip_serializing_if = "is_one_segment")]
+    pub segments: u32,
 }
 
-/// One chunk of a volume's tar stream.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+fn one_segment() -> u32 {
+    1
+}
+
+fn is_one_segment(segments: &u32) -> bool {
+    *segments == 1
+}
+
+/// The name of segment `index` of a volume object: the object's own name first, then
+/// `<object>.0001`, `<object>.0002`, … — in the order `ls` and a shell glob list them.
+pub fn segment_name(object: &str, index: u32) -> String {
+    match index {
+        0 => object.to_string(),
+        _ => format!("{object}.{index:04}"),
+    }
+}
+
+/// One chunk of a volume's tar stream: 80 bytes in memory, no allocation (a volume of a TiB
+/// has about two million).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChunkRef {
     /// Its identity for deduplication: a keyed BLAKE3 hash of its plaintext (the key derived
-    /// from the owner key and the app name), hex.
-    pub id: String,
+    /// from the owner key and the app name).
+    pub id: Hex32,
     /// Bytes stored (the age file).
     pub size: u64,
-    /// Hex sha256 of the bytes stored; the object is `<app>/chunks/<first two digits>/<sha256>`.
-    pub sha256: String,
+    /// The sha256 of the bytes stored; the object is `<app>/chunks/<first two digits>/<sha256>`.
+    pub sha256: Hex32,
     /// Bytes of tar stream it holds.
     pub plain: u64,
+}
+
+/// 32 bytes (a keyed id, a sha256) held as bytes and written as 64 lowercase hex digits, the
+/// only spelling read back.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hex32(pub [u8; 32]);
+
+impl Hex32 {
+    /// From exactly 64 lowercase hex digits.
+    pub fn parse(text: &str) -> Option<Hex32> {
+        let lowercase = text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let mut bytes = [0u8; 32];
+        (lowercase && hex::decode_to_slice(text, &mut bytes).is_ok()).then_some(Hex32(bytes))
+    }
+
+    /// The 64 digits, without allocating.
+    pub fn digits(&self) -> [u8; 64] {
+        let mut digits = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut digits).expect("64 digits for 32 bytes");
+        digits
+    }
+}
+
+impl std::fmt::Display for Hex32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let digits = self.digits();
+        f.write_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
+    }
+}
+
+impl std::fmt::Debug for Hex32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Hex32 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let digits = self.digits();
+        serializer.serialize_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Hex32 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Digits;
+        impl serde::de::Visitor<'_> for Digits {
+            type Value = Hex32;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("64 lowercase hex digits (a chunk id or digest)")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Hex32, E> {
+                // The text is not echoed: it comes from the bucket.
+                let other = serde::de::Unexpected::Other("other text");
+                Hex32::parse(text).ok_or_else(|| E::invalid_value(other, &self))
+            }
+        }
+        deserializer.deserialize_str(Digits)
+    }
 }
 
 impl VolumeRecord {
@@ -140,7 +230,7 @@ pub fn chunk_list_digest(chunks: &[ChunkRef]) -> String {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     for chunk in chunks {
-        hasher.update(chunk.sha256.as_bytes());
+        hasher.update(chunk.sha256.digits());
         hasher.update(b"\n");
     }
     hex::encode(hasher.finalize())
@@ -149,8 +239,8 @@ pub fn chunk_list_digest(chunks: &[ChunkRef]) -> String {
 /// Where a chunk lies under an app's folder: `chunks/<ab>/<sha256>`, named by the sha256 of
 /// the bytes stored. An object is never overwritten: the same plaintext sealed again (age is
 /// randomised) is another object, so what an older backup points to stays as it was.
-pub fn chunk_key(sha256: &str) -> String {
-    format!("{CHUNKS_DIR}/{}/{sha256}", &sha256[..2.min(sha256.len())])
+pub fn chunk_key(sha256: &Hex32) -> String {
+    format!("{CHUNKS_DIR}/{:02x}/{sha256}", sha256.0[0])
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -250,4 +340,39 @@ pub struct RootMeta {
     pub uid: u64,
     pub gid: u64,
     pub mtime: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids and digests are read back only as they are written: 64 lowercase hex digits.
+    #[test]
+    fn hex32_reads_back_only_what_it_writes() {
+        let value = Hex32(std::array::from_fn(|i| (i * 37) as u8));
+        let text = value.to_string();
+        assert_eq!(text, hex::encode(value.0));
+        assert_eq!(Hex32::parse(&text), Some(value));
+        let json = serde_json::to_string(&value).unwrap();
+        assert_eq!(json, format!("\"{text}\""));
+        assert_eq!(serde_json::from_str::<Hex32>(&json).unwrap(), value);
+        for bad in [
+            text.to_uppercase(),
+            text[..62].to_string(),
+            format!("{text}00"),
+            format!("{}zz", &text[..62]),
+            "\u{1b}[2J".repeat(16),
+        ] {
+            assert_eq!(Hex32::parse(&bad), None, "{bad}");
+            let error = serde_json::from_value::<Hex32>(serde_json::Value::String(bad.clone()))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("64 lowercase hex digits"), "{error}");
+            assert!(
+                !error.contains('\u{1b}') && !error.contains(&bad),
+                "{error}"
+            );
+        }
+        assert_eq!(chunk_key(&value), format!("chunks/00/{text}"));
+    }
 }

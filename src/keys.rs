@@ -105,12 +105,7 @@ pub struct ChunkKeys {
 }
 
 impl ChunkKeys {
-    /// The address of a chunk: keyed BLAKE3 of its plaintext, hex.
-    pub fn id_of(&self, data: &[u8]) -> String {
-        hex::encode(self.id_bytes(data))
-    }
-
-    /// [`Self::id_of`], as bytes.
+    /// The address of a chunk: keyed BLAKE3 of its plaintext.
     pub fn id_bytes(&self, data: &[u8]) -> [u8; 32] {
         *blake3::keyed_hash(&self.id, data).as_bytes()
     }

@@ -29,6 +29,15 @@ pub fn check(manifest: &Manifest, app: &str, backup_id: &str) -> Result<(), Stri
             crate::format::CHUNKED_FORMAT
         ));
     }
+    if manifest.format_version < crate::format::SEGMENTED_FORMAT
+        && manifest.volumes.iter().any(|v| v.segments != 1)
+    {
+        return Err(format!(
+            "its manifest is format {} but splits a volume into segments, which only format {} does",
+            manifest.format_version,
+            crate::format::SEGMENTED_FORMAT
+        ));
+    }
     use crate::text::{Printable, is_plain_name};
     if manifest.app != app {
         return Err(format!(
@@ -116,6 +125,16 @@ fn check_record(record: &VolumeRecord) -> Result<(), String> {
         ));
     }
     check_chunks(record)?;
+    if record.segments == 0
+        || record.segments > crate::format::MAX_SEGMENTS
+        || (record.segments > 1 && record.is_chunked())
+        || u64::from(record.segments) > record.stored_size.max(1)
+    {
+        return Err(format!(
+            "volume {name}: {} segments is not a number lifeboat writes",
+            record.segments
+        ));
+    }
     let texts = record
         .labels
         .iter()
@@ -139,7 +158,7 @@ fn is_hex64(text: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// A chunked record: ids and digests are hex, sizes add up, and the record's digest covers
+/// A chunked record (ids and digests are hex, as they parse): sizes add up, and the record's digest covers
 /// the list; only format 3 may have chunks, and only zstd or uncompressed ones (a stream of
 /// zstd frames is one zstd stream).
 fn check_chunks(record: &VolumeRecord) -> Result<(), String> {
@@ -159,13 +178,6 @@ fn check_chunks(record: &VolumeRecord) -> Result<(), String> {
     }
     if record.compression == crate::format::Compression::Gzip {
         return Err(format!("volume {name}: chunks are never gzip-compressed"));
-    }
-    for chunk in &record.chunks {
-        if !is_hex64(&chunk.id) || !is_hex64(&chunk.sha256) {
-            return Err(format!(
-                "volume {name}: a chunk id or digest is not 64 lowercase hex digits"
-            ));
-        }
     }
     let stored = record
         .chunks
@@ -365,6 +377,7 @@ pub(crate) mod tests {
             downtime_seconds: 1.5,
             app_version: AppVersion::default(),
             volumes: vec![VolumeRecord {
+                segments: 1,
                 name: "cvat_cvat_db".into(),
                 kind: SourceKind::Volume,
                 compose_volume: Some("cvat_db".into()),
@@ -417,6 +430,43 @@ pub(crate) mod tests {
             "{one}"
         );
         assert_ne!(one, two, "two records never share an object");
+    }
+
+    /// Format 4 splits a large volume object into segments; a count lifeboat never writes is
+    /// refused before anything is fetched.
+    #[test]
+    fn segments_are_format_4_and_counted_sensibly() {
+        let signed = |m: &Manifest| {
+            let bytes = serde_json::to_vec_pretty(m).unwrap();
+            let sig = signer().sign(&bytes);
+            authenticate(
+                "cvat",
+                &m.backup_id,
+                &bytes,
+                Some(sig.as_bytes()),
+                &policy(),
+            )
+        };
+        let mut m = sample("20260101T000000.000Z");
+        m.format_version = crate::format::SEGMENTED_FORMAT;
+        m.volumes[0].segments = 3;
+        let ok = signed(&m).unwrap();
+        assert_eq!(ok.manifest.volumes[0].segments, 3);
+        for (segments, stored_size) in [(0, 100), (10_000, 1 << 40), (5, 4)] {
+            m.volumes[0].segments = segments;
+            m.volumes[0].stored_size = stored_size;
+            let err = signed(&m).unwrap_err();
+            assert!(
+                err.reason
+                    .contains("segments is not a number lifeboat writes"),
+                "{segments}: {err}"
+            );
+        }
+        // One segment is not written at all: such a manifest is what format 2 and 3 were.
+        let mut one = sample("20260101T000000.000Z");
+        one.volumes[0].segments = 1;
+        let text = serde_json::to_string(&one).unwrap();
+        assert!(!text.contains("segments"), "{text}");
     }
 
     #[test]
@@ -528,6 +578,10 @@ pub(crate) mod tests {
                 Box::new(|m| m.volumes[0].object = "../x.tar.zst.age".into()),
             ),
             ("sha256", Box::new(|m| m.volumes[0].sha256 = "zz".into())),
+            (
+                "splits a volume into segments",
+                Box::new(|m| m.volumes[0].segments = 2),
+            ),
             (
                 "appears twice",
                 Box::new(|m| {

@@ -123,6 +123,7 @@ impl Repo {
             crate::pipeline::open::StoredAt::Object {
                 objects: at.objects,
                 location: at.location,
+                segments: record.segments,
             }
         }
     }
@@ -258,16 +259,20 @@ impl Repo {
         }
         for record in manifest.volumes.iter().filter(|v| !v.is_chunked()) {
             let key = layout.object(app, id, &record.object);
-            let head = self
-                .store
-                .objects
-                .head(&key)
-                .await
-                .map_err(|e| anyhow!("{key} does not read back: {e}"))?;
-            if head.size != record.stored_size {
+            let mut size = 0;
+            for index in 0..record.segments {
+                let segment = crate::pipeline::upload::segment_location(&key, index);
+                let head = self
+                    .store
+                    .objects
+                    .head(&segment)
+                    .await
+                    .map_err(|e| anyhow!("{segment} does not read back: {e}"))?;
+                size += head.size;
+            }
+            if size != record.stored_size {
                 return Err(anyhow!(
-                    "{key} reads back with {} bytes, but {} were stored",
-                    head.size,
+                    "{key} reads back with {size} bytes, but {} were stored",
                     record.stored_size
                 ));
             }
@@ -677,9 +682,9 @@ mod tests {
         let mut m = sample("20260101T000000.000Z");
         let store = repo.chunk_store(&m.app);
         let chunk = |n: u8| crate::format::ChunkRef {
-            id: format!("{n:02x}").repeat(32),
+            id: crate::format::Hex32([n; 32]),
             size: 3,
-            sha256: format!("{:02x}", n + 100).repeat(32),
+            sha256: crate::format::Hex32([n + 100; 32]),
             plain: 10,
         };
         let record = &mut m.volumes[0];

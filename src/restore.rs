@@ -780,7 +780,7 @@ async fn fetch_all(
         };
         let (spool, summary) = fetched.map_err(anyhow::Error::new).with_context(|| {
             format!(
-                "verifying volume {} of backup {}, object {location} (nothing was changed)",
+                "verifying volume {} of backup {}, {location} (nothing was changed)",
                 Printable(&target.record.name),
                 manifest.backup_id
             )

@@ -380,7 +380,8 @@ pub struct StoreOptions {
     /// seconds or the upload is aborted [default: 120]
     #[arg(long, env = "LIFEBOAT_IO_TIMEOUT", value_name = "SECONDS")]
     pub io_timeout: Option<u64>,
-    /// Size of the first upload parts in MiB; later parts grow [default: 8]
+    /// Size of the upload parts in MiB; a volume of more parts than the store allows per
+    /// object goes on in another object (a segment) [default: 8]
     #[arg(long, env = "LIFEBOAT_PART_SIZE_MIB", value_name = "MIB")]
     pub part_size_mib: Option<usize>,
     /// The store's limit on parts per object [default: 10000; some S3-compatibles: 1000]
@@ -394,16 +395,14 @@ impl StoreOptions {
     pub fn part_policy(&self) -> Result<PartPolicy> {
         let default = PartPolicy::default();
         let policy = PartPolicy {
-            first_part_size: self
-                .part_size_mib
-                .map_or(default.first_part_size, |m| m << 20),
+            part_size: self.part_size_mib.map_or(default.part_size, |m| m << 20),
             max_parts: self.max_parts.unwrap_or(default.max_parts),
             parts_in_flight: self.parts_in_flight.unwrap_or(default.parts_in_flight),
             stall_timeout: self.io_timeout.map_or(default.stall_timeout, |s| {
                 std::time::Duration::from_secs(s.max(1))
             }),
         };
-        if policy.first_part_size == 0 || policy.max_parts == 0 || policy.parts_in_flight == 0 {
+        if policy.part_size == 0 || policy.max_parts == 0 || policy.parts_in_flight == 0 {
             return Err(crate::error::usage(
                 "part_size_mib, max_parts and parts_in_flight must be at least 1",
             ));

@@ -188,3 +188,121 @@ done | zstd -d | tar -xpf - --numeric-owner -C {dir}"#,
     );
     assert!(stderr(&output).contains("FAILED"), "{}", stderr(&output));
 }
+
+/// A volume longer than the store takes parts per object (here 2 parts of 5 MiB) is stored in
+/// segments (format 4): lifeboat restores and copies it, the README's `cat` of the segments
+/// recovers it with stock tools, and a segment replaced in the bucket (same size) is caught:
+/// restore exits 4 and writes nothing.
+#[test]
+fn a_volume_split_into_segments_comes_back_and_a_replaced_segment_is_caught() {
+    let mut app = TestApp::new("segments");
+    let data = app.volume("data");
+    app.in_volume(&data, &fill_script(22));
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let s3 = S3Server::start();
+    let store = s3.bucket("segments");
+    let work = tempfile::tempdir().unwrap();
+    let (key, recipient) = keygen(work.path());
+    let parts = ["--part-size-mib", "5", "--max-parts", "2"];
+    let output = backup_with(&s3, &app.project, &store, &recipient, &parts);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let before = app.snapshot(&data);
+    let manifest = &list_json(&s3, &store)[0];
+    assert_eq!(manifest["format_version"], 4);
+    let volume = &manifest["volumes"][0];
+    let segments = volume["segments"].as_u64().unwrap();
+    assert!(segments >= 3, "{volume}");
+    let id = manifest["backup_id"].as_str().unwrap();
+    let object = volume["object"].as_str().unwrap();
+    let prefix = format!("lifeboat/{}/{id}", app.project);
+    let shown = with_key(&s3, "show", &app.project, &store, &[id], &key);
+    assert!(
+        stdout(&shown).contains(&format!("{object}.0001")),
+        "{}",
+        stdout(&shown)
+    );
+
+    // Exactly the README's commands for a volume in segments.
+    let restored = work.path().join("restored");
+    std::fs::create_dir(&restored).unwrap();
+    let script = format!(
+        r#"set -e -o pipefail; cd {work}
+aws --endpoint-url {endpoint} s3 cp --quiet --recursive --exclude '*' --include '{object}*' s3://segments/{prefix}/ segments/
+ls segments
+cat segments/{object} segments/{object}.* | sha256sum
+cat segments/{object} segments/{object}.* | age -d -i {key} | zstd -d | tar -xpf - --numeric-owner -C {dir}"#,
+        work = work.path().display(),
+        endpoint = s3.endpoint,
+        key = key.display(),
+        dir = restored.display()
+    );
+    let output = run(s3
+        .env(Command::new("bash").args(["-c", &script]))
+        .env_remove("AWS_CA_BUNDLE"));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let said = stdout(&output);
+    assert_eq!(said.lines().count() as u64, segments + 1, "{said}");
+    assert!(said.contains(volume["sha256"].as_str().unwrap()), "{said}");
+    let inside = app.in_volume(&data, "sha256sum /v/big.bin | cut -c1-64");
+    let outside = run(Command::new("sha256sum").arg(restored.join("big.bin")));
+    assert_eq!(stdout(&outside)[..64], inside);
+
+    // lifeboat restores it, and copies it segment by segment (to a store that takes more
+    // parts per object: the segments stay as they are).
+    app.wipe(&data);
+    let output = restore(&s3, &app.project, &store, &key);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(app.snapshot(&data), before);
+    let local = work.path().join("copy");
+    let to = format!("file://{}", local.display());
+    let output = run(s3.env(&mut lifeboat()).args([
+        "copy",
+        "-p",
+        &app.project,
+        "--from",
+        &store,
+        "--to",
+        &to,
+        "--all",
+    ]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["verify", "-p", &app.project, "--store", &to, "-i"])
+        .arg(&key));
+    assert!(output.status.success(), "{}", stderr(&output));
+    for index in 1..segments {
+        let copied = local.join(format!("{}/{id}/{object}.{index:04}", app.project));
+        assert!(copied.exists(), "{}: {:?}", copied.display(), walk(&local));
+    }
+
+    // A bucket writer replaces a middle segment with bytes of the same size.
+    let middle = s3.object_file("segments", &format!("{prefix}/{object}.0001"));
+    let size = std::fs::metadata(&middle).unwrap().len() as usize;
+    std::fs::write(&middle, vec![0x5a; size]).unwrap();
+    app.in_volume(&data, "echo changed-after > /v/marker");
+    let changed = app.snapshot(&data);
+    let output = restore(&s3, &app.project, &store, &key);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("was altered"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(app.snapshot(&data), changed, "nothing was written");
+    assert!(app.running().values().all(|r| *r), "the app runs again");
+}
+
+/// Every file under `dir`, for a failure's message.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}

@@ -96,6 +96,16 @@ pub async fn run(args: ShowArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
                 human_bytes(v.stored_size.saturating_sub(new)),
                 Printable(&v.encryption.recipients.join(", "))
             )?;
+        } else if v.segments > 1 {
+            writeln!(
+                out,
+                "           object {} and its {} continuations ({} … {}), encrypted to {}",
+                Printable(&v.object),
+                v.segments - 1,
+                Printable(&lifeboat::format::segment_name(&v.object, 1)),
+                Printable(&lifeboat::format::segment_name(&v.object, v.segments - 1)),
+                Printable(&v.encryption.recipients.join(", "))
+            )?;
         } else {
             writeln!(
                 out,

@@ -99,7 +99,7 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
 /// quick check of deduplicated volumes, or `None` to read their data.
 struct How<'a> {
     identities: Option<&'a std::sync::Arc<Vec<lifeboat::keys::BoxIdentity>>>,
-    present: Option<&'a std::collections::HashMap<String, u64>>,
+    present: Option<&'a std::collections::HashMap<lifeboat::format::Hex32, u64>>,
 }
 
 async fn verify_objects(

@@ -29,7 +29,7 @@ use super::spool::SpoolBudget;
 use super::tally::TallyReader;
 use super::tar_check::root_meta;
 use super::tar_end::TarEndCheck;
-use crate::format::{ChunkRef, Compression, RootMeta, chunk_key};
+use crate::format::{ChunkRef, Compression, Hex32, RootMeta, chunk_key};
 use crate::keys::{BoxIdentity, ChunkKeys, Recipient};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -67,7 +67,7 @@ pub struct ChunkStore {
 
 impl ChunkStore {
     /// The object of the chunk whose stored bytes have this sha256.
-    pub fn location(&self, sha256: &str) -> Path {
+    pub fn location(&self, sha256: &Hex32) -> Path {
         let mut path = self.app_dir.clone();
         for part in chunk_key(sha256).split('/') {
             path = path.join(part);
@@ -79,34 +79,39 @@ impl ChunkStore {
 /// Chunks a backup may reference without uploading them: seen in the store by this run, with
 /// what a genuine manifest says of them; the chunks this run uploads are added.
 #[derive(Debug, Default)]
-pub struct Known(std::sync::Mutex<HashMap<String, ChunkRef>>);
+pub struct Known(std::sync::Mutex<HashMap<Hex32, ChunkRef>>);
 
 impl Known {
     /// The chunks of `earlier` (genuine manifests' chunk lists) that `present` (the store's
     /// listing: sha256 → size) holds with the recorded size.
     pub fn confirmed<'a>(
         earlier: impl IntoIterator<Item = &'a ChunkRef>,
-        present: &HashMap<String, u64>,
+        present: &HashMap<Hex32, u64>,
     ) -> Known {
         Known(std::sync::Mutex::new(
             earlier
                 .into_iter()
                 .filter(|c| present.get(&c.sha256) == Some(&c.size))
-                .map(|c| (c.id.clone(), c.clone()))
+                .map(|c| (c.id, *c))
                 .collect(),
         ))
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, ChunkRef>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Hex32, ChunkRef>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self, id: &str) -> Option<ChunkRef> {
-        self.map().get(id).cloned()
+    fn get(&self, id: &Hex32) -> Option<ChunkRef> {
+        self.map().get(id).copied()
     }
 
     pub fn len(&self) -> usize {
         self.map().len()
+    }
+
+    /// Frees the map: once every volume is read, nothing more is looked up.
+    pub fn forget(&self) {
+        *self.map() = HashMap::new();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -308,10 +313,10 @@ async fn cut_and_seal(
                 // Hashing, like sealing, on a blocking thread: the cutter goes on meanwhile
                 // (unless it needed the id itself).
                 let (id, data) = match piece.id {
-                    Some(id) => (hex::encode(id), piece.data),
+                    Some(id) => (Hex32(id), piece.data),
                     None => {
                         let (keys, data) = (Arc::clone(&sealer.keys), piece.data);
-                        tokio::task::spawn_blocking(move || (keys.id_of(&data), data))
+                        tokio::task::spawn_blocking(move || (Hex32(keys.id_bytes(&data)), data))
                             .await
                             .map_err(joined)?
                     }
@@ -326,10 +331,10 @@ async fn cut_and_seal(
                     .map_err(SealError::Read)?;
                 let sha256 = {
                     use sha2::Digest;
-                    hex::encode(sha2::Sha256::digest(&sealed))
+                    Hex32(sha2::Sha256::digest(&sealed).into())
                 };
                 let chunk = ChunkRef {
-                    id: id.clone(),
+                    id,
                     size: sealed.len() as u64,
                     sha256,
                     plain,
@@ -359,8 +364,8 @@ async fn cut_and_seal(
                 write_frame(&mut pipes, store, &chunk.sha256, bytes).await;
             }
             result.new_bytes += chunk.size;
-            known.map().insert(chunk.id.clone(), chunk.clone());
-            result.chunks.push(chunk.clone());
+            known.map().insert(chunk.id, *chunk);
+            result.chunks.push(*chunk);
         }
         // A store whose upload failed (or stopped) is dead too, even if every chunk still to
         // come is one it has and nothing would be written to it again.
@@ -386,10 +391,10 @@ async fn cut_and_seal(
     Ok(results)
 }
 
-/// A sealed chunk in one store's pipe: its sha256 (64 hex digits), its length (8 bytes,
+/// A sealed chunk in one store's pipe: its sha256 (32 bytes), its length (8 bytes,
 /// little-endian), its bytes. A pipe that fails is dropped from `pipes`.
-async fn write_frame(pipes: &mut Branches, store: usize, sha256: &str, sealed: &[u8]) {
-    pipes.write(store, sha256.as_bytes()).await;
+async fn write_frame(pipes: &mut Branches, store: usize, sha256: &Hex32, sealed: &[u8]) {
+    pipes.write(store, &sha256.0).await;
     pipes
         .write(store, &(sealed.len() as u64).to_le_bytes())
         .await;
@@ -399,16 +404,16 @@ async fn write_frame(pipes: &mut Branches, store: usize, sha256: &str, sealed: &
 /// The next frame from the pipe, or `None` at its end.
 async fn read_frame(
     pipe: &mut (impl AsyncRead + Unpin),
-) -> std::io::Result<Option<(String, Bytes)>> {
-    let mut header = [0u8; 72];
+) -> std::io::Result<Option<(Hex32, Bytes)>> {
+    let mut header = [0u8; 40];
     match pipe.read_exact(&mut header[..1]).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
     pipe.read_exact(&mut header[1..]).await?;
-    let id = String::from_utf8_lossy(&header[..64]).into_owned();
-    let len = u64::from_le_bytes(header[64..].try_into().expect("8 bytes"));
+    let sha256 = Hex32(header[..32].try_into().expect("32 bytes"));
+    let len = u64::from_le_bytes(header[32..].try_into().expect("8 bytes"));
     if len > (MAX_CHUNK as u64) * 2 {
         return Err(std::io::Error::other(
             "a chunk frame in the spool is too long",
@@ -416,7 +421,7 @@ async fn read_frame(
     }
     let mut body = vec![0u8; len as usize];
     pipe.read_exact(&mut body).await?;
-    Ok(Some((id, Bytes::from(body))))
+    Ok(Some((sha256, Bytes::from(body))))
 }
 
 /// The uploader: frames from the pipe, each a plain PUT (a chunk is at most a few MiB),
@@ -551,7 +556,8 @@ fn open_chunk(
 ) -> Result<Vec<u8>, PipelineError> {
     use sha2::Digest as _;
     use std::io::Read;
-    let short = &chunk.id[..12.min(chunk.id.len())];
+    let id = chunk.id.to_string();
+    let short = &id[..12];
     if stored.len() as u64 != chunk.size {
         return Err(PipelineError::Verification(format!(
             "chunk {short}… is {} bytes but the manifest records {} (truncated or replaced)",
@@ -559,7 +565,7 @@ fn open_chunk(
             chunk.size
         )));
     }
-    if digest == Digest::Check && hex::encode(sha2::Sha256::digest(stored)) != chunk.sha256 {
+    if digest == Digest::Check && sha2::Sha256::digest(stored)[..] != chunk.sha256.0 {
         return Err(PipelineError::Verification(format!(
             "chunk {short}… does not match the sha256 the manifest records (altered in the store)"
         )));
@@ -713,7 +719,7 @@ pub fn fetch_chunks(
 
 /// The quick check of a chunked volume: what is wrong with its chunks in `present` (the
 /// store's listing: id → size), if anything.
-pub fn missing(chunks: &[ChunkRef], present: &HashMap<String, u64>) -> Option<String> {
+pub fn missing(chunks: &[ChunkRef], present: &HashMap<Hex32, u64>) -> Option<String> {
     let missing = chunks
         .iter()
         .filter(|c| !present.contains_key(&c.sha256))
@@ -732,7 +738,7 @@ pub fn missing(chunks: &[ChunkRef], present: &HashMap<String, u64>) -> Option<St
 
 /// Every chunk in the store under `to` where a chunk lies (`chunks/<ab>/<sha256>`, nothing
 /// else): sha256 → stored size.
-pub async fn list_chunks(to: &ChunkStore) -> Result<HashMap<String, u64>, object_store::Error> {
+pub async fn list_chunks(to: &ChunkStore) -> Result<HashMap<Hex32, u64>, object_store::Error> {
     let dir = to.app_dir.clone().join(crate::format::CHUNKS_DIR);
     Ok(chunks_under(to, dir).await?.into_iter().collect())
 }
@@ -741,7 +747,7 @@ pub async fn list_chunks(to: &ChunkStore) -> Result<HashMap<String, u64>, object
 /// once: for a store with many chunks, where one listing is a long chain of pages.
 pub async fn list_chunks_by_prefix(
     to: &ChunkStore,
-) -> Result<HashMap<String, u64>, object_store::Error> {
+) -> Result<HashMap<Hex32, u64>, object_store::Error> {
     let dirs = (0..=255u8).map(|prefix| {
         let dir = to.app_dir.clone().join(crate::format::CHUNKS_DIR);
         chunks_under(to, dir.join(format!("{prefix:02x}")))
@@ -758,26 +764,20 @@ pub async fn list_chunks_by_prefix(
 async fn chunks_under(
     to: &ChunkStore,
     dir: Path,
-) -> Result<Vec<(String, u64)>, object_store::Error> {
+) -> Result<Vec<(Hex32, u64)>, object_store::Error> {
     to.objects
         .list(Some(&dir))
         .try_filter_map(|meta| {
             let found = meta
                 .location
                 .filename()
-                .filter(|name| to.location(name) == meta.location && is_hex64(name))
-                .map(|name| (name.to_string(), meta.size));
+                .and_then(Hex32::parse)
+                .filter(|sha256| to.location(sha256) == meta.location)
+                .map(|sha256| (sha256, meta.size));
             async move { Ok(found) }
         })
         .try_collect()
         .await
-}
-
-fn is_hex64(text: &str) -> bool {
-    text.len() == 64
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -916,7 +916,7 @@ mod tests {
             assert!(second.chunks.iter().any(|c| c.id == lost.id));
             seconds.push(second);
         }
-        let ids = |s: &SealedChunks| s.chunks.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        let ids = |s: &SealedChunks| s.chunks.iter().map(|c| c.id).collect::<Vec<_>>();
         // The same chunks (their stored sizes differ by age's random header padding).
         assert_eq!(ids(&seconds[0]), ids(&seconds[1]));
         assert!(seconds[1].new_bytes < 4 << 20, "{}", seconds[1].new_bytes);
@@ -1014,7 +1014,7 @@ mod tests {
             used_sealed.new_bytes,
             fresh_sealed.new_bytes
         );
-        let ids = |s: &SealedChunks| s.chunks.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        let ids = |s: &SealedChunks| s.chunks.iter().map(|c| c.id).collect::<Vec<_>>();
         assert_eq!(
             ids(&fresh_sealed),
             ids(&used_sealed),
@@ -1109,8 +1109,8 @@ mod tests {
         data.extend(vec![0u8; 24 << 20]);
         let tar = tar_of(&data);
         let sealed = seal(&tar, &identity, &Known::default(), &store).await;
-        let distinct: std::collections::HashSet<&str> =
-            sealed.chunks.iter().map(|c| c.sha256.as_str()).collect();
+        let distinct: std::collections::HashSet<Hex32> =
+            sealed.chunks.iter().map(|c| c.sha256).collect();
         assert!(
             sealed.chunks.len() > distinct.len() + 3,
             "{} chunks",
@@ -1138,7 +1138,7 @@ mod tests {
             .clone()
             .join("chunks")
             .join("zz")
-            .join(chunk.sha256.as_str());
+            .join(chunk.sha256.to_string());
         let bytes = store
             .objects
             .get(&store.location(&chunk.sha256))

@@ -50,15 +50,12 @@ pub struct Previous {
 }
 
 impl Previous {
-    /// From a genuine manifest's chunk list; ids that are not 64 hex digits end it.
+    /// From a genuine manifest's chunk list; a chunk longer than a chunk can be ends it.
     pub fn of(chunks: &[ChunkRef]) -> Previous {
         let mut previous = Previous::default();
         for chunk in chunks {
-            let mut id = [0u8; 32];
-            if hex::decode_to_slice(&chunk.id, &mut id).is_err()
-                || chunk.plain == 0
-                || chunk.plain > MAX_CHUNK as u64
-            {
+            let id = chunk.id.0;
+            if chunk.plain == 0 || chunk.plain > MAX_CHUNK as u64 {
                 break;
             }
             let position = previous.chunks.len() as u32;
@@ -302,9 +299,9 @@ mod tests {
         pieces
             .iter()
             .map(|p| ChunkRef {
-                id: keys().id_of(&p.data),
+                id: crate::format::Hex32(keys().id_bytes(&p.data)),
                 size: 0,
-                sha256: String::new(),
+                sha256: crate::format::Hex32([0; 32]),
                 plain: p.data.len() as u64,
             })
             .collect()

@@ -1,4 +1,5 @@
-//! Download stage: an object in the store as an `AsyncRead`.
+//! Download stage: an object in the store (or the segments of one, in order) as an
+//! `AsyncRead`.
 //!
 //! object_store resumes a broken GET with ranged requests; errors that still come out of the
 //! stream are wrapped in [`StoreReadError`] so that the end of a read chain can tell a network
@@ -7,7 +8,8 @@
 //! Where it sits: A stage in `pipeline`: sees an object store and a path.
 
 use super::PipelineError;
-use futures::TryStreamExt;
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use std::sync::Arc;
@@ -24,11 +26,41 @@ pub async fn open_object(
     store: &Arc<dyn ObjectStore>,
     location: &Path,
 ) -> Result<impl AsyncRead + Send + Unpin + use<>, PipelineError> {
-    let result = store.get(location).await?;
-    let stream = result
-        .into_stream()
-        .map_err(|e| std::io::Error::other(StoreReadError(e)));
-    Ok(StreamReader::new(stream))
+    open_objects(store, vec![location.clone()]).await
+}
+
+/// Opens the objects at `locations` as one stream, one after the other.
+pub async fn open_objects(
+    store: &Arc<dyn ObjectStore>,
+    locations: Vec<Path>,
+) -> Result<impl AsyncRead + Send + Unpin + use<>, PipelineError> {
+    Ok(StreamReader::new(object_stream(store, locations).await?))
+}
+
+/// The bytes of the objects at `locations`, one after the other: the first is opened now (a
+/// missing one is an error of its own, as from a GET), each next one when the one before has
+/// ended.
+pub async fn object_stream(
+    store: &Arc<dyn ObjectStore>,
+    locations: Vec<Path>,
+) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + Unpin + use<>, PipelineError> {
+    let mut locations = locations.into_iter();
+    let first = match locations.next() {
+        Some(location) => store.get(&location).await?.into_stream(),
+        None => futures::stream::empty().boxed(),
+    };
+    let store = Arc::clone(store);
+    let rest = futures::stream::iter(locations)
+        .then(move |location| {
+            let store = Arc::clone(&store);
+            async move { store.get(&location).await }
+        })
+        .map_ok(|got| got.into_stream())
+        .try_flatten();
+    Ok(first
+        .chain(rest)
+        .map_err(|e| std::io::Error::other(StoreReadError(e)))
+        .boxed())
 }
 
 #[cfg(test)]

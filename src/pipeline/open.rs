@@ -1,4 +1,5 @@
-//! The read path: one volume object from the store to a checked tar stream.
+//! The read path: one volume object (its segments, in order) from the store to a checked tar
+//! stream.
 //!
 //! ```text
 //! store ─ GET ─▶ size+sha256 (against the signed manifest) ─▶ age decrypt ─▶ decompress ─▶ tar policy
@@ -17,7 +18,7 @@
 use super::PipelineError;
 use super::chunk::{ChunkStore, Digest, chunk_plaintext, fetch_chunks, spooled_chunks};
 use super::compress::decompressing_reader;
-use super::download::{StoreReadError, open_object};
+use super::download::{object_stream, open_objects};
 use super::encrypt::decrypting_reader;
 use super::relay::relay;
 use super::tally::{Expected, TallyReader};
@@ -31,11 +32,13 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 
-/// Where a volume's stored bytes are: one object, or chunks (format 3).
+/// Where a volume's stored bytes are: one object (split into `segments`, format 4), or chunks
+/// (format 3).
 pub enum StoredAt {
     Object {
         objects: Arc<dyn ObjectStore>,
         location: ObjectPath,
+        segments: u32,
     },
     Chunks(ChunkStore),
 }
@@ -43,7 +46,18 @@ pub enum StoredAt {
 impl std::fmt::Display for StoredAt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StoredAt::Object { location, .. } => write!(f, "object {location}"),
+            StoredAt::Object {
+                location,
+                segments: 1,
+                ..
+            } => write!(f, "object {location}"),
+            StoredAt::Object {
+                location, segments, ..
+            } => write!(
+                f,
+                "object {location} and its {} continuations",
+                segments - 1
+            ),
             StoredAt::Chunks(store) => write!(f, "chunks under {}/chunks", store.app_dir),
         }
     }
@@ -98,15 +112,22 @@ async fn check_tar(
     Ok(summary)
 }
 
-/// The stored object of `record`, its size and sha256 checked against the manifest as it is
-/// read (the check fires at the end of the stream).
+/// Where the segments of the object at `location` lie, in order.
+fn segments_of(location: &ObjectPath, segments: u32) -> Vec<ObjectPath> {
+    (0..segments.max(1))
+        .map(|index| super::upload::segment_location(location, index))
+        .collect()
+}
+
+/// The stored object of `record` (its segments, one after the other), its size and sha256
+/// checked against the manifest as it is read (the check fires at the end of the stream).
 async fn open_checked(
     objects: &Arc<dyn ObjectStore>,
-    location: &ObjectPath,
+    location: &[ObjectPath],
     record: &VolumeRecord,
 ) -> Result<impl AsyncRead + Send + Unpin + use<>, PipelineError> {
     check_size(objects, location, record).await?;
-    let raw = open_object(objects, location).await?;
+    let raw = open_objects(objects, location.to_vec()).await?;
     let expected = Expected {
         size: record.stored_size,
         sha256: record.sha256.clone(),
@@ -118,14 +139,22 @@ async fn open_checked(
 /// stream stays the real check.
 async fn check_size(
     objects: &Arc<dyn ObjectStore>,
-    location: &ObjectPath,
+    location: &[ObjectPath],
     record: &VolumeRecord,
 ) -> Result<(), PipelineError> {
-    let head = objects.head(location).await?;
-    if head.size != record.stored_size {
+    let mut size = 0u64;
+    for segment in location {
+        size = size.saturating_add(objects.head(segment).await?.size);
+    }
+    if size != record.stored_size {
+        let what = match location {
+            [one] => format!("stored object {one} is"),
+            [first, ..] => format!("the {} segments of {first} are", location.len()),
+            [] => "nothing is".into(),
+        };
         return Err(PipelineError::Verification(format!(
-            "stored object {location} is {} bytes but the manifest records {} bytes (truncated or replaced)",
-            head.size, record.stored_size
+            "{what} {size} bytes but the manifest records {} bytes (truncated or replaced)",
+            record.stored_size
         )));
     }
     Ok(())
@@ -139,10 +168,14 @@ pub async fn verify_volume(
     identities: Option<&Arc<Vec<BoxIdentity>>>,
 ) -> Result<Option<TarSummary>, PipelineError> {
     let (objects, location) = match at {
-        StoredAt::Object { objects, location } => (objects, location),
+        StoredAt::Object {
+            objects,
+            location,
+            segments,
+        } => (objects, segments_of(location, *segments)),
         StoredAt::Chunks(store) => return verify_chunks(store, record, identities).await,
     };
-    let mut stored = open_checked(objects, location, record).await?;
+    let mut stored = open_checked(objects, &location, record).await?;
     let Some(identities) = identities else {
         let mut sink = vec![0u8; 256 * 1024];
         while stored
@@ -169,7 +202,7 @@ async fn verify_chunks(
         let mut fetched = std::pin::pin!(fetched);
         while let Some((chunk, bytes)) = fetched.try_next().await? {
             if bytes.len() as u64 != chunk.size
-                || hex::encode(sha2::Sha256::digest(&bytes)) != chunk.sha256
+                || sha2::Sha256::digest(&bytes)[..] != chunk.sha256.0
             {
                 return Err(PipelineError::Verification(format!(
                     "chunk {} does not match the size and sha256 the manifest records (altered in the store)",
@@ -238,7 +271,11 @@ pub async fn fetch_verified(
         })
     };
     let (objects, location) = match at {
-        StoredAt::Object { objects, location } => (objects, location),
+        StoredAt::Object {
+            objects,
+            location,
+            segments,
+        } => (objects, segments_of(location, *segments)),
         StoredAt::Chunks(store) => {
             // Each chunk's ciphertext to the spool, in order, as it is verified.
             let teed = fetch_chunks(store.clone(), record.chunks.clone()).and_then(move |item| {
@@ -266,12 +303,9 @@ pub async fn fetch_verified(
             return Ok((Spooled { file, size }, summary));
         }
     };
-    check_size(objects, location, record).await?;
-    let stream = objects
-        .get(location)
+    check_size(objects, &location, record).await?;
+    let stream = object_stream(objects, location)
         .await?
-        .into_stream()
-        .map_err(|e| std::io::Error::other(StoreReadError(e)))
         .and_then(move |chunk| {
             let to_file = to_file.clone();
             async move {

@@ -62,6 +62,8 @@ pub struct Sealed {
     pub stored_size: u64,
     /// Hex sha256 of the bytes stored.
     pub sha256: String,
+    /// The objects they are stored in (a segment per `max_parts` parts).
+    pub segments: u32,
 }
 
 /// Which stage failed.
@@ -248,13 +250,14 @@ impl Sealing {
                 ))));
             }
         };
-        let (stored_size, sha256) = (parts.size, parts.sha256.clone());
+        let (stored_size, sha256, segments) = (parts.size, parts.sha256.clone(), parts.segments);
         parts.complete().await.map_err(upload_error)?;
         Ok(Sealed {
             tar_size: self.tar_size,
             root: self.root,
             stored_size,
             sha256,
+            segments,
         })
     }
 
@@ -324,7 +327,7 @@ mod tests {
             location: Path::from("app/1/vol.tar.zst.age"),
             attributes: Attributes::new(),
             parts: PartPolicy {
-                first_part_size: 5 << 20,
+                part_size: 5 << 20,
                 ..PartPolicy::default()
             },
             spool: None,
@@ -406,43 +409,64 @@ mod tests {
         assert_eq!(listed, 0, "nothing is visible in the store");
     }
 
+    /// A volume longer than a store takes in one object (3 parts of 64 KiB here) is stored as
+    /// segments, nothing visible before completion; read back one after the other (as restore
+    /// does), they are the sealed volume.
     #[tokio::test]
-    async fn an_upload_the_store_cannot_take_is_an_upload_error_and_leaves_no_object() {
+    async fn a_volume_past_the_part_limit_goes_on_in_segments_that_read_back_as_one() {
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
         let tar = tar_of(&[("big.bin", &big)]);
         let objects: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let mut to = destination(Arc::clone(&objects));
-        // A store that takes at most 3 parts of 64 KiB (1 + 2 + 4 growing): far below the volume.
         to.parts = PartPolicy {
-            first_part_size: 64 << 10,
+            part_size: 64 << 10,
             max_parts: 3,
             parts_in_flight: 2,
             ..PartPolicy::default()
         };
-        let (mut identity_and_sealer, progress) = (
-            keys(),
-            crate::progress::Progress::hidden().volume("vol", None),
+        let (identity, mut sealer) = keys();
+        sealer.compression = CompressionSettings::new(Compression::None, None);
+        let progress = crate::progress::Progress::hidden().volume("vol", None);
+        let sealing = seal(&tar[..], &sealer, &to, &progress, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(objects.list(None).count().await, 0, "nothing visible yet");
+        let sealed = sealing.finish().await.unwrap();
+        let segment_bytes = 3 * (64 << 10) as u64;
+        assert_eq!(
+            sealed.segments as u64,
+            sealed.stored_size.div_ceil(segment_bytes)
         );
-        identity_and_sealer.1.compression = CompressionSettings::new(Compression::None, None);
-        let result = match seal(
-            &tar[..],
-            &identity_and_sealer.1,
-            &to,
-            &progress,
-            &CancellationToken::new(),
-        )
-        .await
-        {
-            Ok(sealing) => sealing.finish().await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        let err = result.unwrap_err();
-        assert!(
-            matches!(&err, SealError::Upload { location, source: PipelineError::TooLarge { .. } }
-                if location.as_ref() == "app/1/vol.tar.zst.age"),
-            "{err:?}"
+        assert!(sealed.segments > 10, "{}", sealed.segments);
+        let locations: Vec<Path> = (0..sealed.segments)
+            .map(|i| super::super::upload::segment_location(&to.location, i))
+            .collect();
+        assert_eq!(
+            locations[1].as_ref(),
+            "app/1/vol.tar.zst.age.0001",
+            "named after the first"
         );
-        assert_eq!(objects.list(None).count().await, 0, "nothing is visible");
+        assert_eq!(objects.list(None).count().await, locations.len());
+        let mut stored = Vec::new();
+        super::super::download::open_objects(&objects, locations)
+            .await
+            .unwrap()
+            .read_to_end(&mut stored)
+            .await
+            .unwrap();
+        use sha2::Digest;
+        assert_eq!(sealed.stored_size, stored.len() as u64);
+        assert_eq!(sealed.sha256, hex::encode(sha2::Sha256::digest(&stored)));
+        let identities: Vec<crate::keys::BoxIdentity> = vec![Box::new(identity)];
+        let plain = decrypting_reader(&identities, BufReader::new(&stored[..]), &[])
+            .await
+            .unwrap();
+        let mut opened = Vec::new();
+        BufReader::new(plain)
+            .read_to_end(&mut opened)
+            .await
+            .unwrap();
+        assert_eq!(opened, tar);
     }
 
     /// The same sealed bytes to two stores from one read; the one whose upload fails says so

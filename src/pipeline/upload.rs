@@ -1,21 +1,26 @@
 //! Upload stage: cuts a stream into parts, uploads several at once, and hashes what it stores.
 //!
-//! The size of the stream is unknown up front, so part sizes grow: they double every tenth of
-//! the store's part limit, which lets `max_parts` parts hold ~1000 × the first part size × the
-//! limit / 10 (8 MiB parts, 10,000-part limit: ~8 TiB; 1,000-part limit: ~800 GiB). Memory is
-//! bounded by `parts_in_flight` × the current part size.
+//! Every part has the same size, whatever the stream's: memory is bounded by `parts_in_flight`
+//! × the part size (4 × 8 MiB by default) at any scale. The size of the stream is unknown up
+//! front, and a store takes at most `max_parts` parts per object, so a stream longer than
+//! `max_parts` parts goes on in the next *segment*, an object of its own named after the first
+//! ([`crate::format::segment_name`]): 8 MiB parts and S3's 10,000-part limit make segments of
+//! 78 GiB, a volume of 1 TiB fourteen of them. (Parts that grew instead, as they did before,
+//! reach 1 GiB near 1 TiB: 4 GiB of memory with four in flight.)
 //!
 //! [`upload_parts`] does not complete the upload: it returns [`UploadedParts`], which the caller
 //! completes once it knows the producer of the stream succeeded, or aborts. A failed part, a
-//! cancellation, or an [`UploadedParts`] dropped unfinished aborts the multipart upload, so no
-//! half-written object and no orphan parts remain.
+//! cancellation, or an [`UploadedParts`] dropped unfinished aborts every segment's multipart
+//! upload, so no half-written object and no orphan parts remain.
 //!
 //! Where it sits: A stage in `pipeline`: sees an object store and a path.
 
 use super::PipelineError;
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{Attributes, MultipartUpload, ObjectStore, PutMultipartOptions, PutPayload};
+use object_store::{
+    Attributes, MultipartUpload, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutPayload,
+};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -25,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 /// How a stream is cut into parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartPolicy {
-    /// Size of the first parts; S3 needs at least 5 MiB for every part but the last.
-    pub first_part_size: usize,
+    /// Size of every part but the last of each segment; S3 needs at least 5 MiB.
+    pub part_size: usize,
     /// The store's limit on parts per object (S3 and GCS: 10,000; some S3-compatibles: 1,000).
     pub max_parts: usize,
     /// Parts uploading at once.
@@ -40,7 +45,7 @@ pub struct PartPolicy {
 impl Default for PartPolicy {
     fn default() -> Self {
         Self {
-            first_part_size: 8 << 20,
+            part_size: 8 << 20,
             max_parts: 10_000,
             parts_in_flight: 4,
             stall_timeout: std::time::Duration::from_secs(120),
@@ -49,11 +54,9 @@ impl Default for PartPolicy {
 }
 
 impl PartPolicy {
-    /// Size of part `index` (0-based).
-    pub fn part_size(&self, index: usize) -> usize {
-        let step = (self.max_parts / 10).max(1);
-        let doublings = (index / step).min(16) as u32;
-        self.first_part_size.saturating_mul(1usize << doublings)
+    /// The most one segment (one object) holds.
+    pub fn segment_bytes(&self) -> u64 {
+        (self.part_size as u64).saturating_mul(self.max_parts as u64)
     }
 
     /// How long a part of `size` bytes may take.
@@ -64,51 +67,77 @@ impl PartPolicy {
 
     /// The largest stream this policy can upload.
     pub fn max_bytes(&self) -> u64 {
-        (0..self.max_parts).map(|i| self.part_size(i) as u64).sum()
+        self.segment_bytes()
+            .saturating_mul(u64::from(crate::format::MAX_SEGMENTS))
     }
 }
 
-/// A multipart upload whose parts are all stored, waiting to be completed or aborted.
+/// Where segment `index` of the object at `location` lies.
+pub fn segment_location(location: &Path, index: u32) -> Path {
+    Path::from(crate::format::segment_name(location.as_ref(), index))
+}
+
+/// One segment's multipart upload, not yet completed.
+type Segment = (Path, Box<dyn MultipartUpload>);
+
+/// The multipart uploads of a stream (one per segment) whose parts are all stored, waiting to
+/// be completed or aborted.
 pub struct UploadedParts {
-    upload: Option<Box<dyn MultipartUpload>>,
-    location: Path,
+    uploads: Vec<Segment>,
+    store: Arc<dyn ObjectStore>,
     /// Bytes stored.
     pub size: u64,
-    /// Hex SHA-256 of the bytes stored.
+    /// Hex SHA-256 of the bytes stored (all segments, in order).
     pub sha256: String,
     /// Number of parts.
     pub parts: usize,
+    /// Number of objects: the first, then its continuations.
+    pub segments: u32,
 }
 
 impl UploadedParts {
-    /// Makes the object visible.
+    /// Makes the objects visible, in order; when one fails, the rest are aborted and those
+    /// already completed deleted.
     pub async fn complete(mut self) -> Result<(), PipelineError> {
-        let mut upload = self
-            .upload
-            .take()
-            .expect("complete or abort is called once");
-        if let Err(err) = upload.complete().await {
-            abort_logged(upload, &self.location).await;
-            return Err(err.into());
+        let mut uploads = std::mem::take(&mut self.uploads).into_iter();
+        let mut completed = Vec::new();
+        while let Some((location, mut upload)) = uploads.next() {
+            if let Err(err) = upload.complete().await {
+                abort_logged(upload, &location).await;
+                for (location, upload) in uploads {
+                    abort_logged(upload, &location).await;
+                }
+                for location in completed {
+                    if let Err(e) = self.store.delete(&location).await {
+                        tracing::warn!(%location, "could not delete a segment of an upload that failed: {e}");
+                    }
+                }
+                return Err(err.into());
+            }
+            completed.push(location);
         }
         Ok(())
     }
 
     /// Discards the parts.
     pub async fn abort(mut self) {
-        if let Some(upload) = self.upload.take() {
-            abort_logged(upload, &self.location).await;
+        for (location, upload) in std::mem::take(&mut self.uploads) {
+            abort_logged(upload, &location).await;
         }
     }
 }
 
 impl Drop for UploadedParts {
     fn drop(&mut self) {
-        if let Some(upload) = self.upload.take()
+        let uploads = std::mem::take(&mut self.uploads);
+        if !uploads.is_empty()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let location = self.location.clone();
-            runtime.spawn(async move { abort_logged(upload, &location).await });
+            runtime.spawn(async move {
+                for (location, upload) in uploads {
+                    abort_logged(upload, &location).await;
+                }
+            });
         }
     }
 }
@@ -123,7 +152,8 @@ async fn abort_logged(mut upload: Box<dyn MultipartUpload>, location: &Path) {
     }
 }
 
-/// Reads `reader` to its end and stores it as the parts of a multipart upload at `location`.
+/// Reads `reader` to its end and stores it as the parts of a multipart upload at `location`,
+/// and of its continuations ([`segment_location`]) when it holds more than `max_parts` parts.
 pub async fn upload_parts<R>(
     store: &Arc<dyn ObjectStore>,
     location: &Path,
@@ -135,13 +165,104 @@ pub async fn upload_parts<R>(
 where
     R: AsyncRead + Unpin,
 {
+    let first = start_upload(store, location, &attributes, policy, cancel).await?;
+    let mut uploads: Vec<Segment> = vec![(location.clone(), first)];
+    let mut in_flight: JoinSet<object_store::Result<()>> = JoinSet::new();
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut parts = 0usize;
+    let mut in_segment = 0usize;
+    let part_size = policy.part_size.max(1);
+
+    let outcome: Result<(), PipelineError> = async {
+        loop {
+            let part = read_part(&mut reader, part_size, cancel).await?;
+            if part.is_empty() && parts > 0 {
+                break;
+            }
+            if in_segment >= policy.max_parts.max(1) {
+                let index = uploads.len() as u32;
+                if index >= crate::format::MAX_SEGMENTS {
+                    return Err(PipelineError::TooLarge {
+                        max_bytes: policy.max_bytes(),
+                        max_parts: policy.max_parts,
+                    });
+                }
+                let at = segment_location(location, index);
+                let next = start_upload(store, &at, &attributes, policy, cancel).await?;
+                tracing::debug!(location = %at, "the stream goes on in a new segment");
+                uploads.push((at, next));
+                in_segment = 0;
+            }
+            let last = part.len() < part_size;
+            hasher.update(&part);
+            size += part.len() as u64;
+            while in_flight.len() >= policy.parts_in_flight.max(1) {
+                wait_one(&mut in_flight, cancel).await?;
+            }
+            let deadline = policy.part_deadline(part.len());
+            let (_, upload) = uploads.last_mut().expect("a segment is under way");
+            let put = upload.put_part(PutPayload::from(part));
+            in_flight.spawn(async move {
+                tokio::time::timeout(deadline, put).await.unwrap_or_else(|_| {
+                    Err(object_store::Error::Generic {
+                        store: "upload",
+                        source: format!(
+                            "a part made no progress for {} s (stalled connection); the upload is aborted",
+                            deadline.as_secs()
+                        )
+                        .into(),
+                    })
+                })
+            });
+            parts += 1;
+            in_segment += 1;
+            if last {
+                break;
+            }
+        }
+        while !in_flight.is_empty() {
+            wait_one(&mut in_flight, cancel).await?;
+        }
+        Ok(())
+    }
+    .await;
+
+    if let Err(err) = outcome {
+        in_flight.abort_all();
+        // The pipe first: its spool space goes back to the other stores' pipes now, not after
+        // the abort's round trips to a store that is failing.
+        drop(reader);
+        for (location, upload) in uploads {
+            abort_logged(upload, &location).await;
+        }
+        return Err(err);
+    }
+    Ok(UploadedParts {
+        segments: uploads.len() as u32,
+        uploads,
+        store: Arc::clone(store),
+        size,
+        sha256: hex::encode(hasher.finalize()),
+        parts,
+    })
+}
+
+/// Starts the multipart upload of one segment, within the stall deadline (a store that does
+/// not answer must not hold every other store's read), and stopped with the rest (a signal,
+/// the store's lock lost). A start still under way then goes on in the background and is
+/// aborted if it completes.
+async fn start_upload(
+    store: &Arc<dyn ObjectStore>,
+    location: &Path,
+    attributes: &Attributes,
+    policy: &PartPolicy,
+    cancel: &CancellationToken,
+) -> Result<Box<dyn MultipartUpload>, PipelineError> {
     let options = PutMultipartOptions {
-        attributes,
+        attributes: attributes.clone(),
         ..Default::default()
     };
-    // Bounded by the stall deadline (a store that does not answer must not hold every other
-    // store's read), and stopped with the rest (a signal, the store's lock lost). A start
-    // still under way then goes on in the background and is aborted if it completes.
     let mut start = Box::pin({
         let (store, location) = (Arc::clone(store), location.clone());
         async move { store.put_multipart_opts(&location, options).await }
@@ -160,8 +281,8 @@ where
         },
         () = cancel.cancelled() => Err(PipelineError::Cancelled),
     };
-    let mut upload = match given_up {
-        Ok(upload) => upload,
+    match given_up {
+        Ok(upload) => Ok(upload),
         Err(error) => {
             let location = location.clone();
             tokio::spawn(async move {
@@ -170,73 +291,9 @@ where
                     abort_logged(upload, &location).await;
                 }
             });
-            return Err(error);
+            Err(error)
         }
-    };
-    let mut in_flight: JoinSet<object_store::Result<()>> = JoinSet::new();
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut parts = 0usize;
-
-    let outcome: Result<(), PipelineError> = async {
-        loop {
-            let part = read_part(&mut reader, policy.part_size(parts), cancel).await?;
-            if part.is_empty() && parts > 0 {
-                break;
-            }
-            if parts >= policy.max_parts {
-                return Err(PipelineError::TooLarge {
-                    max_bytes: policy.max_bytes(),
-                    max_parts: policy.max_parts,
-                });
-            }
-            let last = part.len() < policy.part_size(parts);
-            hasher.update(&part);
-            size += part.len() as u64;
-            while in_flight.len() >= policy.parts_in_flight.max(1) {
-                wait_one(&mut in_flight, cancel).await?;
-            }
-            let deadline = policy.part_deadline(part.len());
-            let put = upload.put_part(PutPayload::from(part));
-            in_flight.spawn(async move {
-                tokio::time::timeout(deadline, put).await.unwrap_or_else(|_| {
-                    Err(object_store::Error::Generic {
-                        store: "upload",
-                        source: format!(
-                            "a part made no progress for {} s (stalled connection); the upload is aborted",
-                            deadline.as_secs()
-                        )
-                        .into(),
-                    })
-                })
-            });
-            parts += 1;
-            if last {
-                break;
-            }
-        }
-        while !in_flight.is_empty() {
-            wait_one(&mut in_flight, cancel).await?;
-        }
-        Ok(())
     }
-    .await;
-
-    if let Err(err) = outcome {
-        in_flight.abort_all();
-        // The pipe first: its spool space goes back to the other stores' pipes now, not after
-        // the abort's round trips to a store that is failing.
-        drop(reader);
-        abort_logged(upload, location).await;
-        return Err(err);
-    }
-    Ok(UploadedParts {
-        upload: Some(upload),
-        location: location.clone(),
-        size,
-        sha256: hex::encode(hasher.finalize()),
-        parts,
-    })
 }
 
 /// Reads up to `size` bytes; fewer only at end of stream.
@@ -280,12 +337,12 @@ async fn wait_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::ObjectStoreExt;
+    use futures::TryStreamExt;
     use object_store::memory::InMemory;
 
     fn small_policy() -> PartPolicy {
         PartPolicy {
-            first_part_size: 1000,
+            part_size: 1000,
             max_parts: 20,
             parts_in_flight: 3,
             ..Default::default()
@@ -293,26 +350,31 @@ mod tests {
     }
 
     #[test]
-    fn part_sizes_grow_to_cover_big_streams() {
+    fn parts_never_grow_and_segments_cover_big_streams() {
         let s3 = PartPolicy::default();
-        assert_eq!(s3.part_size(0), 8 << 20);
-        assert_eq!(s3.part_size(999), 8 << 20);
-        assert_eq!(s3.part_size(1000), 16 << 20);
-        assert!(s3.max_bytes() >= 5 << 40, "S3 objects up to 5 TiB");
+        assert_eq!(s3.part_size, 8 << 20);
+        assert_eq!(s3.segment_bytes(), 10_000 * (8 << 20));
+        assert!(s3.max_bytes() >= 700 << 40, "hundreds of TiB");
         let small = PartPolicy {
             max_parts: 1000,
             ..s3
         };
-        assert!(small.max_bytes() >= 500 << 30);
+        assert!(small.max_bytes() >= 70 << 40);
         assert_eq!(s3.part_deadline(8 << 20).as_secs(), 120);
         assert_eq!(s3.part_deadline(1).as_secs(), 120);
         assert_eq!(s3.part_deadline(64 << 20).as_secs(), 960);
+        let at = Path::from("app/id/data.tar.zst.age");
+        assert_eq!(segment_location(&at, 0), at);
+        assert_eq!(
+            segment_location(&at, 12),
+            Path::from("app/id/data.tar.zst.age.0012")
+        );
     }
 
     #[tokio::test]
     async fn uploads_and_hashes_a_multi_part_stream() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let data: Vec<u8> = (0..25_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let data: Vec<u8> = (0..15_500u32).map(|i| (i * 7 % 256) as u8).collect();
         let location = Path::from("a/b.age");
         let parts = upload_parts(
             &store,
@@ -326,8 +388,7 @@ mod tests {
         .unwrap();
         assert_eq!(parts.size, data.len() as u64);
         assert_eq!(parts.sha256, hex::encode(Sha256::digest(&data)));
-        // 2 parts of 1000, then 2000, 4000, ... : 1000*2 + 2000*2 + 4000*2 + 8000*2 > 25000
-        assert!(parts.parts > 2);
+        assert_eq!((parts.parts, parts.segments), (16, 1));
         assert!(
             store.head(&location).await.is_err(),
             "not visible before complete"
@@ -337,30 +398,92 @@ mod tests {
         assert_eq!(stored, data);
     }
 
+    /// A stream of more parts than the store takes per object goes on in segments of equal
+    /// parts; their concatenation is the stream, and nothing is visible before completion.
     #[tokio::test]
-    async fn too_large_streams_are_refused_and_leave_nothing() {
+    async fn a_long_stream_goes_on_in_segments_of_equal_parts() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let policy = PartPolicy {
-            first_part_size: 10,
+            part_size: 100,
             max_parts: 3,
             parts_in_flight: 2,
             ..Default::default()
         };
-        let data = vec![0u8; 1000];
-        let location = Path::from("big");
+        let location = Path::from("a/v.age");
+        for (len, segments) in [(0usize, 1u32), (300, 1), (301, 2), (600, 2), (1000, 4)] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+            let parts = upload_parts(
+                &store,
+                &location,
+                Attributes::new(),
+                &data[..],
+                &policy,
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                (parts.size, parts.segments),
+                (len as u64, segments),
+                "{len}"
+            );
+            assert_eq!(parts.sha256, hex::encode(Sha256::digest(&data)));
+            let listed = store.list(None).try_collect::<Vec<_>>().await.unwrap();
+            assert!(listed.is_empty(), "{len}: visible before complete");
+            parts.complete().await.unwrap();
+            let mut stored = Vec::new();
+            for index in 0..segments {
+                let at = segment_location(&location, index);
+                let bytes = store.get(&at).await.unwrap().bytes().await.unwrap();
+                assert!(bytes.len() <= 300, "{len}: at most max_parts parts");
+                stored.extend_from_slice(&bytes);
+                store.delete(&at).await.unwrap();
+            }
+            assert_eq!(stored, data, "{len}");
+        }
+    }
+
+    /// A failed upload leaves no segment behind, the ones begun before it included.
+    #[tokio::test]
+    async fn a_failure_in_a_later_segment_leaves_nothing() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let policy = PartPolicy {
+            part_size: 10,
+            max_parts: 2,
+            parts_in_flight: 2,
+            ..Default::default()
+        };
+        let data = [7u8; 75];
+        let failing = tokio::io::AsyncReadExt::chain(&data[..], failing_reader());
         let err = upload_parts(
             &store,
-            &location,
+            &Path::from("big"),
             Attributes::new(),
-            &data[..],
+            failing,
             &policy,
             &CancellationToken::new(),
         )
         .await
         .err()
         .unwrap();
-        assert!(matches!(err, PipelineError::TooLarge { .. }), "{err}");
-        assert!(store.head(&location).await.is_err());
+        assert!(matches!(err, PipelineError::Io(_)), "{err}");
+        let listed = store.list(None).try_collect::<Vec<_>>().await.unwrap();
+        assert!(listed.is_empty(), "{listed:?}");
+    }
+
+    /// A reader that fails at once.
+    fn failing_reader() -> impl AsyncRead + Unpin {
+        struct Failing;
+        impl AsyncRead for Failing {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                _: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::task::Poll::Ready(Err(std::io::Error::other("the disk went away")))
+            }
+        }
+        Failing
     }
 
     #[tokio::test]
