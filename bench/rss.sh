@@ -8,14 +8,19 @@
 #   ARGS=--dedup bash bench/rss.sh       # deduplicated backups
 #   AGAIN=1 ARGS=--dedup bash bench/rss.sh   # and a second backup of the same volume (the
 #                                        # nightly case: the previous chunk list, the listing)
+#   LIFEBOAT_MAX_PARTS=100 SIZES_MIB=10240 bash bench/rss.sh
+#                                        # a store that takes 100 parts per object: at 10 GiB,
+#                                        # as many parts as 1 TiB makes with S3's 10,000
+#   LIFEBOAT=/path/to/old/lifeboat …     # the same with another build, beside it
 #
 # Needs ~3× the largest size in free disk (volume, stored objects, spool). Not a test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES_MIB=${SIZES_MIB:-"1024 10240"}
 [ -x /usr/bin/time ] || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null; }
-cargo build --release --quiet
-L=$PWD/target/release/lifeboat
+# LIFEBOAT=path measures another build (an older commit's) on the same script.
+[ -n "${LIFEBOAT:-}" ] || cargo build --release --quiet
+L=${LIFEBOAT:-$PWD/target/release/lifeboat}
 work=$(mktemp -d /var/tmp/lifeboat-rss.XXXXXX)
 project=lbrss$$
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -59,4 +64,4 @@ for size in $SIZES_MIB; do
   rm -rf "$work/s3/rss/lifeboat"
 done
 echo
-echo "Upload buffers: 4 parts in flight × 8 MiB (the defaults; parts grow only past 1,000 parts)."
+echo "Upload buffers: ${LIFEBOAT_PARTS_IN_FLIGHT:-4} parts in flight × ${LIFEBOAT_PART_SIZE_MIB:-8} MiB; a volume past ${LIFEBOAT_MAX_PARTS:-10000} parts goes on in another object (a segment)."

@@ -1124,10 +1124,15 @@ async fn finish_uploads(
                 abandon_all(pending).await;
                 // Chunks stay, unreferenced, until a prune after the grace period.
                 for done in records.iter().filter(|r| !r.is_chunked()) {
+                    let object = repo.object(app, backup_id, &done.object);
                     for index in 0..done.segments {
-                        let name = format::segment_name(&done.object, index);
-                        repo.delete_object(&repo.object(app, backup_id, &name))
-                            .await;
+                        let location =
+                            crate::pipeline::upload::segment_location(&object.location, index);
+                        repo.delete_object(&crate::repo::ObjectAt {
+                            objects: Arc::clone(&object.objects),
+                            location,
+                        })
+                        .await;
                     }
                 }
                 return Err(error);

@@ -183,7 +183,7 @@ async fn copy_object(
     let mut present = Some(0u64);
     for at in &targets {
         present = match (present, target.objects.head(at).await) {
-            (Some(total), Ok(head)) => Some(total + head.size),
+            (Some(total), Ok(head)) => total.checked_add(head.size),
             _ => None,
         };
     }
@@ -201,7 +201,8 @@ async fn copy_object(
             from.url()
         ))
     };
-    if sizes.iter().sum::<u64>() != record.stored_size {
+    let total = sizes.iter().try_fold(0u64, |t, s| t.checked_add(*s));
+    if total != Some(record.stored_size) {
         return Err(not_copied());
     }
     let reader = crate::pipeline::download::open_objects(&source.objects, sources).await?;
@@ -261,8 +262,20 @@ async fn copy_object(
         return Err(not_copied());
     }
     let objects = uploaded.len();
-    for segment in uploaded {
-        segment.complete().await?;
+    let mut completed = Vec::with_capacity(objects);
+    for (segment, at) in uploaded.into_iter().zip(&targets) {
+        // The rest are aborted as they drop; the segments completed before go too.
+        if let Err(error) = segment.complete().await {
+            for done in completed {
+                to.delete_object(&crate::repo::ObjectAt {
+                    objects: std::sync::Arc::clone(&target.objects),
+                    location: done,
+                })
+                .await;
+            }
+            return Err(error.into());
+        }
+        completed.push(at.clone());
     }
     Ok((record.stored_size, objects))
 }

@@ -72,9 +72,14 @@ impl PartPolicy {
     }
 }
 
-/// Where segment `index` of the object at `location` lies.
+/// Where segment `index` of the object at `location` lies: the object itself, then its name
+/// with `.0001`, … appended to it as it is (no part of `location` is encoded again).
 pub fn segment_location(location: &Path, index: u32) -> Path {
-    Path::from(crate::format::segment_name(location.as_ref(), index))
+    match index {
+        0 => location.clone(),
+        _ => Path::parse(format!("{location}.{index:04}"))
+            .expect("a valid path with a plain suffix is valid"),
+    }
 }
 
 /// One segment's multipart upload, not yet completed.
@@ -369,6 +374,17 @@ mod tests {
             segment_location(&at, 12),
             Path::from("app/id/data.tar.zst.age.0012")
         );
+        // A store prefix keeps its characters as the URL gave them (`%20`, `~`): a segment
+        // lies beside the object, not under a prefix encoded again.
+        for prefix in ["lifeboat%20backups", "team~x", "a[1]"] {
+            let at = Path::parse(format!("{prefix}/app/id/v.tar.zst.age")).unwrap();
+            assert_eq!(segment_location(&at, 0), at, "{prefix}");
+            assert_eq!(
+                segment_location(&at, 1).as_ref(),
+                format!("{prefix}/app/id/v.tar.zst.age.0001"),
+                "{prefix}"
+            );
+        }
     }
 
     #[tokio::test]
