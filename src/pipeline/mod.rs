@@ -10,8 +10,10 @@
 //!          [`tar_check`] (the entry policy, either reading the whole archive or as a
 //!          pass-through on the Docker archive upload).
 //!
-//! Every stage streams: memory is bounded by the upload parts in flight plus small buffers,
-//! whatever the size of the volume, and no plaintext is written to local disk.
+//! Every stage streams: memory is bounded by the upload parts in flight (equal parts; a volume
+//! past the store's part limit goes on in another segment) plus small buffers, whatever the
+//! size of the volume, and no plaintext is written to local disk. Chunked volumes add their
+//! chunk lists, 80 bytes per chunk address.
 
 pub mod chunk;
 pub mod compress;
