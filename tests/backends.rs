@@ -145,8 +145,11 @@ fn s3_credentials_and_endpoint_come_from_a_profile_file() {
     assert!(app.running().values().all(|r| *r));
 }
 
+/// Parts never grow: a volume of more parts than the store takes per object goes on in
+/// segments. One interrupted while a later segment uploads leaves nothing (every segment's
+/// multipart upload aborted); one that completes restores identically.
 #[test]
-fn part_sizes_grow_past_a_small_part_limit_and_too_small_a_limit_aborts_cleanly() {
+fn a_volume_past_a_small_part_limit_goes_on_in_segments_and_an_interrupted_one_leaves_nothing() {
     let mut app = TestApp::new("parts");
     let data = app.volume("data");
     app.in_volume(&data, "head -c 2200000000 /dev/urandom > /v/big"); // 2.05 GiB
@@ -156,57 +159,70 @@ fn part_sizes_grow_past_a_small_part_limit_and_too_small_a_limit_aborts_cleanly(
     let store = s3.bucket("parts");
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
+    let backup = |max_parts: &str| {
+        let mut cmd = lifeboat();
+        s3.env(&mut cmd).args([
+            "backup",
+            "-p",
+            &app.project,
+            "--store",
+            &store,
+            "-r",
+            &recipient,
+            "--compression",
+            "none",
+            "--part-size-mib",
+            "5",
+            "--max-parts",
+            max_parts,
+        ]);
+        cmd
+    };
 
-    // 5 MiB parts, at most 4 parts: too small for 1 GiB. Refused, and nothing remains.
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
-        &app.project,
-        "--store",
-        &store,
-        "-r",
-        &recipient,
-        "--compression",
-        "none",
-        "--part-size-mib",
-        "5",
-        "--max-parts",
-        "4",
-    ]));
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("raise part_size_mib or max_parts"),
-        "{}",
-        stderr(&output)
-    );
+    // 5 MiB parts, at most 4 per object: 20 MiB segments. Interrupted once a second segment's
+    // upload is open beside the first.
+    let child = backup("4")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while s3.open_uploads().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a second segment never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
     assert!(
         s3.open_uploads().is_empty(),
-        "aborted: {:?}",
+        "every segment aborted: {:?}",
         s3.open_uploads()
     );
-    assert!(s3.files("parts").is_empty());
+    assert!(s3.files("parts").is_empty(), "{:?}", s3.files("parts"));
     assert!(app.running().values().all(|r| *r));
 
-    // 5 MiB parts, at most 12: sizes double after every part (5, 10, 20, … MiB) and fit.
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
-        &app.project,
-        "--store",
-        &store,
-        "-r",
-        &recipient,
-        "--compression",
-        "none",
-        "--part-size-mib",
-        "5",
-        "--max-parts",
-        "12",
-    ]));
+    // 5 MiB parts, at most 12 per object: 60 MiB segments, all complete, and it restores.
+    let output = run(&mut backup("12"));
     assert!(output.status.success(), "{}", stderr(&output));
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+    let manifest = &list_json(&s3, &store)[0];
+    assert_eq!(manifest["format_version"], 4);
+    let stored = manifest["volumes"][0]["stored_size"].as_u64().unwrap();
+    let segment = 12 * (5 << 20);
+    assert_eq!(
+        manifest["volumes"][0]["segments"].as_u64().unwrap(),
+        stored.div_ceil(segment)
+    );
     app.wipe(&data);
     let output = restore(&s3, &app.project, &store, &key);
-    assert!(output.status.success());
+    assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(app.snapshot(&data), before);
 }
 
