@@ -1,6 +1,6 @@
 //! The same end-to-end suite against every backend that runs here (S3 via s3s-fs, Azure via
 //! Azurite, a local folder), plus what is particular to S3: credentials from a profile file,
-//! part sizes growing past a small part limit on a large stream, and a server restarted in the
+//! a large stream going on in segments past a small part limit, and a server restarted in the
 //! middle of an upload.
 
 mod common;
