@@ -1124,16 +1124,7 @@ async fn finish_uploads(
                 abandon_all(pending).await;
                 // Chunks stay, unreferenced, until a prune after the grace period.
                 for done in records.iter().filter(|r| !r.is_chunked()) {
-                    let object = repo.object(app, backup_id, &done.object);
-                    for index in 0..done.segments {
-                        let location =
-                            crate::pipeline::upload::segment_location(&object.location, index);
-                        repo.delete_object(&crate::repo::ObjectAt {
-                            objects: Arc::clone(&object.objects),
-                            location,
-                        })
-                        .await;
-                    }
+                    repo.delete_volume_object(app, backup_id, done).await;
                 }
                 return Err(error);
             }

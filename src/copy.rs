@@ -169,17 +169,13 @@ async fn copy_object(
     cancel: &CancellationToken,
 ) -> Result<(u64, usize)> {
     use crate::pipeline::PipelineError;
-    use crate::pipeline::upload::segment_location;
+    use crate::pipeline::upload::segment_locations;
     use tokio::io::AsyncReadExt;
     let (app, id) = (&manifest.app, &manifest.backup_id);
     let source = from.object(app, id, &record.object);
     let target = to.object(app, id, &record.object);
-    let segments = |at: &object_store::path::Path| -> Vec<object_store::path::Path> {
-        (0..record.segments)
-            .map(|index| segment_location(at, index))
-            .collect()
-    };
-    let (sources, targets) = (segments(&source.location), segments(&target.location));
+    let sources = segment_locations(&source.location, record.segments);
+    let targets = segment_locations(&target.location, record.segments);
     let mut present = Some(0u64);
     for at in &targets {
         present = match (present, target.objects.head(at).await) {
@@ -262,20 +258,12 @@ async fn copy_object(
         return Err(not_copied());
     }
     let objects = uploaded.len();
-    let mut completed = Vec::with_capacity(objects);
-    for (segment, at) in uploaded.into_iter().zip(&targets) {
+    for segment in uploaded {
         // The rest are aborted as they drop; the segments completed before go too.
         if let Err(error) = segment.complete().await {
-            for done in completed {
-                to.delete_object(&crate::repo::ObjectAt {
-                    objects: std::sync::Arc::clone(&target.objects),
-                    location: done,
-                })
-                .await;
-            }
+            to.delete_volume_object(app, id, record).await;
             return Err(error.into());
         }
-        completed.push(at.clone());
     }
     Ok((record.stored_size, objects))
 }

@@ -156,10 +156,20 @@ impl Repo {
         Ok(())
     }
 
-    /// Deletes one volume object (of a backup that failed before its manifest).
-    pub async fn delete_object(&self, at: &ObjectAt) {
-        if let Err(e) = at.objects.delete(&at.location).await {
-            tracing::warn!(key = %at.location, "could not delete an object of the failed backup: {e}");
+    /// Deletes a volume object, every segment of it (of a backup that failed before its
+    /// manifest, or a copy that failed before it); one already gone is no error.
+    pub async fn delete_volume_object(
+        &self,
+        app: &str,
+        backup_id: &str,
+        record: &crate::format::VolumeRecord,
+    ) {
+        let at = self.store.layout.object(app, backup_id, &record.object);
+        for key in crate::pipeline::upload::segment_locations(&at, record.segments) {
+            match self.store.objects.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(%key, "could not delete an object of the failed run: {e}"),
+            }
         }
     }
 
@@ -260,8 +270,7 @@ impl Repo {
         for record in manifest.volumes.iter().filter(|v| !v.is_chunked()) {
             let key = layout.object(app, id, &record.object);
             let mut size = 0;
-            for index in 0..record.segments {
-                let segment = crate::pipeline::upload::segment_location(&key, index);
+            for segment in crate::pipeline::upload::segment_locations(&key, record.segments) {
                 let head = self
                     .store
                     .objects

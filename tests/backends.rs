@@ -159,9 +159,22 @@ fn a_volume_past_a_small_part_limit_goes_on_in_segments_and_an_interrupted_one_l
     let store = s3.bucket("parts");
     let work = tempfile::tempdir().unwrap();
     let (key, recipient) = keygen(work.path());
-    let backup = |max_parts: &str| {
-        let mut cmd = lifeboat();
-        s3.env(&mut cmd).args([
+    let parts = |max: &'static str| {
+        [
+            "--compression",
+            "none",
+            "--part-size-mib",
+            "5",
+            "--max-parts",
+            max,
+        ]
+    };
+
+    // 5 MiB parts, at most 4 per object: 20 MiB segments. Interrupted once a second segment's
+    // upload is open beside the first.
+    let child = s3
+        .env(&mut lifeboat())
+        .args([
             "backup",
             "-p",
             &app.project,
@@ -169,19 +182,8 @@ fn a_volume_past_a_small_part_limit_goes_on_in_segments_and_an_interrupted_one_l
             &store,
             "-r",
             &recipient,
-            "--compression",
-            "none",
-            "--part-size-mib",
-            "5",
-            "--max-parts",
-            max_parts,
-        ]);
-        cmd
-    };
-
-    // 5 MiB parts, at most 4 per object: 20 MiB segments. Interrupted once a second segment's
-    // upload is open beside the first.
-    let child = backup("4")
+        ])
+        .args(parts("4"))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -193,11 +195,7 @@ fn a_volume_past_a_small_part_limit_goes_on_in_segments_and_an_interrupted_one_l
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(&child, "TERM");
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
     assert!(
@@ -209,7 +207,7 @@ fn a_volume_past_a_small_part_limit_goes_on_in_segments_and_an_interrupted_one_l
     assert!(app.running().values().all(|r| *r));
 
     // 5 MiB parts, at most 12 per object: 60 MiB segments, all complete, and it restores.
-    let output = run(&mut backup("12"));
+    let output = backup_with(&s3, &app.project, &store, &recipient, &parts("12"));
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
     let manifest = &list_json(&s3, &store)[0];

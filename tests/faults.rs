@@ -406,14 +406,6 @@ fn a_full_disk_for_the_state_record_stops_nothing() {
     assert!(output.status.success(), "{}", stderr(&output));
 }
 
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 #[test]
 fn sigint_mid_backup_and_signals_mid_restore() {
     let mut app = TestApp::new("signals");

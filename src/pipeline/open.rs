@@ -23,6 +23,7 @@ use super::encrypt::decrypting_reader;
 use super::relay::relay;
 use super::tally::{Expected, TallyReader};
 use super::tar_check::{EntryRules, PolicyReader, TarSummary, TargetKind, check_archive};
+use super::upload::segment_locations;
 use crate::format::{SourceKind, VolumeRecord};
 use crate::keys::BoxIdentity;
 use futures::TryStreamExt;
@@ -112,13 +113,6 @@ async fn check_tar(
     Ok(summary)
 }
 
-/// Where the segments of the object at `location` lie, in order.
-fn segments_of(location: &ObjectPath, segments: u32) -> Vec<ObjectPath> {
-    (0..segments.max(1))
-        .map(|index| super::upload::segment_location(location, index))
-        .collect()
-}
-
 /// The stored object of `record` (its segments, one after the other), its size and sha256
 /// checked against the manifest as it is read (the check fires at the end of the stream).
 async fn open_checked(
@@ -172,7 +166,7 @@ pub async fn verify_volume(
             objects,
             location,
             segments,
-        } => (objects, segments_of(location, *segments)),
+        } => (objects, segment_locations(location, *segments)),
         StoredAt::Chunks(store) => return verify_chunks(store, record, identities).await,
     };
     let mut stored = open_checked(objects, &location, record).await?;
@@ -275,7 +269,7 @@ pub async fn fetch_verified(
             objects,
             location,
             segments,
-        } => (objects, segments_of(location, *segments)),
+        } => (objects, segment_locations(location, *segments)),
         StoredAt::Chunks(store) => {
             // Each chunk's ciphertext to the spool, in order, as it is verified.
             let teed = fetch_chunks(store.clone(), record.chunks.clone()).and_then(move |item| {

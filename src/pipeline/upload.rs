@@ -75,11 +75,15 @@ impl PartPolicy {
 /// Where segment `index` of the object at `location` lies: the object itself, then its name
 /// with `.0001`, … appended to it as it is (no part of `location` is encoded again).
 pub fn segment_location(location: &Path, index: u32) -> Path {
-    match index {
-        0 => location.clone(),
-        _ => Path::parse(format!("{location}.{index:04}"))
-            .expect("a valid path with a plain suffix is valid"),
-    }
+    Path::parse(crate::format::segment_name(location.as_ref(), index))
+        .expect("a valid path with a plain suffix is valid")
+}
+
+/// Where every segment of the object at `location` lies, in order.
+pub fn segment_locations(location: &Path, segments: u32) -> Vec<Path> {
+    (0..segments.max(1))
+        .map(|index| segment_location(location, index))
+        .collect()
 }
 
 /// One segment's multipart upload, not yet completed.

@@ -264,6 +264,15 @@ pub fn spawn_until_uploading(s3: &S3Server, cmd: &mut Command) -> Child {
     child
 }
 
+/// Sends signal `name` (`TERM`, `INT`, …) to `child`.
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// `lifeboat backup -p PROJECT --store STORE -r RECIPIENT` against `s3`; it must succeed.
 pub fn backup_ok(s3: &S3Server, project: &str, store: &str, recipient: &str) {
     let output = run(s3
