@@ -866,10 +866,12 @@ async fn dedup_for(
             theirs == recipients
         })
         .collect();
-    let earlier: Vec<format::ChunkRef> = volumes
-        .iter()
-        .flat_map(|v| v.chunks.iter().copied())
-        .collect();
+    // One copy of the newest backup's chunk lists, sized exactly: it becomes the reuse map.
+    let mut earlier: Vec<format::ChunkRef> =
+        Vec::with_capacity(volumes.iter().map(|v| v.chunks.len()).sum());
+    for volume in &volumes {
+        earlier.extend_from_slice(&volume.chunks);
+    }
     let previous = volumes
         .iter()
         .filter(|v| v.is_chunked())
@@ -888,7 +890,7 @@ async fn dedup_for(
                 list_chunks(&store).await
             };
             let present = present.map_err(|e| anyhow!("cannot list the chunks in {url}: {e}"))?;
-            let known = Known::confirmed(&earlier, &present);
+            let known = Known::confirmed(earlier, &present);
             tracing::info!(
                 reusable = known.len(),
                 in_store = present.len(),

@@ -35,7 +35,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{Attributes, ObjectStore, ObjectStoreExt, PutOptions};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
@@ -78,44 +78,90 @@ impl ChunkStore {
 
 /// Chunks a backup may reference without uploading them: seen in the store by this run, with
 /// what a genuine manifest says of them; the chunks this run uploads are added.
+///
+/// Held compactly, since a volume of a TiB has about two million chunks: those confirmed at
+/// the start in one vector sorted by id (80 bytes each, looked up by binary search), the ones
+/// this run seals in a set keyed by their id (80 bytes each plus the table's slack).
 #[derive(Debug, Default)]
-pub struct Known(std::sync::Mutex<HashMap<Hex32, ChunkRef>>);
+pub struct Known(std::sync::Mutex<KnownChunks>);
+
+#[derive(Debug, Default)]
+struct KnownChunks {
+    confirmed: Vec<ChunkRef>,
+    added: HashSet<ById>,
+}
+
+/// A chunk in a set, equal to another and hashed by its id alone (so the set is looked up by
+/// id without holding the id twice).
+#[derive(Debug, Clone, Copy)]
+struct ById(ChunkRef);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
+}
+
+impl std::borrow::Borrow<Hex32> for ById {
+    fn borrow(&self) -> &Hex32 {
+        &self.0.id
+    }
+}
 
 impl Known {
     /// The chunks of `earlier` (genuine manifests' chunk lists) that `present` (the store's
-    /// listing: sha256 → size) holds with the recorded size.
-    pub fn confirmed<'a>(
-        earlier: impl IntoIterator<Item = &'a ChunkRef>,
-        present: &HashMap<Hex32, u64>,
-    ) -> Known {
-        Known(std::sync::Mutex::new(
-            earlier
-                .into_iter()
-                .filter(|c| present.get(&c.sha256) == Some(&c.size))
-                .map(|c| (c.id, *c))
-                .collect(),
-        ))
+    /// listing: sha256 → size) holds with the recorded size. `earlier` becomes the map: no
+    /// second copy of the list is made.
+    pub fn confirmed(mut earlier: Vec<ChunkRef>, present: &HashMap<Hex32, u64>) -> Known {
+        earlier.retain(|c| present.get(&c.sha256) == Some(&c.size));
+        earlier.sort_unstable_by_key(|c| c.id);
+        earlier.dedup_by_key(|c| c.id);
+        earlier.shrink_to_fit();
+        Known(std::sync::Mutex::new(KnownChunks {
+            confirmed: earlier,
+            added: HashSet::new(),
+        }))
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Hex32, ChunkRef>> {
+    fn chunks(&self) -> std::sync::MutexGuard<'_, KnownChunks> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn get(&self, id: &Hex32) -> Option<ChunkRef> {
-        self.map().get(id).copied()
+        let chunks = self.chunks();
+        chunks
+            .confirmed
+            .binary_search_by_key(id, |c| c.id)
+            .ok()
+            .map(|at| chunks.confirmed[at])
+            .or_else(|| chunks.added.get(id).map(|c| c.0))
+    }
+
+    /// A chunk this run sealed and stored.
+    fn add(&self, chunk: ChunkRef) {
+        self.chunks().added.insert(ById(chunk));
     }
 
     pub fn len(&self) -> usize {
-        self.map().len()
+        let chunks = self.chunks();
+        chunks.confirmed.len() + chunks.added.len()
     }
 
     /// Frees the map: once every volume is read, nothing more is looked up.
     pub fn forget(&self) {
-        *self.map() = HashMap::new();
+        *self.chunks() = KnownChunks::default();
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map().is_empty()
+        self.len() == 0
     }
 }
 
@@ -289,13 +335,15 @@ async fn cut_and_seal(
     mut pipes: Branches,
 ) -> Result<Vec<SealedChunks>, SealError> {
     let (tar, tally) = TallyReader::counting(TarEndCheck::new(tar));
+    // About as many chunks as last time: the list is not grown by doubling (80 bytes a chunk).
+    let expected = previous.as_ref().map_or(0, |p| p.len() + p.len() / 16);
     let pieces = Cutter::new(tar, Arc::clone(&sealer.keys), previous).into_stream();
     let mut results: Vec<SealedChunks> = known
         .iter()
         .map(|_| SealedChunks {
             tar_size: 0,
             root: None,
-            chunks: Vec::new(),
+            chunks: Vec::with_capacity(expected),
             new_bytes: 0,
             reused_plain: 0,
         })
@@ -364,7 +412,7 @@ async fn cut_and_seal(
                 write_frame(&mut pipes, store, &chunk.sha256, bytes).await;
             }
             result.new_bytes += chunk.size;
-            known.map().insert(chunk.id, *chunk);
+            known.add(*chunk);
             result.chunks.push(*chunk);
         }
         // A store whose upload failed (or stopped) is dead too, even if every chunk still to
@@ -740,7 +788,7 @@ pub fn missing(chunks: &[ChunkRef], present: &HashMap<Hex32, u64>) -> Option<Str
 /// else): sha256 → stored size.
 pub async fn list_chunks(to: &ChunkStore) -> Result<HashMap<Hex32, u64>, object_store::Error> {
     let dir = to.app_dir.clone().join(crate::format::CHUNKS_DIR);
-    Ok(chunks_under(to, dir).await?.into_iter().collect())
+    chunks_under(to, dir).await
 }
 
 /// [`list_chunks`], one listing per two-digit prefix (`chunks/00/` … `chunks/ff/`), 16 at
@@ -760,11 +808,12 @@ pub async fn list_chunks_by_prefix(
     Ok(present)
 }
 
-/// The chunks under `dir` where a chunk lies, with their sizes.
+/// The chunks under `dir` where a chunk lies, with their sizes: collected straight into the
+/// map (no list of them beside it).
 async fn chunks_under(
     to: &ChunkStore,
     dir: Path,
-) -> Result<Vec<(Hex32, u64)>, object_store::Error> {
+) -> Result<HashMap<Hex32, u64>, object_store::Error> {
     to.objects
         .list(Some(&dir))
         .try_filter_map(|meta| {
@@ -785,6 +834,48 @@ mod tests {
     use super::*;
     use crate::pipeline::testing::noise;
     use object_store::memory::InMemory;
+
+    fn chunk(id: u8, sha256: u8, size: u64) -> ChunkRef {
+        ChunkRef {
+            id: Hex32([id; 32]),
+            size,
+            sha256: Hex32([sha256; 32]),
+            plain: size * 2,
+        }
+    }
+
+    /// What may be reused: a chunk of an earlier list only when the listing shows its object
+    /// with the recorded size, each id once; then what this run adds; nothing once forgotten.
+    #[test]
+    fn known_chunks_are_those_listed_with_their_size_and_those_added() {
+        let present: HashMap<Hex32, u64> = [
+            (Hex32([1; 32]), 10),
+            (Hex32([2; 32]), 99),
+            (Hex32([4; 32]), 40),
+        ]
+        .into();
+        let earlier = vec![
+            chunk(40, 4, 40),
+            chunk(10, 1, 10),
+            chunk(20, 2, 20),
+            chunk(30, 3, 30),
+            chunk(10, 1, 10),
+        ];
+        let known = Known::confirmed(earlier, &present);
+        assert_eq!(known.len(), 2);
+        assert_eq!(known.get(&Hex32([10; 32])), Some(chunk(10, 1, 10)));
+        assert_eq!(known.get(&Hex32([40; 32])), Some(chunk(40, 4, 40)));
+        // Listed with another size, or not listed: not reusable.
+        assert_eq!(known.get(&Hex32([20; 32])), None);
+        assert_eq!(known.get(&Hex32([30; 32])), None);
+        known.add(chunk(50, 5, 50));
+        known.add(chunk(50, 5, 50));
+        assert_eq!(known.len(), 3);
+        assert_eq!(known.get(&Hex32([50; 32])), Some(chunk(50, 5, 50)));
+        known.forget();
+        assert!(known.is_empty());
+        assert_eq!(known.get(&Hex32([10; 32])), None);
+    }
 
     fn sealer(identity: &age::x25519::Identity) -> ChunkSealer {
         ChunkSealer {
@@ -850,7 +941,7 @@ mod tests {
         data[6 << 20..(6 << 20) + 8192].copy_from_slice(&noise(8192, 2));
         let second_tar = tar_of(&data);
         let present = list_chunks(&store).await.unwrap();
-        let known = Known::confirmed(&first.chunks, &present);
+        let known = Known::confirmed(first.chunks.clone(), &present);
         let second = seal(&second_tar, &identity, &known, &store).await;
         assert!(
             second.new_bytes < 10 << 20 && second.new_bytes * 3 < first.new_bytes,
@@ -869,7 +960,7 @@ mod tests {
             .await
             .unwrap();
         let present = list_chunks(&store).await.unwrap();
-        let known = Known::confirmed(&second.chunks, &present);
+        let known = Known::confirmed(second.chunks.clone(), &present);
         let third = seal(&second_tar, &identity, &known, &store).await;
         assert_eq!(third.new_bytes, third.chunks[0].size);
         assert_eq!(read_back(&store, &third, &identity).await, second_tar);
@@ -895,7 +986,7 @@ mod tests {
                 .delete(&store.location(&lost.sha256))
                 .await
                 .unwrap();
-            let known = Known::confirmed(&first.chunks, &list_chunks(&store).await.unwrap());
+            let known = Known::confirmed(first.chunks.clone(), &list_chunks(&store).await.unwrap());
             let cancel = CancellationToken::new();
             let to = [ChunkTarget {
                 known: &known,
@@ -966,7 +1057,7 @@ mod tests {
         let present = list_chunks(&used).await.unwrap();
         let (known_fresh, known_used) = (
             Known::default(),
-            Known::confirmed(&earlier.chunks, &present),
+            Known::confirmed(earlier.chunks.clone(), &present),
         );
         let dir = tempfile::tempdir().unwrap();
         let broken = broken_store(&dir);
@@ -1080,7 +1171,7 @@ mod tests {
         let night2 = seal(
             &b,
             &identity,
-            &Known::confirmed(&night1.chunks[..0], &present),
+            &Known::confirmed(Vec::new(), &present),
             &store,
         )
         .await;
@@ -1089,7 +1180,7 @@ mod tests {
         let night3 = seal(
             &a,
             &identity,
-            &Known::confirmed(&night2.chunks, &present),
+            &Known::confirmed(night2.chunks.clone(), &present),
             &store,
         )
         .await;
@@ -1155,7 +1246,9 @@ mod tests {
             .unwrap();
         let present = list_chunks(&store).await.unwrap();
         assert!(missing(&sealed.chunks, &present).is_some());
-        assert!(Known::confirmed(&sealed.chunks, &present).is_empty() || sealed.chunks.len() > 1);
+        assert!(
+            Known::confirmed(sealed.chunks.clone(), &present).is_empty() || sealed.chunks.len() > 1
+        );
         // Listed a prefix at a time: the same chunks, and not the stray one either.
         assert_eq!(list_chunks_by_prefix(&store).await.unwrap(), present);
         assert_eq!(present.len(), sealed.chunks.len() - 1);

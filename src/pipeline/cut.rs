@@ -19,7 +19,7 @@ use super::chunk::{AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
 use crate::format::ChunkRef;
 use crate::keys::ChunkKeys;
 use bytes::{Bytes, BytesMut};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -43,26 +43,37 @@ pub struct Piece {
 }
 
 /// The chunks of a volume's previous backup, in order: lengths and ids, the cuts to try first.
+/// 40 bytes a chunk: the list, and its positions sorted by id to find where a chunk was.
 #[derive(Debug, Default)]
 pub struct Previous {
     chunks: Vec<(Id, u32)>,
-    at: HashMap<Id, u32>,
+    by_id: Vec<u32>,
 }
 
 impl Previous {
     /// From a genuine manifest's chunk list; a chunk longer than a chunk can be ends it.
     pub fn of(chunks: &[ChunkRef]) -> Previous {
-        let mut previous = Previous::default();
-        for chunk in chunks {
-            let id = chunk.id.0;
-            if chunk.plain == 0 || chunk.plain > MAX_CHUNK as u64 {
-                break;
-            }
-            let position = previous.chunks.len() as u32;
-            previous.chunks.push((id, chunk.plain as u32));
-            previous.at.entry(id).or_insert(position);
-        }
-        previous
+        let usable = chunks
+            .iter()
+            .take_while(|c| c.plain != 0 && c.plain <= MAX_CHUNK as u64)
+            .count();
+        let chunks: Vec<(Id, u32)> = chunks[..usable]
+            .iter()
+            .map(|c| (c.id.0, c.plain as u32))
+            .collect();
+        // Equal ids sort by position: a lookup finds the first.
+        let mut by_id: Vec<u32> = (0..chunks.len() as u32).collect();
+        by_id.sort_unstable_by_key(|&at| (chunks[at as usize].0, at));
+        Previous { chunks, by_id }
+    }
+
+    /// The first position of the chunk with this id.
+    fn position_of(&self, id: &Id) -> Option<usize> {
+        let first = self
+            .by_id
+            .partition_point(|&at| self.chunks[at as usize].0 < *id);
+        let at = *self.by_id.get(first)? as usize;
+        (self.chunks[at].0 == *id).then_some(at)
     }
 
     pub fn len(&self) -> usize {
@@ -200,7 +211,7 @@ impl<R: AsyncRead + Unpin> Cutter<R> {
         self.expect = None;
         for data in split_zero_runs(cut) {
             let (data, id) = self.id_of(data).await?;
-            self.expect = previous.at.get(&id).map(|&at| at as usize + 1);
+            self.expect = previous.position_of(&id).map(|at| at + 1);
             self.ready.push_back(Piece { data, id: Some(id) });
         }
         Ok(self.ready.pop_front())
@@ -315,12 +326,46 @@ mod tests {
     fn reused_of(pieces: &[Piece], previous: &Previous) -> usize {
         pieces
             .iter()
-            .filter(|p| previous.at.contains_key(&p.id.unwrap()))
+            .filter(|p| previous.position_of(&p.id.unwrap()).is_some())
             .count()
     }
 
     fn lens(pieces: &[Piece]) -> Vec<usize> {
         pieces.iter().map(|p| p.data.len()).collect()
+    }
+
+    fn chunk(id: u8, plain: u64) -> ChunkRef {
+        ChunkRef {
+            id: crate::format::Hex32([id; 32]),
+            size: 1,
+            sha256: crate::format::Hex32([0; 32]),
+            plain,
+        }
+    }
+
+    /// A chunk that came twice is found where it came first; one never there, nowhere; the list
+    /// ends before a chunk no cutter makes (empty, or past the longest).
+    #[test]
+    fn the_previous_list_finds_a_chunk_where_it_came_first() {
+        let list = [
+            chunk(9, 10),
+            chunk(3, 20),
+            chunk(9, 10),
+            chunk(5, 30),
+            chunk(3, 20),
+            chunk(7, MAX_CHUNK as u64 + 1),
+            chunk(8, 40),
+        ];
+        let previous = Previous::of(&list);
+        assert_eq!(previous.len(), 5);
+        assert_eq!(previous.position_of(&[9; 32]), Some(0));
+        assert_eq!(previous.position_of(&[3; 32]), Some(1));
+        assert_eq!(previous.position_of(&[5; 32]), Some(3));
+        for absent in [0, 4, 7, 8, 10, 255] {
+            assert_eq!(previous.position_of(&[absent; 32]), None, "{absent}");
+        }
+        assert!(Previous::of(&[chunk(1, 0), chunk(2, 5)]).is_empty());
+        assert_eq!(Previous::default().position_of(&[0; 32]), None);
     }
 
     /// The cuts are FastCDC's (the crate's own stream chunker, same keyed gear) with zero runs
