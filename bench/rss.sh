@@ -12,6 +12,9 @@
 #                                        # a store that takes 100 parts per object: at 10 GiB,
 #                                        # as many parts as 1 TiB makes with S3's 10,000
 #   LIFEBOAT=/path/to/old/lifeboat …     # the same with another build, beside it
+#   HEAP=1 …                             # under heaptrack: the peak of the heap instead of
+#                                        # RSS (what the data structures hold, without the
+#                                        # allocator's slack; wall times are heaptrack's)
 #
 # Needs ~3× the largest size in free disk (volume, stored objects, spool). Not a test.
 set -euo pipefail
@@ -47,7 +50,12 @@ docker create --name "$project-app-1" --label com.docker.compose.project=$projec
   -v "${project}_data:/data" $IMAGE sh -c "trap 'exit 0' TERM; while true; do sleep 1; done" >/dev/null
 docker start "$project-app-1" >/dev/null
 
-echo "| volume | wall s | MiB/s | downtime s | peak RSS MiB |"
+if [ -n "${HEAP:-}" ]; then
+  command -v heaptrack >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq heaptrack >/dev/null; }
+  echo "| volume | wall s (under heaptrack) | MiB/s | downtime s | peak heap MiB |"
+else
+  echo "| volume | wall s | MiB/s | downtime s | peak RSS MiB |"
+fi
 echo "|---:|---:|---:|---:|---:|"
 for size in $SIZES_MIB; do
   echo "filling the volume with $size MiB..." >&2
@@ -55,8 +63,20 @@ for size in $SIZES_MIB; do
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
   for run in first ${AGAIN:+again}; do
     [ "$run" = first ] || { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
-    /usr/bin/time -f "%e %M" -o "$work/time" $L backup -p $project --store s3://rss/lifeboat ${ARGS:-} >/dev/null
-    read -r wall rss < "$work/time"
+    if [ -n "${HEAP:-}" ]; then
+      rm -f "$work/heap.zst"
+      /usr/bin/time -f "%e %M" -o "$work/time" heaptrack -o "$work/heap" $L backup -p $project --store s3://rss/lifeboat ${ARGS:-} >/dev/null 2>&1
+      read -r wall rss < "$work/time"
+      # heaptrack_print says e.g. "peak heap memory consumption: 22.42M" (powers of 1000);
+      # in KiB, like %M.
+      rss=$(heaptrack_print -f "$work/heap.zst" 2>/dev/null | python3 -c '
+import re, sys
+m = re.search(r"peak heap memory consumption: ([0-9.]+)([KMG]?)", sys.stdin.read())
+print(int(float(m.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}[m.group(2)] / 1024))')
+    else
+      /usr/bin/time -f "%e %M" -o "$work/time" $L backup -p $project --store s3://rss/lifeboat ${ARGS:-} >/dev/null
+      read -r wall rss < "$work/time"
+    fi
     downtime=$($L list --store s3://rss/lifeboat --json | python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)[-1]["downtime_seconds"])')
     label="$size MiB"; [ "$run" = first ] || label="$size MiB, again"
     echo "| $label | $wall | $(python3 -c "print(round($size / $wall))") | $downtime | $((rss / 1024)) |"
