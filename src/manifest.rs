@@ -402,6 +402,42 @@ pub(crate) mod tests {
         }
     }
 
+    /// The stored JSON: pretty down to the volume records, a chunk to a line, and nothing lost.
+    #[test]
+    fn a_manifest_is_stored_with_a_chunk_to_a_line() {
+        let mut m = sample("20260102T030405.010Z");
+        let mut chunked = m.volumes[0].clone();
+        chunked.name = "cvat_cvat_data".into();
+        chunked.chunks = (0..3u8)
+            .map(|i| crate::format::ChunkRef {
+                id: crate::format::Hex32([i; 32]),
+                size: 1000 + u64::from(i),
+                sha256: crate::format::Hex32([i + 100; 32]),
+                plain: 524_288,
+            })
+            .collect();
+        m.volumes.push(chunked);
+        let bytes = crate::format::manifest_json(&m).unwrap();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        let back: Manifest = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&m).unwrap()
+        );
+        assert!(text.starts_with("{\n  \"format\": "), "{text}");
+        assert!(text.contains("\n  \"volumes\": [\n    {\n"), "{text}");
+        let chunk_lines: Vec<&str> = text.lines().filter(|l| l.contains("\"id\":")).collect();
+        assert_eq!(chunk_lines.len(), 3, "{text}");
+        for (i, line) in chunk_lines.iter().enumerate() {
+            assert!(line.starts_with("        {\"id\":\""), "{line}");
+            assert!(line.contains(&format!("\"size\":{}", 1000 + i)), "{line}");
+            assert!(line.contains("\"plain\":524288}"), "{line}");
+            assert!(line.len() <= 185, "{} bytes: {line}", line.len());
+        }
+        assert!(text.contains("\"recipients\": [\"age1x\"]"), "{text}");
+        assert!(text.ends_with("\n}"), "{text}");
+    }
+
     fn signer() -> Signer {
         Signer::from_seed(&[3u8; 32])
     }

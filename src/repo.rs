@@ -181,7 +181,7 @@ impl Repo {
         };
         let layout = &self.store.layout;
         let key = layout.manifest(&manifest.app, &manifest.backup_id);
-        let body = serde_json::to_vec_pretty(manifest)?;
+        let body = crate::format::manifest_json(manifest)?;
         let sig_key = layout.signature(&manifest.app, &manifest.backup_id);
         self.store
             .objects
