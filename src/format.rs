@@ -369,22 +369,25 @@ impl Shallow {
     }
 }
 
+/// `$self`'s pretty formatter's `$method`, or the compact one's when this deep.
+macro_rules! either {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        if $self.deep() {
+            serde_json::ser::CompactFormatter.$method($($arg),*)
+        } else {
+            $self.pretty.$method($($arg),*)
+        }
+    };
+}
+
 impl serde_json::ser::Formatter for Shallow {
     fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
         self.depth += 1;
-        if self.deep() {
-            serde_json::ser::CompactFormatter.begin_array(w)
-        } else {
-            self.pretty.begin_array(w)
-        }
+        either!(self.begin_array(w))
     }
 
     fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        let written = if self.deep() {
-            serde_json::ser::CompactFormatter.end_array(w)
-        } else {
-            self.pretty.end_array(w)
-        };
+        let written = either!(self.end_array(w));
         self.depth -= 1;
         written
     }
@@ -394,36 +397,20 @@ impl serde_json::ser::Formatter for Shallow {
         w: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if self.deep() {
-            serde_json::ser::CompactFormatter.begin_array_value(w, first)
-        } else {
-            self.pretty.begin_array_value(w, first)
-        }
+        either!(self.begin_array_value(w, first))
     }
 
     fn end_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        if self.deep() {
-            serde_json::ser::CompactFormatter.end_array_value(w)
-        } else {
-            self.pretty.end_array_value(w)
-        }
+        either!(self.end_array_value(w))
     }
 
     fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
         self.depth += 1;
-        if self.deep() {
-            serde_json::ser::CompactFormatter.begin_object(w)
-        } else {
-            self.pretty.begin_object(w)
-        }
+        either!(self.begin_object(w))
     }
 
     fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        let written = if self.deep() {
-            serde_json::ser::CompactFormatter.end_object(w)
-        } else {
-            self.pretty.end_object(w)
-        };
+        let written = either!(self.end_object(w));
         self.depth -= 1;
         written
     }
@@ -433,27 +420,15 @@ impl serde_json::ser::Formatter for Shallow {
         w: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if self.deep() {
-            serde_json::ser::CompactFormatter.begin_object_key(w, first)
-        } else {
-            self.pretty.begin_object_key(w, first)
-        }
+        either!(self.begin_object_key(w, first))
     }
 
     fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        if self.deep() {
-            serde_json::ser::CompactFormatter.begin_object_value(w)
-        } else {
-            self.pretty.begin_object_value(w)
-        }
+        either!(self.begin_object_value(w))
     }
 
     fn end_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        if self.deep() {
-            serde_json::ser::CompactFormatter.end_object_value(w)
-        } else {
-            self.pretty.end_object_value(w)
-        }
+        either!(self.end_object_value(w))
     }
 }
 
