@@ -190,10 +190,14 @@ fn client_options(options: &StoreOptions) -> ClientOptions {
         ))
 }
 
+/// Six retries, each waiting a random time between a second and twice the last wait (at most
+/// 15 s): at least 6 s and at most 45 s in all, so a store that restarts or fails over for a few
+/// seconds is ridden through. A refused connection fails at once, so a floor of 200 ms let six
+/// retries pass in 1.4 s.
 fn retry_config() -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig {
-            init_backoff: Duration::from_millis(200),
+            init_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(15),
             base: 2.0,
         },
