@@ -81,7 +81,8 @@ impl ChunkStore {
 ///
 /// Held compactly, since a volume of a TiB has about two million chunks: those confirmed at
 /// the start in one vector sorted by id (80 bytes each, looked up by binary search), the ones
-/// this run seals in a set keyed by their id (80 bytes each plus the table's slack).
+/// this run seals in a set keyed by their id (80 bytes each plus the table's slack, about 130
+/// in all).
 #[derive(Debug, Default)]
 pub struct Known(std::sync::Mutex<KnownChunks>);
 
@@ -119,10 +120,11 @@ impl std::borrow::Borrow<Hex32> for ById {
 impl Known {
     /// The chunks of `earlier` (genuine manifests' chunk lists) that `present` (the store's
     /// listing: sha256 → size) holds with the recorded size. `earlier` becomes the map: no
-    /// second copy of the list is made.
+    /// second copy of the list is made. Of an id stored twice (sealed apart, each listed), the
+    /// object with the lower sha256 is the one reused.
     pub fn confirmed(mut earlier: Vec<ChunkRef>, present: &HashMap<Hex32, u64>) -> Known {
         earlier.retain(|c| present.get(&c.sha256) == Some(&c.size));
-        earlier.sort_unstable_by_key(|c| c.id);
+        earlier.sort_unstable_by_key(|c| (c.id, c.sha256));
         earlier.dedup_by_key(|c| c.id);
         earlier.shrink_to_fit();
         Known(std::sync::Mutex::new(KnownChunks {
@@ -868,6 +870,13 @@ mod tests {
         // Listed with another size, or not listed: not reusable.
         assert_eq!(known.get(&Hex32([20; 32])), None);
         assert_eq!(known.get(&Hex32([30; 32])), None);
+        // An id sealed twice, both objects listed: the lower sha256 is reused, whatever the order.
+        let twice = [chunk(60, 9, 90), chunk(60, 6, 60)];
+        let listed: HashMap<Hex32, u64> = [(Hex32([9; 32]), 90), (Hex32([6; 32]), 60)].into();
+        for order in [twice.to_vec(), twice.iter().rev().copied().collect()] {
+            let known = Known::confirmed(order, &listed);
+            assert_eq!(known.get(&Hex32([60; 32])), Some(chunk(60, 6, 60)));
+        }
         known.add(chunk(50, 5, 50));
         known.add(chunk(50, 5, 50));
         assert_eq!(known.len(), 3);
