@@ -25,15 +25,11 @@ fn every_backend_backs_up_verifies_locks_prunes_and_restores() {
         let store = backend.store(&format!("suite-{name}"));
         let started = Instant::now();
         for _ in 0..2 {
-            let output = run(backend.env(&mut lifeboat()).args([
-                "backup",
-                "-p",
+            let output = run(backend.env(&mut lifeboat()).args(backup_args(
                 &app.project,
-                "--store",
                 &store,
-                "-r",
                 &recipient,
-            ]));
+            )));
             assert!(output.status.success(), "{name}: {}", stderr(&output));
             assert!(
                 !stderr(&output).contains("ignores conditional writes"),
@@ -106,17 +102,8 @@ fn s3_credentials_and_endpoint_come_from_a_profile_file() {
         .env("AWS_CONFIG_FILE", &config)
         .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
         .env_remove("AWS_REGION")
-        .args([
-            "backup",
-            "-p",
-            &app.project,
-            "--store",
-            &store,
-            "-r",
-            &recipient,
-            "--profile",
-            "backups",
-        ]));
+        .args(backup_args(&app.project, &store, &recipient))
+        .args(["--profile", "backups"]));
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(list_json(&s3, &store).len(), 1);
 
@@ -125,17 +112,8 @@ fn s3_credentials_and_endpoint_come_from_a_profile_file() {
         .env("AWS_CONFIG_FILE", &config)
         .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
         .env("AWS_ENDPOINT_URL", &s3.endpoint)
-        .args([
-            "backup",
-            "-p",
-            &app.project,
-            "--store",
-            &store,
-            "-r",
-            &recipient,
-            "--profile",
-            "nope",
-        ]));
+        .args(backup_args(&app.project, &store, &recipient))
+        .args(["--profile", "nope"]));
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("AWS_PROFILE"),
@@ -174,15 +152,7 @@ fn a_volume_past_a_small_part_limit_goes_on_in_segments_and_an_interrupted_one_l
     // upload is open beside the first.
     let child = s3
         .env(&mut lifeboat())
-        .args([
-            "backup",
-            "-p",
-            &app.project,
-            "--store",
-            &store,
-            "-r",
-            &recipient,
-        ])
+        .args(backup_args(&app.project, &store, &recipient))
         .args(parts("4"))
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -237,17 +207,9 @@ fn an_s3_server_restarted_mid_upload_is_ridden_out_by_retries() {
     let (key, recipient) = keygen(work.path());
     let child = spawn_until_uploading(
         &s3,
-        s3.env(&mut lifeboat()).args([
-            "backup",
-            "-p",
-            &app.project,
-            "--store",
-            &store,
-            "-r",
-            &recipient,
-            "--part-size-mib",
-            "5",
-        ]),
+        s3.env(&mut lifeboat())
+            .args(backup_args(&app.project, &store, &recipient))
+            .args(["--part-size-mib", "5"]),
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
     s3.kill();
@@ -282,19 +244,8 @@ fn s3_storage_class_and_sse_are_sent_and_a_broken_download_resumes() {
     let output = run(s3
         .env(&mut lifeboat())
         .env("AWS_ENDPOINT_URL", &endpoint)
-        .args([
-            "backup",
-            "-p",
-            &app.project,
-            "--store",
-            &store,
-            "-r",
-            &recipient,
-            "--storage-class",
-            "STANDARD_IA",
-            "--sse",
-            "AES256",
-        ]));
+        .args(backup_args(&app.project, &store, &recipient))
+        .args(["--storage-class", "STANDARD_IA", "--sse", "AES256"]));
     assert!(output.status.success(), "{}", stderr(&output));
     let requests = proxy.requests().to_lowercase();
     assert!(
@@ -322,17 +273,10 @@ fn s3_storage_class_and_sse_are_sent_and_a_broken_download_resumes() {
     );
     assert_eq!(app.snapshot(&data), before);
 
-    let output = run(s3.env(&mut lifeboat()).args([
-        "backup",
-        "-p",
-        &app.project,
-        "--store",
-        &store,
-        "-r",
-        &recipient,
-        "--sse",
-        "rot13",
-    ]));
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(backup_args(&app.project, &store, &recipient))
+        .args(["--sse", "rot13"]));
     assert_eq!(output.status.code(), Some(2));
     assert!(
         stderr(&output).contains("--sse 'rot13'"),
@@ -352,17 +296,9 @@ fn an_s3_server_that_dies_mid_upload_fails_the_backup_cleanly() {
     let (_, recipient) = keygen(tempfile::tempdir().unwrap().path());
     let child = spawn_until_uploading(
         &s3,
-        s3.env(&mut lifeboat()).args([
-            "backup",
-            "-p",
-            &app.project,
-            "--store",
-            &store,
-            "-r",
-            &recipient,
-            "--part-size-mib",
-            "5",
-        ]),
+        s3.env(&mut lifeboat())
+            .args(backup_args(&app.project, &store, &recipient))
+            .args(["--part-size-mib", "5"]),
     );
     s3.kill(); // and it stays dead
     let output = child.wait_with_output().unwrap();
@@ -463,19 +399,8 @@ fn an_upload_that_stalls_is_aborted_and_the_app_started_again() {
             "AWS_ENDPOINT_URL",
             format!("http://127.0.0.1:{}", proxy.port),
         )
-        .args([
-            "backup",
-            "-p",
-            &app.project,
-            "--store",
-            &store,
-            "-r",
-            &recipient,
-            "--part-size-mib",
-            "5",
-            "--io-timeout",
-            "3",
-        ]));
+        .args(backup_args(&app.project, &store, &recipient))
+        .args(["--part-size-mib", "5", "--io-timeout", "3"]));
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("stalled connection"),

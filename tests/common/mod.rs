@@ -274,10 +274,15 @@ pub fn signal(child: &Child, name: &str) {
 }
 
 /// `lifeboat backup -p PROJECT --store STORE -r RECIPIENT` against `s3`; it must succeed.
+/// The arguments of `lifeboat backup -p PROJECT --store STORE -r RECIPIENT`.
+pub fn backup_args<'a>(project: &'a str, store: &'a str, recipient: &'a str) -> [&'a str; 7] {
+    ["backup", "-p", project, "--store", store, "-r", recipient]
+}
+
 pub fn backup_ok(s3: &S3Server, project: &str, store: &str, recipient: &str) {
     let output = run(s3
         .env(&mut lifeboat())
-        .args(["backup", "-p", project, "--store", store, "-r", recipient]));
+        .args(backup_args(project, store, recipient)));
     assert!(
         output.status.success(),
         "backup failed: {}",
@@ -295,7 +300,7 @@ pub fn backup_with(
 ) -> Output {
     run(s3
         .env(&mut lifeboat())
-        .args(["backup", "-p", project, "--store", store, "-r", recipient])
+        .args(backup_args(project, store, recipient))
         .args(extra))
 }
 
