@@ -65,6 +65,8 @@ pub struct BackupPlan {
     /// Deduplicate: store each volume as content-defined chunks, uploading only those the
     /// store lacks (format 3), keyed with these keys.
     pub dedup: Option<Arc<crate::keys::ChunkKeys>>,
+    /// Never read a volume from its host directory (see [`direct_dir`]).
+    pub read_through_docker: bool,
 }
 
 impl BackupPlan {
@@ -100,6 +102,9 @@ pub struct Source {
     pub container_path: String,
     /// Where the data lives on the Docker host (for the progress bar's size estimate).
     pub host_dir: Option<std::path::PathBuf>,
+    /// A local volume without driver options: its directory may be read on this host instead
+    /// of through Docker (see [`direct_dir`]).
+    pub plain_local: bool,
 }
 
 impl Source {
@@ -136,6 +141,7 @@ pub async fn plan_sources(
                     driver: Some(info.driver.clone()),
                     labels: info.labels.clone(),
                     host_dir: Some(info.mountpoint.clone().into()),
+                    plain_local: info.driver == "local" && info.options == 0,
                     mount: HelperMount::Volume(name.clone()),
                     service,
                     container_path: mount.destination.clone(),
@@ -197,6 +203,7 @@ fn bind_source(service: &str, path: &str, host_path: &str) -> Source {
         service: service.to_string(),
         container_path: path.to_string(),
         host_dir: Some(host_path.into()),
+        plain_local: false,
     }
 }
 
@@ -512,6 +519,7 @@ async fn locked_attempt(
         progress: plan.progress.clone(),
         // Set up once the before-backup hook has run: a hook may prepare the spool's disk.
         spool: None,
+        read_through_docker: plan.read_through_docker,
         targets: targets.to_vec(),
         cancel: CancellationToken::new(),
     };
@@ -813,6 +821,7 @@ struct VolumeJob {
     hooks: Arc<Hooks>,
     progress: Progress,
     spool: Option<Arc<SpoolBudget>>,
+    read_through_docker: bool,
     /// The stores every volume is written to.
     targets: Vec<Target>,
     cancel: CancellationToken,
@@ -1220,7 +1229,19 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
         source.compose_volume.as_deref().unwrap_or(&source.name),
         source.host_dir.clone(),
     );
-    let tar = docker::tar_of(docker, &helper.id, docker::HELPER_PATH);
+    let direct = match job.read_through_docker {
+        false => direct_dir(docker, &helper.id, source).await,
+        true => None,
+    };
+    let tar = match direct {
+        Some(dir) => {
+            tracing::info!(volume = %source.name, dir = %dir.display(), "reading the volume from its directory on this host");
+            futures::future::Either::Left(crate::host_tree::tar_of(dir))
+        }
+        None => {
+            futures::future::Either::Right(docker::tar_of(docker, &helper.id, docker::HELPER_PATH))
+        }
+    };
     let tar = progress.count_read(tokio_util::io::StreamReader::new(tar));
     let dedup: Option<Vec<&Dedup>> = live.iter().map(|t| t.dedup.as_deref()).collect();
     let result = match dedup {
@@ -1315,6 +1336,40 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
             }
         })
         .collect())
+}
+
+/// The directory to read `source` from on this host instead of through Docker's archive API
+/// ([`crate::host_tree`]), when it is surely the one Docker mounts: a local volume without
+/// driver options, an engine on this host's socket (no `DOCKER_HOST` elsewhere), and the
+/// root directory's mode, owner and mtime here equal to those in the first header of Docker's
+/// own archive of it (which a user-namespaced or rootless engine, another mount namespace or
+/// another host would not give).
+async fn direct_dir(
+    docker: &Docker,
+    helper_id: &str,
+    source: &Source,
+) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = source.host_dir.as_ref().filter(|_| source.plain_local)?;
+    if std::env::var("DOCKER_HOST").is_ok_and(|host| !host.starts_with("unix://")) {
+        return None;
+    }
+    let here = std::fs::symlink_metadata(dir).ok().filter(|m| m.is_dir())?;
+    let here = format::RootMeta {
+        mode: here.mode(),
+        uid: here.uid().into(),
+        gid: here.gid().into(),
+        mtime: here.mtime().max(0).unsigned_abs(),
+    };
+    let block = docker::first_block(docker, helper_id, docker::HELPER_PATH)
+        .await
+        .ok()?;
+    let theirs = crate::pipeline::tar_check::root_meta(&block);
+    if theirs != Some(here) {
+        tracing::debug!(volume = %source.name, ?theirs, ?here, "reading through Docker: its view of the volume's root differs from this host's");
+        return None;
+    }
+    Some(dir.clone())
 }
 
 /// The message of a failed volume: what was backed up, and the stage that failed.

@@ -196,8 +196,13 @@ pub struct BackupOptions {
     #[arg(long, env = "LIFEBOAT_DEDUP")]
     #[serde(default)]
     pub dedup: bool,
+    /// Read every volume through Docker's archive API, also a local volume whose directory
+    /// this host can read itself (which is read there, at about twice the speed)
+    #[arg(long, env = "LIFEBOAT_READ_THROUGH_DOCKER")]
+    #[serde(default)]
+    pub read_through_docker: bool,
 }
-merge_options!(BackupOptions { backup_key, recipients, recipients_file, compression, level, volumes, exclude_volumes, bind_paths, version_from, spool_size_mib, spool_dir } bools { dedup });
+merge_options!(BackupOptions { backup_key, recipients, recipients_file, compression, level, volumes, exclude_volumes, bind_paths, version_from, spool_size_mib, spool_dir } bools { dedup, read_through_docker });
 
 /// How a restore is done.
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]

@@ -36,6 +36,7 @@ pub mod error;
 pub mod extract;
 pub mod format;
 pub mod hooks;
+pub mod host_tree;
 pub mod keys;
 pub mod lock;
 pub mod manifest;

@@ -201,7 +201,15 @@ fn dockerd_restarted_or_crashed_mid_backup_leaves_the_app_running() {
         spawn_until_uploading(
             &s3,
             s3.env(&mut lifeboat()).env("DOCKER_HOST", &host).args([
-                "backup", "-p", &project, "--store", &store, "-r", &recipient,
+                "backup",
+                "-p",
+                &project,
+                "--store",
+                &store,
+                "-r",
+                &recipient,
+                // What the engine's restart does to its archive stream is the point here.
+                "--read-through-docker",
             ]),
         )
     };

@@ -249,8 +249,16 @@ fn restore_works_through_docker_host_over_tcp() {
             &store,
             "-r",
             &recipient,
+            "-v",
         ]));
     assert!(output.status.success());
+    // An engine over TCP may be another host's: the volume is read through its archive API.
+    assert!(
+        stderr(&output).contains("volume read")
+            && !stderr(&output).contains("from its directory on this host"),
+        "{}",
+        stderr(&output)
+    );
     app.wipe(&data);
     let output = run(s3
         .env(&mut lifeboat())

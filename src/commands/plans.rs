@@ -107,6 +107,7 @@ pub fn build_plan(
         spool_dir,
         spool_limit,
         dedup,
+        read_through_docker: options.read_through_docker,
     };
     for store in &stores {
         store.part_policy()?;

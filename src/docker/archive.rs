@@ -57,6 +57,24 @@ pub fn tar_of(
     futures::stream::poll_fn(move |cx| read.poll_recv(cx))
 }
 
+/// The first 512 bytes of the tar stream of `path` (its root entry's header), the rest left
+/// unread: what Docker says the directory is.
+pub async fn first_block(docker: &Docker, container_id: &str, path: &str) -> Result<Vec<u8>> {
+    let options = DownloadFromContainerOptions {
+        path: format!("{}/.", path.trim_end_matches('/')),
+    };
+    let mut stream = docker.download_from_container(container_id, Some(options));
+    let mut block = Vec::with_capacity(1024);
+    while block.len() < 512 {
+        match stream.next().await {
+            Some(piece) => block.extend_from_slice(&piece?),
+            None => break,
+        }
+    }
+    block.truncate(512);
+    Ok(block)
+}
+
 /// Slices of an archive stream read ahead: at most 16 MiB (with the one HTTP body piece they
 /// may be cut from).
 const READ_AHEAD: usize = 256;

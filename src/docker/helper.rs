@@ -323,6 +323,7 @@ pub async fn volume_info(docker: &Docker, name: &str) -> Result<VolumeInfo> {
         driver: volume.driver,
         labels: volume.labels.into_iter().collect(),
         mountpoint: volume.mountpoint,
+        options: volume.options.len(),
     })
 }
 
@@ -333,6 +334,9 @@ pub struct VolumeInfo {
     pub labels: BTreeMap<String, String>,
     /// The volume's directory on the Docker host.
     pub mountpoint: String,
+    /// How many driver options it has (`type`, `device`, `o`: a mount made when a container
+    /// starts, not a plain directory).
+    pub options: usize,
 }
 
 #[cfg(test)]

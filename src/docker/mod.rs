@@ -16,7 +16,7 @@ pub mod helper;
 pub mod lifecycle;
 
 pub use app::{App, AppContainer, AppMount, AppSelector, Mounted, read_version, start_order};
-pub use archive::{DockerStreamError, extract_into, read_file, set_dir_meta, tar_of};
+pub use archive::{DockerStreamError, extract_into, first_block, read_file, set_dir_meta, tar_of};
 pub use helper::{
     HELPER_PATH, Helper, HelperMount, VolumeInfo, copy_tree, create_volume, empty_dir, is_empty,
     remove_stale_helpers, remove_volume, volume_exists, volume_info,
