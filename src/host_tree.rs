@@ -12,22 +12,22 @@
 //! Only for a directory both views agree on: `backup` uses it for a local volume without
 //! driver options, on an engine reached through this host's socket, whose root directory has
 //! the same mode, owner and mtime here as in the first header of Docker's own archive. It never
-//! follows a symlink: entries are listed with `lstat`, each file is opened with `O_NOFOLLOW` and
-//! must be the inode listed. A file whose size changes while it is read fails the read, as it
-//! fails Docker's.
+//! follows a symlink, not even in a race with a writer: each directory is held open and its
+//! entries are looked at (`fstatat`), opened (`openat` with `O_NOFOLLOW`) and read as links
+//! (`readlinkat`) relative to it, and what is opened must be the inode listed. A file whose
+//! size changes while it is read fails the read, as it fails Docker's.
 //!
 //! Where it sits: an adapter beside `docker::archive`, which it stands in for; sees no other
 //! module of lifeboat.
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::fs::{File, Metadata};
+use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use tokio_tar::{EntryType, Header};
 
@@ -168,104 +168,114 @@ struct Extra<'a> {
     capability: Option<Vec<u8>>,
 }
 
+/// A directory opened for the walk; entries are opened relative to it, so no path is resolved
+/// twice and no symlink is followed on the way.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+/// A file opened to be read. `NONBLOCK`: a FIFO put in its place does not block the open.
+const FILE_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::CLOEXEC);
+
 impl Walk<'_> {
     fn run(&mut self, out: &mut Out) -> Result<(), Stop> {
-        let meta = std::fs::symlink_metadata(self.root).map_err(|e| at(b"./", e))?;
-        if !meta.is_dir() {
-            return Err(at(b"./", io::Error::other("not a directory")));
-        }
+        let root = rustix::fs::open(self.root, DIR_FLAGS, Mode::empty())
+            .map_err(|e| at(b"./", e.into()))?;
+        let meta = rustix::fs::fstat(&root).map_err(|e| at(b"./", e.into()))?;
         self.header(out, b"./", &meta, Extra::default())?;
-        let mut stack = vec![(
-            self.root.to_path_buf(),
-            b"./".to_vec(),
-            names(self.root, b"./")?,
-        )];
+        let children = names(&root, b"./")?;
+        let mut stack = vec![(root, b"./".to_vec(), children)];
         while let Some((dir, prefix, left)) = stack.last_mut() {
             let Some(name) = left.pop() else {
                 stack.pop();
                 continue;
             };
-            let path = dir.join(&name);
             let mut archived = prefix.clone();
             archived.extend_from_slice(name.as_bytes());
-            let meta = std::fs::symlink_metadata(&path).map_err(|e| at(&archived, e))?;
-            if meta.is_dir() {
+            let listed = rustix::fs::statat(&*dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| at(&archived, e.into()))?;
+            if FileType::from_raw_mode(listed.st_mode) == FileType::Directory {
                 archived.push(b'/');
+                let opened = rustix::fs::openat(&*dir, name.as_c_str(), DIR_FLAGS, Mode::empty())
+                    .map_err(|e| at(&archived, e.into()))?;
+                let meta = same_inode(&opened, &listed, &archived)?;
                 self.header(out, &archived, &meta, Extra::default())?;
-                let children = names(&path, &archived)?;
-                stack.push((path, archived, children));
+                let children = names(&opened, &archived)?;
+                stack.push((opened, archived, children));
             } else {
-                self.entry(out, &path, &archived, &meta)?;
+                let dir = dir.as_fd();
+                self.entry(out, dir, &name, &archived, &listed)?;
             }
         }
         // The end of the archive: two zero blocks.
         out.put(&[0; 2 * BLOCK])
     }
 
-    /// A non-directory entry, and a regular file's data.
+    /// A non-directory entry in `dir`, and a regular file's data.
     fn entry(
         &mut self,
         out: &mut Out,
-        path: &Path,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
         archived: &[u8],
-        meta: &Metadata,
+        listed: &Stat,
     ) -> Result<(), Stop> {
-        let kind = meta.file_type();
-        if kind.is_file() {
-            if meta.nlink() > 1 {
-                let inode = (meta.dev(), meta.ino());
-                if let Some(first) = self.first_names.get(&inode) {
-                    let extra = Extra {
-                        kind: Some(EntryType::Link),
-                        link: Some(first),
-                        ..Extra::default()
-                    };
-                    return self.header(out, archived, meta, extra);
+        match FileType::from_raw_mode(listed.st_mode) {
+            FileType::RegularFile => {
+                if listed.st_nlink > 1 {
+                    let inode = (listed.st_dev, listed.st_ino);
+                    if let Some(first) = self.first_names.get(&inode) {
+                        let extra = Extra {
+                            kind: Some(EntryType::Link),
+                            link: Some(first),
+                            ..Extra::default()
+                        };
+                        return self.header(out, archived, listed, extra);
+                    }
+                    self.first_names.insert(inode, archived.to_vec());
                 }
-                self.first_names.insert(inode, archived.to_vec());
+                self.file(out, dir, name, archived, listed)
             }
-            return self.file(out, path, archived, meta);
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(dir, name, Vec::new())
+                    .map_err(|e| at(archived, e.into()))?;
+                let extra = Extra {
+                    link: Some(target.as_bytes()),
+                    ..Extra::default()
+                };
+                self.header(out, archived, listed, extra)
+            }
+            FileType::Socket => {
+                tracing::debug!(entry = %String::from_utf8_lossy(archived), "left out: a socket");
+                Ok(())
+            }
+            // Devices and FIFOs: the header says all.
+            _ => self.header(out, archived, listed, Extra::default()),
         }
-        if kind.is_symlink() {
-            let target = std::fs::read_link(path).map_err(|e| at(archived, e))?;
-            let extra = Extra {
-                link: Some(target.as_os_str().as_bytes()),
-                ..Extra::default()
-            };
-            return self.header(out, archived, meta, extra);
-        }
-        if kind.is_socket() {
-            tracing::debug!(entry = %String::from_utf8_lossy(archived), "left out: a socket");
-            return Ok(());
-        }
-        // Devices and FIFOs: the header says all.
-        self.header(out, archived, meta, Extra::default())
     }
 
     fn file(
         &mut self,
         out: &mut Out,
-        path: &Path,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
         archived: &[u8],
-        listed: &Metadata,
+        listed: &Stat,
     ) -> Result<(), Stop> {
-        // O_NONBLOCK: a FIFO put in the file's place does not block the open.
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| at(archived, e))?;
-        let meta = file.metadata().map_err(|e| at(archived, e))?;
-        if !meta.is_file() || (meta.dev(), meta.ino()) != (listed.dev(), listed.ino()) {
-            return Err(changed(archived, "it was replaced"));
-        }
+        let opened = rustix::fs::openat(dir, name, FILE_FLAGS, Mode::empty())
+            .map_err(|e| at(archived, e.into()))?;
+        let meta = same_inode(&opened, listed, archived)?;
+        let size = u64::try_from(meta.st_size).unwrap_or(0);
         let extra = Extra {
-            size: meta.len(),
-            capability: capability(&file).map_err(|e| at(archived, e))?,
+            size,
+            capability: capability(&opened).map_err(|e| at(archived, e))?,
             ..Extra::default()
         };
         self.header(out, archived, &meta, extra)?;
-        out.copy(&mut file, meta.len(), archived)
+        out.copy(&mut File::from(opened), size, archived)
     }
 
     /// The entry's header, after the records it needs: a GNU long name, a GNU long link, a PAX
@@ -274,7 +284,7 @@ impl Walk<'_> {
         &self,
         out: &mut Out,
         archived: &[u8],
-        meta: &Metadata,
+        meta: &Stat,
         extra: Extra<'_>,
     ) -> Result<(), Stop> {
         if archived.len() > NAME_FIELD {
@@ -296,51 +306,58 @@ impl Walk<'_> {
         let mut header = Header::new_ustar();
         put_field(&mut header.as_old_mut().name, archived);
         put_field(&mut header.as_old_mut().linkname, link);
-        header.set_mode(meta.mode());
-        header.set_uid(meta.uid().into());
-        header.set_gid(meta.gid().into());
+        header.set_mode(meta.st_mode);
+        header.set_uid(meta.st_uid.into());
+        header.set_gid(meta.st_gid.into());
         // Before 1970 (a negative mtime) is recorded as 1970, as ustar cannot say it.
-        header.set_mtime(meta.mtime().max(0).unsigned_abs());
+        header.set_mtime(meta.st_mtime.max(0).unsigned_abs());
         header.set_size(extra.size);
         header.set_entry_type(kind);
         if kind.is_character_special() || kind.is_block_special() {
-            let device = meta.rdev();
-            header.set_device_major(libc::major(device))?;
-            header.set_device_minor(libc::minor(device))?;
+            header.set_device_major(rustix::fs::major(meta.st_rdev))?;
+            header.set_device_minor(rustix::fs::minor(meta.st_rdev))?;
         }
         header.set_cksum();
         out.put(header.as_bytes())
     }
 }
 
-/// The names in a directory (`archived` in the tar), in reverse byte order: the walk pops the
-/// first.
-fn names(dir: &Path, archived: &[u8]) -> Result<Vec<OsString>, Stop> {
-    let mut names = std::fs::read_dir(dir)
-        .and_then(|entries| {
-            entries
-                .map(|entry| entry.map(|e| e.file_name()))
-                .collect::<io::Result<Vec<_>>>()
-        })
-        .map_err(|e| at(archived, e))?;
+/// What an opened entry is, once it is sure to be the inode that was listed (an entry replaced
+/// between the listing and the open fails the read).
+fn same_inode(opened: &OwnedFd, listed: &Stat, archived: &[u8]) -> Result<Stat, Stop> {
+    let meta = rustix::fs::fstat(opened).map_err(|e| at(archived, e.into()))?;
+    let kind = |stat: &Stat| FileType::from_raw_mode(stat.st_mode);
+    if (meta.st_dev, meta.st_ino) != (listed.st_dev, listed.st_ino) || kind(&meta) != kind(listed) {
+        return Err(changed(archived, "it was replaced"));
+    }
+    Ok(meta)
+}
+
+/// The names in the directory `dir` (`archived` in the tar), in reverse byte order: the walk
+/// pops the first.
+fn names(dir: &OwnedFd, archived: &[u8]) -> Result<Vec<CString>, Stop> {
+    let failed = |e: rustix::io::Errno| at(archived, e.into());
+    let mut entries = Dir::read_from(dir).map_err(failed)?;
+    let mut names = Vec::new();
+    while let Some(entry) = entries.read() {
+        let entry = entry.map_err(failed)?;
+        let name = entry.file_name();
+        if name != c"." && name != c".." {
+            names.push(name.to_owned());
+        }
+    }
     names.sort_unstable_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
     Ok(names)
 }
 
-fn entry_type(meta: &Metadata) -> EntryType {
-    let kind = meta.file_type();
-    if kind.is_dir() {
-        EntryType::Directory
-    } else if kind.is_symlink() {
-        EntryType::Symlink
-    } else if kind.is_char_device() {
-        EntryType::Char
-    } else if kind.is_block_device() {
-        EntryType::Block
-    } else if kind.is_fifo() {
-        EntryType::Fifo
-    } else {
-        EntryType::Regular
+fn entry_type(meta: &Stat) -> EntryType {
+    match FileType::from_raw_mode(meta.st_mode) {
+        FileType::Directory => EntryType::Directory,
+        FileType::Symlink => EntryType::Symlink,
+        FileType::CharacterDevice => EntryType::Char,
+        FileType::BlockDevice => EntryType::Block,
+        FileType::Fifo => EntryType::Fifo,
+        _ => EntryType::Regular,
     }
 }
 
@@ -392,34 +409,23 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
 }
 
 /// The file's `security.capability` xattr, if it has one.
-fn capability(file: &File) -> io::Result<Option<Vec<u8>>> {
-    let name = std::ffi::CString::new(CAPABILITY).expect("no NUL");
+fn capability(file: &OwnedFd) -> io::Result<Option<Vec<u8>>> {
     let mut value = vec![0u8; 256];
-    // SAFETY: the name is NUL-terminated and the buffer is `value.len()` bytes long.
-    let n = unsafe {
-        libc::fgetxattr(
-            file.as_raw_fd(),
-            name.as_ptr(),
-            value.as_mut_ptr().cast(),
-            value.len(),
-        )
-    };
-    if n < 0 {
-        let error = io::Error::last_os_error();
-        return match error.raw_os_error() {
-            Some(libc::ENODATA | libc::ENOTSUP) => Ok(None),
-            _ => Err(error),
-        };
+    match rustix::fs::fgetxattr(file, CAPABILITY, &mut value[..]) {
+        Ok(n) => {
+            value.truncate(n);
+            Ok(Some(value))
+        }
+        Err(rustix::io::Errno::NODATA | rustix::io::Errno::OPNOTSUPP) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    value.truncate(n as usize);
-    Ok(Some(value))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::TryStreamExt;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{MetadataExt, symlink};
     use tokio::io::AsyncReadExt;
 
     async fn tar_bytes(root: &Path) -> io::Result<Vec<u8>> {
@@ -539,6 +545,42 @@ mod tests {
             panic!("a longer file must fail the read")
         };
         assert!(error.to_string().contains("it grew"), "{error}");
+    }
+
+    #[test]
+    fn an_entry_replaced_after_it_was_listed_fails_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("listed"), b"a").unwrap();
+        std::fs::write(dir.path().join("swapped-in"), b"b").unwrap();
+        let listed = rustix::fs::stat(dir.path().join("listed")).unwrap();
+        let opened =
+            rustix::fs::open(dir.path().join("swapped-in"), FILE_FLAGS, Mode::empty()).unwrap();
+        let Err(Stop::Failed(error)) = same_inode(&opened, &listed, b"./listed") else {
+            panic!("another inode than the one listed must fail the read")
+        };
+        assert!(
+            error.to_string().contains("./listed: it was replaced"),
+            "{error}"
+        );
+        let opened =
+            rustix::fs::open(dir.path().join("listed"), FILE_FLAGS, Mode::empty()).unwrap();
+        assert!(same_inode(&opened, &listed, b"./listed").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_symlink_is_stored_as_a_link_and_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"host file").unwrap();
+        symlink(outside.path(), dir.path().join("out")).unwrap();
+        let tar = tar_bytes(dir.path()).await.unwrap();
+        let seen = entries(&tar).await;
+        let names: Vec<&str> = seen.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["./", "./out"]);
+        assert_eq!(seen[1].1, EntryType::Symlink);
+        // A root that is itself a symlink is refused, not followed.
+        let error = tar_bytes(&dir.path().join("out")).await.unwrap_err();
+        assert!(error.to_string().starts_with("./: "), "{error}");
     }
 
     #[test]

@@ -690,3 +690,55 @@ fn a_full_spool_disk_fails_the_backup_cleanly() {
     assert!(list_json(&s3, &store).is_empty());
     assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
 }
+
+/// Removes a container when dropped.
+struct Removed(String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+/// Something outside the app (a container lifeboat does not stop) appends to a file of the
+/// volume while the backup reads it on the host: the read fails naming the file, as Docker's
+/// own read fails on a file that grows, and nothing that looks like a backup is left.
+#[test]
+fn a_file_written_while_its_volume_is_read_fails_the_backup_cleanly() {
+    let mut app = TestApp::new("growing");
+    let data = app.volume("data");
+    app.in_volume(&data, "head -c 200000000 /dev/zero > /v/grow");
+    app.service("app", IMAGE, &[("data", "/data")], &[], true);
+    let writer = Removed(format!("{}-writer", app.project));
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &writer.0,
+        "-v",
+        &format!("{data}:/v"),
+        IMAGE,
+        "sh",
+        "-c",
+        "while true; do echo more >> /v/grow; done",
+    ]);
+    let s3 = S3Server::start();
+    let store = s3.bucket("growing");
+    let work = tempfile::tempdir().unwrap();
+    let (_key, recipient) = keygen(work.path());
+
+    let output = backup_with(&s3, &app.project, &store, &recipient, &["-v"]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("from its directory on this host"), "{err}");
+    assert!(
+        err.contains("./grow: it grew while the volume was read"),
+        "the message names the file: {err}"
+    );
+    assert!(app.running().values().all(|r| *r), "the app runs again");
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+    assert!(
+        list_json(&s3, &store).is_empty(),
+        "no backup looks complete"
+    );
+}

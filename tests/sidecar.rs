@@ -59,6 +59,9 @@ fn the_sidecar_image_backs_up_its_app_on_a_schedule() {
     // The sidecar carries the app's compose project label, as in a compose file: it must leave
     // itself out of the containers it stops.
     let name = format!("{}-lifeboat-1", app.project);
+    // The volumes' directory, read-only at the same path, as the README suggests: the sidecar
+    // reads the volume there rather than through Docker's archive API.
+    let volumes = format!("{}/volumes", docker(&["info", "-f", "{{.DockerRootDir}}"]));
     let output = run(Command::new("docker").args([
         "run",
         "--name",
@@ -71,6 +74,8 @@ fn the_sidecar_image_backs_up_its_app_on_a_schedule() {
         "com.docker.compose.service=lifeboat",
         "-v",
         "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        &format!("{volumes}:{volumes}:ro"),
         "-v",
         &format!("{}:/run/secrets:ro", secrets.display()),
         "-e",
@@ -104,6 +109,11 @@ fn the_sidecar_image_backs_up_its_app_on_a_schedule() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("leaving out lifeboat's own container"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("reading the volume from its directory on this host"),
         "{}",
         stderr(&output)
     );
