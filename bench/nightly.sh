@@ -5,8 +5,10 @@
 #   - one new 8 MiB upload;
 #   - 20 small files edited.
 # Per night: bytes and objects each tool adds to the bucket, wall time, CPU time, lifeboat's
-# downtime and peak RSS, and the floor of reading the volume through Docker's archive API:
-# `docker cp` of a stopped helper container that mounts it, to /dev/null. Then: the first night against a full (not deduplicated) lifeboat backup, and the
+# downtime and peak RSS; the same lifeboat build reading the volume through Docker's archive API
+# (`--read-through-docker`, into a store of its own) instead of from its directory; and the
+# floors of both reads: `docker cp` of a stopped helper container that mounts the volume, and
+# `tar | cat` of its directory, to /dev/null. Then: the first night against a full (not deduplicated) lifeboat backup, and the
 # restore of the last night by both. Prints Markdown tables.
 #
 #   bash bench/nightly.sh                      # ≈1.2 GiB volume, 4 nights
@@ -45,6 +47,11 @@ docker cp \$helper:/volume - > /dev/null
 docker rm \$helper > /dev/null
 SH
 
+cat > "$work/tar_floor.sh" <<SH
+set -euo pipefail
+tar -cf - -C $volume_dir . | cat > /dev/null
+SH
+
 bytes() { if [ -d "$work/s3/bench/$1" ]; then du -sb "$work/s3/bench/$1" | cut -f1; else echo 0; fi; }
 objects() { if [ -d "$work/s3/bench/$1" ]; then find "$work/s3/bench/$1" -type f | wc -l; else echo 0; fi; }
 
@@ -66,7 +73,9 @@ for night in $(seq 1 "$NIGHTS"); do
   lb0=$(bytes lifeboat); lo0=$(objects lifeboat); rb0=$(bytes restic); ro0=$(objects restic)
   timed "lifeboat-night-$night" $L backup --dedup -p $project --store s3://bench/lifeboat
   timed "restic-night-$night" bash "$work/restic_backup.sh"
+  timed "through-docker-night-$night" $L backup --dedup --read-through-docker -p $project --store s3://bench/through
   timed "floor-night-$night" bash "$work/floor.sh"
+  timed "tar-floor-night-$night" bash "$work/tar_floor.sh"
   down=$($L list --store s3://bench/lifeboat --json | python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)[-1]["downtime_seconds"])')
   echo "night $night $(( $(bytes lifeboat) - lb0 )) $(( $(objects lifeboat) - lo0 )) $(( $(bytes restic) - rb0 )) $(( $(objects restic) - ro0 )) $down" >> "$work/nights"
 done
@@ -83,15 +92,16 @@ cpu = {l.split()[0]: float(l.split()[3]) for l in open(sys.argv[1])}
 nights = [l.split() for l in open(sys.argv[2])]
 data = int(sys.argv[3]); mib = lambda b: int(b) / 2**20
 print(f"Volume: {mib(data):.0f} MiB; churn per night: {sys.argv[5]} random 8 KiB pages rewritten in place, one new 8 MiB upload, 20 small files edited.\n")
-print("| night | lifeboat adds MiB | objects | wall s | CPU s | downtime s | peak RSS MiB | restic adds MiB | objects | wall s | CPU s | docker cp s |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| night | lifeboat adds MiB | objects | wall s | CPU s | downtime s | peak RSS MiB | restic adds MiB | objects | wall s | CPU s | lifeboat through Docker s | docker cp s | tar of the dir s |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for row in nights:
     if row[0] == "night":
         n = row[1]; lw, lr = res[f"lifeboat-night-{n}"]; rw, _ = res[f"restic-night-{n}"]
         lc, rc = cpu[f"lifeboat-night-{n}"], cpu[f"restic-night-{n}"]; fw, _ = res[f"floor-night-{n}"]
-        print(f"| {n} | {mib(row[2]):.1f} | {row[3]} | {lw:.1f} | {lc:.1f} | {row[6]} | {lr/1024:.0f} | {mib(row[4]):.1f} | {row[5]} | {rw:.1f} | {rc:.1f} | {fw:.1f} |")
+        dw, _ = res[f"through-docker-night-{n}"]; tw, _ = res[f"tar-floor-night-{n}"]
+        print(f"| {n} | {mib(row[2]):.1f} | {row[3]} | {lw:.1f} | {lc:.1f} | {row[6]} | {lr/1024:.0f} | {mib(row[4]):.1f} | {row[5]} | {rw:.1f} | {rc:.1f} | {dw:.1f} | {fw:.1f} | {tw:.1f} |")
     else:
-        print(f"| total stored | {mib(row[1]):.1f} | {row[2]} | | | | | {mib(row[3]):.1f} | {row[4]} | | | |")
+        print(f"| total stored | {mib(row[1]):.1f} | {row[2]} | | | | | {mib(row[3]):.1f} | {row[4]} | | | | | |")
 fw, fr = res["lifeboat-full-backup"]
 print(f"\nFirst night, deduplicated: {res['lifeboat-night-1'][0]:.1f} s; a full (format 2) lifeboat backup of the last night's data: {fw:.1f} s.")
 for name in ["lifeboat-dedup-restore", "lifeboat-full-restore", "restic-restore"]:

@@ -13,7 +13,8 @@
 //! - Keys: [`auth`] (manifest signatures), [`keys`] (age recipients, identities, key files).
 //! - Adapters: [`pipeline`] (the streaming stages, and the two chains that put them together:
 //!   `seal` writes a volume, `open` reads one back), [`docker`] (everything asked of the
-//!   engine), [`store`] (store URLs to `object_store` clients), [`manifest`] (what makes a
+//!   engine), [`host_tree`] (a local volume's tree read on the host, as the tar Docker's archive
+//!   API would give), [`store`] (store URLs to `object_store` clients), [`manifest`] (what makes a
 //!   manifest genuine), [`lock`] (one run per app and store), [`repo`] (the bucket as lifeboat
 //!   uses it: layout, manifests, lock — the only way the operations reach it), [`hooks`],
 //!   [`notify`].
