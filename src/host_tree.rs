@@ -6,8 +6,8 @@
 //!
 //! Why: dockerd's archive API reads a cold volume at about half the disk's speed (1149 MiB: 3.4
 //! s, against 1.5–1.7 s for `tar | cat` of its directory on the same machine), and it takes a
-//! core of its own for the tar and the HTTP stream. Here files are read in 1 MiB pieces on a
-//! blocking thread, into a bounded queue (16 pieces).
+//! core of its own for the tar and the HTTP stream. Here files are read on a blocking thread
+//! straight into 256 KiB pieces of reused 2 MiB blocks, into a bounded queue (8 pieces).
 //!
 //! Only for a directory both views agree on: `backup` uses it for a local volume without
 //! driver options, on an engine reached through this host's socket, whose root directory has
@@ -31,10 +31,16 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use tokio_tar::{EntryType, Header};
 
-/// The pieces the stream yields.
-const PIECE: usize = 1 << 20;
-/// Pieces read ahead of the consumer: the memory bound of the read.
-const AHEAD: usize = 16;
+/// The pieces the stream yields: views of a block, read into directly.
+const PIECE: usize = 256 << 10;
+/// Pieces read ahead of the consumer.
+const AHEAD: usize = 8;
+/// The blocks pieces are cut from. A block is read into again once every piece of it is gone,
+/// so the read neither allocates nor page-faults per piece (fresh 1 MiB pieces cost 300,000
+/// page faults and 1.5 s of system time per GiB); the memory of the read is the blocks.
+const BLOCK_BYTES: usize = 8 * PIECE;
+/// Blocks kept for reuse while pieces of them are on their way.
+const RETIRED: usize = 2;
 const BLOCK: usize = 512;
 /// Longest name or link target a ustar header holds; longer ones go in a GNU long-name record.
 const NAME_FIELD: usize = 100;
@@ -45,10 +51,7 @@ const CAPABILITY: &str = "security.capability";
 pub fn tar_of(root: PathBuf) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel(AHEAD);
     tokio::task::spawn_blocking(move || {
-        let mut out = Out {
-            tx,
-            buf: BytesMut::with_capacity(PIECE),
-        };
+        let mut out = Out::new(tx);
         let mut walk = Walk {
             root: &root,
             first_names: HashMap::new(),
@@ -94,10 +97,21 @@ fn changed(name: &[u8], how: &str) -> Stop {
 /// The stream's write side: bytes gathered into pieces of [`PIECE`].
 struct Out {
     tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    /// What is left of the current block; the piece being filled is its first `len()` bytes.
     buf: BytesMut,
+    /// Earlier blocks, some of whose pieces may still be on their way.
+    retired: std::collections::VecDeque<BytesMut>,
 }
 
 impl Out {
+    fn new(tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>) -> Out {
+        Out {
+            tx,
+            buf: BytesMut::with_capacity(BLOCK_BYTES),
+            retired: std::collections::VecDeque::new(),
+        }
+    }
+
     fn put(&mut self, mut bytes: &[u8]) -> Result<(), Stop> {
         while !bytes.is_empty() {
             let n = (PIECE - self.buf.len()).min(bytes.len());
@@ -119,7 +133,21 @@ impl Out {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let piece = std::mem::replace(&mut self.buf, BytesMut::with_capacity(PIECE)).freeze();
+        let piece = self.buf.split().freeze();
+        if self.buf.capacity() < PIECE {
+            // The block is used up: the first retired block whose pieces are all gone is read
+            // into again, else a new one.
+            self.retired.push_back(std::mem::take(&mut self.buf));
+            let reusable =
+                (0..self.retired.len()).find(|&i| self.retired[i].try_reclaim(BLOCK_BYTES));
+            self.buf = match reusable.and_then(|i| self.retired.remove(i)) {
+                Some(block) => block,
+                None => BytesMut::with_capacity(BLOCK_BYTES),
+            };
+            if self.retired.len() > RETIRED {
+                self.retired.pop_front();
+            }
+        }
         self.tx.blocking_send(Ok(piece)).map_err(|_| Stop::Closed)
     }
 
@@ -528,10 +556,7 @@ mod tests {
         std::fs::write(dir.path().join("f"), vec![1u8; 100]).unwrap();
         let file = File::open(dir.path().join("f")).unwrap();
         let (tx, _rx) = tokio::sync::mpsc::channel(AHEAD);
-        let mut out = Out {
-            tx,
-            buf: BytesMut::new(),
-        };
+        let mut out = Out::new(tx);
         let shorter = out.copy(&mut file.try_clone().unwrap(), 200, b"./f");
         let Err(Stop::Failed(error)) = shorter else {
             panic!("a shorter file must fail the read")
