@@ -158,14 +158,17 @@ impl Out {
         while left > 0 {
             let start = self.buf.len();
             let want = (PIECE - start).min(usize::try_from(left).unwrap_or(usize::MAX));
-            self.buf.resize(start + want, 0);
+            // Read into the block's spare capacity: no zeroing first (it cost 5 % of a
+            // nightly backup's CPU).
+            let spare = &mut self.buf.spare_capacity_mut()[..want];
             let n = loop {
-                match file.read(&mut self.buf[start..]) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => break other.map_err(|e| at(name, e))?,
+                match rustix::io::read(&*file, &mut *spare) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    other => break other.map_err(|e| at(name, e.into()))?.0.len(),
                 }
             };
-            self.buf.truncate(start + n);
+            // SAFETY: `read` initialised the first `n` bytes of the spare capacity.
+            unsafe { self.buf.set_len(start + n) };
             if n == 0 {
                 return Err(changed(name, "it became shorter"));
             }
