@@ -1339,10 +1339,12 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
 }
 
 /// The directory to read `source` from on this host instead of through Docker's archive API
-/// ([`crate::host_tree`]), when it is surely the one Docker mounts: a local volume without
-/// driver options, an engine on this host's socket (no `DOCKER_HOST` elsewhere), and the
-/// root directory's mode, owner and mtime here equal to those in the first header of Docker's
-/// own archive of it (which a user-namespaced or rootless engine, another mount namespace or
+/// ([`crate::host_tree`]), when it is surely the one Docker mounts and this process can read
+/// all of it: a local volume without driver options, an engine on this host's socket (no
+/// `DOCKER_HOST` elsewhere), lifeboat running as root (a user of the docker group may be
+/// able to reach a volume's directory but not read every file in it), and the root
+/// directory's mode, owner and mtime here equal to those in the first header of Docker's own
+/// archive of it (which a user-namespaced or rootless engine, another mount namespace or
 /// another host would not give).
 async fn direct_dir(
     docker: &Docker,
@@ -1351,7 +1353,9 @@ async fn direct_dir(
 ) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let dir = source.host_dir.as_ref().filter(|_| source.plain_local)?;
-    if std::env::var("DOCKER_HOST").is_ok_and(|host| !host.starts_with("unix://")) {
+    if std::env::var("DOCKER_HOST").is_ok_and(|host| !host.starts_with("unix://"))
+        || !rustix::process::geteuid().is_root()
+    {
         return None;
     }
     let here = std::fs::symlink_metadata(dir).ok().filter(|m| m.is_dir())?;

@@ -9,8 +9,8 @@
 //! core of its own for the tar and the HTTP stream. Here files are read on a blocking thread
 //! straight into 256 KiB pieces of reused 2 MiB blocks, into a bounded queue (8 pieces).
 //!
-//! Only for a directory both views agree on: `backup` uses it for a local volume without
-//! driver options, on an engine reached through this host's socket, whose root directory has
+//! Only for a directory both views agree on: `backup` uses it, as root, for a local volume
+//! without driver options, on an engine reached through this host's socket, whose root has
 //! the same mode, owner and mtime here as in the first header of Docker's own archive. It never
 //! follows a symlink, not even in a race with a writer: each directory is held open and its
 //! entries are looked at (`fstatat`), opened (`openat` with `O_NOFOLLOW`) and read as links
