@@ -519,7 +519,8 @@ async fn locked_attempt(
         progress: plan.progress.clone(),
         // Set up once the before-backup hook has run: a hook may prepare the spool's disk.
         spool: None,
-        read_through_docker: plan.read_through_docker,
+        // Decided below, before the stop.
+        host_view: false,
         targets: targets.to_vec(),
         cancel: CancellationToken::new(),
     };
@@ -527,6 +528,9 @@ async fn locked_attempt(
     let (read_cancel, _watcher) = all_stopped(targets, cancel);
     job.cancel = read_cancel;
     before_stopping(&job, plan, sources.len()).await?;
+    job.host_view = !plan.read_through_docker
+        && sources.iter().any(|s| s.plain_local)
+        && host_view(docker).await;
     // Every store's chunk listing is in before the app stops: a listing that takes long (a
     // huge or junk-filled chunks folder) costs time, never downtime.
     for target in targets {
@@ -821,7 +825,8 @@ struct VolumeJob {
     hooks: Arc<Hooks>,
     progress: Progress,
     spool: Option<Arc<SpoolBudget>>,
-    read_through_docker: bool,
+    /// Whether volumes may be read from their directories here (see [`host_view`]).
+    host_view: bool,
     /// The stores every volume is written to.
     targets: Vec<Target>,
     cancel: CancellationToken,
@@ -1229,9 +1234,9 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
         source.compose_volume.as_deref().unwrap_or(&source.name),
         source.host_dir.clone(),
     );
-    let direct = match job.read_through_docker {
-        false => direct_dir(docker, &helper.id, source).await,
-        true => None,
+    let direct = match job.host_view {
+        true => direct_dir(docker, &helper.id, source).await,
+        false => None,
     };
     let tar = match direct {
         Some(dir) => {
@@ -1338,14 +1343,39 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
         .collect())
 }
 
+/// Whether this run may read volumes from their directories on this host
+/// ([`crate::host_tree`]), decided once before the stop: an engine on this host's socket (no
+/// `DOCKER_HOST` elsewhere), lifeboat running as root (a user of the docker group may be able
+/// to reach a volume's directory but not read every file in it), and a probe volume written
+/// through the engine seen here as written ([`docker::volumes_visible_here`]: a remote engine
+/// behind a forwarded socket, a copy of the data root, a rootless or user-namespaced engine,
+/// or a sidecar that cannot see the volumes fail it).
+async fn host_view(docker: &Docker) -> bool {
+    if std::env::var("DOCKER_HOST").is_ok_and(|host| !host.starts_with("unix://"))
+        || !rustix::process::geteuid().is_root()
+    {
+        return false;
+    }
+    match docker::volumes_visible_here(docker).await {
+        Ok(seen) => {
+            if !seen {
+                tracing::debug!(
+                    "reading through Docker: a probe volume written through the engine is not seen here as written"
+                );
+            }
+            seen
+        }
+        Err(error) => {
+            tracing::debug!("reading through Docker: the probe volume failed: {error:#}");
+            false
+        }
+    }
+}
+
 /// The directory to read `source` from on this host instead of through Docker's archive API
-/// ([`crate::host_tree`]), when it is surely the one Docker mounts and this process can read
-/// all of it: a local volume without driver options, an engine on this host's socket (no
-/// `DOCKER_HOST` elsewhere), lifeboat running as root (a user of the docker group may be
-/// able to reach a volume's directory but not read every file in it), and the root
-/// directory's mode, owner and mtime here equal to those in the first header of Docker's own
-/// archive of it (which a user-namespaced or rootless engine, another mount namespace or
-/// another host would not give).
+/// ([`crate::host_tree`]), in a run whose [`host_view`] holds: a local volume without driver
+/// options whose root directory's mode, owner and mtime here equal those in the first header
+/// of Docker's own archive of it.
 async fn direct_dir(
     docker: &Docker,
     helper_id: &str,
@@ -1353,11 +1383,6 @@ async fn direct_dir(
 ) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let dir = source.host_dir.as_ref().filter(|_| source.plain_local)?;
-    if std::env::var("DOCKER_HOST").is_ok_and(|host| !host.starts_with("unix://"))
-        || !rustix::process::geteuid().is_root()
-    {
-        return None;
-    }
     let here = std::fs::symlink_metadata(dir).ok().filter(|m| m.is_dir())?;
     let here = format::RootMeta {
         mode: here.mode(),

@@ -14,8 +14,9 @@
 //! the same mode, owner and mtime here as in the first header of Docker's own archive. It never
 //! follows a symlink, not even in a race with a writer: each directory is held open and its
 //! entries are looked at (`fstatat`), opened (`openat` with `O_NOFOLLOW`) and read as links
-//! (`readlinkat`) relative to it, and what is opened must be the inode listed. A file whose
-//! size changes while it is read fails the read, as it fails Docker's.
+//! (`readlinkat`) relative to it, and what is opened must be the inode listed. As in Docker's
+//! read, a file that shrinks while it is read fails the read, and one that grows is kept at the
+//! size its header gave, with a warning.
 //!
 //! Where it sits: an adapter beside `docker::archive`, which it stands in for; sees no other
 //! module of lifeboat.
@@ -79,9 +80,14 @@ impl From<io::Error> for Stop {
     }
 }
 
+/// An entry's name for a message: control characters escaped.
+fn printable(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).escape_debug().to_string()
+}
+
 /// Fails naming the entry, relative to the volume's root.
 fn at(name: &[u8], error: io::Error) -> Stop {
-    let name = String::from_utf8_lossy(name);
+    let name = printable(name);
     Stop::Failed(io::Error::new(error.kind(), format!("{name}: {error}")))
 }
 
@@ -152,7 +158,8 @@ impl Out {
     }
 
     /// Exactly `len` bytes of `file`, read into the pieces themselves, then the padding; fails
-    /// when the file is shorter or longer than that.
+    /// when the file is shorter than that, and warns when it is longer (Docker's read does
+    /// both).
     fn copy(&mut self, file: &mut File, len: u64, name: &[u8]) -> Result<(), Stop> {
         let mut left = len;
         while left > 0 {
@@ -178,7 +185,11 @@ impl Out {
             }
         }
         if file.read(&mut [0; 1]).map_err(|e| at(name, e))? != 0 {
-            return Err(changed(name, "it grew"));
+            // As Docker's read does: the header said `len`, so the first `len` bytes are kept.
+            tracing::warn!(
+                "{}: it grew while the volume was read; its first {len} bytes are backed up. Is something other than the stopped app writing to the volume?",
+                printable(name)
+            );
         }
         self.pad(len)
     }
@@ -554,7 +565,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_file_that_changes_size_while_read_fails_the_read() {
+    async fn a_file_that_shrinks_while_read_fails_the_read_and_one_that_grows_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), vec![1u8; 100]).unwrap();
         let file = File::open(dir.path().join("f")).unwrap();
@@ -569,10 +580,13 @@ mod tests {
             "{error}"
         );
         let mut file = File::open(dir.path().join("f")).unwrap();
-        let Err(Stop::Failed(error)) = out.copy(&mut file, 50, b"./f") else {
-            panic!("a longer file must fail the read")
-        };
-        assert!(error.to_string().contains("it grew"), "{error}");
+        let (tx, _rx) = tokio::sync::mpsc::channel(AHEAD);
+        let mut out = Out::new(tx);
+        assert!(
+            out.copy(&mut file, 50, b"./f").is_ok(),
+            "kept at its header's size"
+        );
+        assert_eq!(&out.buf[..], [[1u8; 50].as_slice(), &[0u8; 462]].concat());
     }
 
     #[test]

@@ -701,10 +701,10 @@ impl Drop for Removed {
 }
 
 /// Something outside the app (a container lifeboat does not stop) appends to a file of the
-/// volume while the backup reads it on the host: the read fails naming the file, as Docker's
-/// own read fails on a file that grows, and nothing that looks like a backup is left.
+/// volume while the backup reads it on the host: as Docker's own read does, the file is kept
+/// at the size its header gave, and a warning names it.
 #[test]
-fn a_file_written_while_its_volume_is_read_fails_the_backup_cleanly() {
+fn a_file_written_while_its_volume_is_read_is_kept_at_its_size_with_a_warning() {
     let mut app = TestApp::new("growing");
     let data = app.volume("data");
     app.in_volume(&data, "head -c 200000000 /dev/zero > /v/grow");
@@ -729,16 +729,13 @@ fn a_file_written_while_its_volume_is_read_fails_the_backup_cleanly() {
 
     let output = backup_with(&s3, &app.project, &store, &recipient, &["-v"]);
     let err = stderr(&output);
-    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(output.status.success(), "{err}");
     assert!(err.contains("from its directory on this host"), "{err}");
     assert!(
         err.contains("./grow: it grew while the volume was read"),
-        "the message names the file: {err}"
+        "the warning names the file: {err}"
     );
     assert!(app.running().values().all(|r| *r), "the app runs again");
     assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
-    assert!(
-        list_json(&s3, &store).is_empty(),
-        "no backup looks complete"
-    );
+    assert_eq!(list_json(&s3, &store).len(), 1);
 }

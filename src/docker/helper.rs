@@ -313,6 +313,57 @@ pub async fn create_volume(
     Ok(())
 }
 
+/// Whether this host sees the engine's volumes at the mountpoints it reports, as the engine
+/// writes them: a probe volume is made, a file of unique contents owned by 4242:4242 is written
+/// into it through the archive API, and it must appear at the probe's mountpoint here, with
+/// that owner. A remote engine behind a forwarded socket, a copy of the data root, a rootless or
+/// user-namespaced engine (ids shifted) or a container that cannot see the volumes all fail
+/// this. The probe goes again whatever happens.
+pub async fn volumes_visible_here(docker: &Docker) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let unique = format!("{}-{nanos}", std::process::id());
+    let name = format!("lifeboat-probe-{unique}");
+    let labels = BTreeMap::from([(HELPER_LABEL.to_string(), "probe".to_string())]);
+    create_volume(docker, &name, Some("local"), &labels).await?;
+    let probed = async {
+        let mountpoint = volume_info(docker, &name).await?.mountpoint;
+        let helper = Helper::create(docker, &HelperMount::Volume(name.clone()), false).await?;
+        let mut header = tokio_tar::Header::new_ustar();
+        header.set_path("probe")?;
+        header.set_size(unique.len() as u64);
+        header.set_mode(0o600);
+        header.set_uid(4242);
+        header.set_gid(4242);
+        header.set_cksum();
+        let mut tar = header.as_bytes().to_vec();
+        tar.extend_from_slice(unique.as_bytes());
+        tar.resize(tar.len().next_multiple_of(512) + 1024, 0);
+        let written = super::extract_into(
+            docker,
+            &helper.id,
+            HELPER_PATH,
+            futures::stream::once(async { Ok(bytes::Bytes::from(tar)) }),
+        )
+        .await;
+        helper.remove(docker).await;
+        written?;
+        let here = std::path::Path::new(&mountpoint).join("probe");
+        Ok::<_, anyhow::Error>(
+            std::fs::symlink_metadata(&here).is_ok_and(|m| (m.uid(), m.gid()) == (4242, 4242))
+                && std::fs::read(&here).is_ok_and(|seen| seen == unique.as_bytes()),
+        )
+    }
+    .await;
+    if let Err(e) = remove_volume(docker, &name).await {
+        tracing::warn!("{e:#}");
+    }
+    probed
+}
+
 /// Driver and labels of a volume.
 pub async fn volume_info(docker: &Docker, name: &str) -> Result<VolumeInfo> {
     let volume = docker

@@ -19,7 +19,7 @@ pub use app::{App, AppContainer, AppMount, AppSelector, Mounted, read_version, s
 pub use archive::{DockerStreamError, extract_into, first_block, read_file, set_dir_meta, tar_of};
 pub use helper::{
     HELPER_PATH, Helper, HelperMount, VolumeInfo, copy_tree, create_volume, empty_dir, is_empty,
-    remove_stale_helpers, remove_volume, volume_exists, volume_info,
+    remove_stale_helpers, remove_volume, volume_exists, volume_info, volumes_visible_here,
 };
 pub use lifecycle::{
     Stopped, exec, restarts_with_the_engine, set_restart_policy, start_again, stop_running,
