@@ -1345,14 +1345,14 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
 
 /// Whether this run may read volumes from their directories on this host
 /// ([`crate::host_tree`]), decided once before the stop: an engine on this host's socket (no
-/// `DOCKER_HOST` elsewhere), lifeboat running as root (a user of the docker group may be able
-/// to reach a volume's directory but not read every file in it), and a probe volume written
+/// `DOCKER_HOST` elsewhere), lifeboat running as root able to read every file (a user of the
+/// docker group may reach a volume's directory but not read all of it), and a probe volume written
 /// through the engine seen here as written ([`docker::volumes_visible_here`]: a remote engine
 /// behind a forwarded socket, a copy of the data root, a rootless or user-namespaced engine,
 /// or a sidecar that cannot see the volumes fail it).
 async fn host_view(docker: &Docker) -> bool {
     if std::env::var("DOCKER_HOST").is_ok_and(|host| !host.starts_with("unix://"))
-        || !rustix::process::geteuid().is_root()
+        || !reads_every_file()
     {
         return false;
     }
@@ -1370,6 +1370,21 @@ async fn host_view(docker: &Docker) -> bool {
             false
         }
     }
+}
+
+/// Whether this process may read every file whatever its mode: root with `CAP_DAC_OVERRIDE` or
+/// `CAP_DAC_READ_SEARCH` in effect (a sidecar with `cap_drop: ALL` is root without them).
+fn reads_every_file() -> bool {
+    const DAC_OVERRIDE: u64 = 1 << 1;
+    const DAC_READ_SEARCH: u64 = 1 << 2;
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .unwrap_or(0);
+    rustix::process::geteuid().is_root() && effective & (DAC_OVERRIDE | DAC_READ_SEARCH) != 0
 }
 
 /// The directory to read `source` from on this host instead of through Docker's archive API

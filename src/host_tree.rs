@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use tokio_tar::{EntryType, Header};
 
@@ -46,10 +46,16 @@ const BLOCK: usize = 512;
 /// Longest name or link target a ustar header holds; longer ones go in a GNU long-name record.
 const NAME_FIELD: usize = 100;
 const CAPABILITY: &str = "security.capability";
+/// The longest path Linux takes (`PATH_MAX`, with its NUL): an entry whose path under the
+/// helper's `/volume/` would be longer cannot be restored, so it is left out (Docker's read
+/// leaves it out too), never stored to fail the restore of the whole volume.
+const PATH_MAX: usize = 4096;
+const RESTORED_UNDER: &str = "/volume/";
 
 /// The tar stream of the tree under `root`, read on a blocking thread. The stream ends with an
 /// error naming the entry when one cannot be read; dropping it stops the thread.
 pub fn tar_of(root: PathBuf) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    raise_open_files_limit();
     let (tx, rx) = tokio::sync::mpsc::channel(AHEAD);
     tokio::task::spawn_blocking(move || {
         let mut out = Out::new(tx);
@@ -68,7 +74,25 @@ pub fn tar_of(root: PathBuf) -> impl Stream<Item = io::Result<Bytes>> + Send + '
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// The walk holds a file descriptor per directory level: the soft limit on open files (often
+/// 1,024) is raised to the hard one, as Go raises it for dockerd's walk, so a deep tree does
+/// not run out.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            ..limit
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!("cannot raise the open files limit: {e}");
+        }
+    }
+}
+
 /// Why the walk ends early: the reader went away, or an entry could not be read.
+#[derive(Debug)]
 enum Stop {
     Closed,
     Failed(io::Error),
@@ -198,7 +222,9 @@ impl Out {
 /// The walk of one tree: the first archive name of each inode linked more than once.
 struct Walk<'a> {
     root: &'a Path,
-    first_names: HashMap<(u64, u64), Vec<u8>>,
+    /// The first name of each inode linked more than once, and how many of its other names
+    /// are still to come.
+    first_names: HashMap<(u64, u64), (Vec<u8>, u64)>,
 }
 
 /// What one header says besides its name and the entry's metadata.
@@ -216,11 +242,15 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
     .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
-/// A file opened to be read. `NONBLOCK`: a FIFO put in its place does not block the open.
+/// A file opened to be read. `NONBLOCK`: a FIFO put in its place does not block the open;
+/// `NOCTTY`: a terminal put in its place does not become lifeboat's.
 const FILE_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::NOFOLLOW)
     .union(OFlags::NONBLOCK)
+    .union(OFlags::NOCTTY)
     .union(OFlags::CLOEXEC);
+/// An entry pinned without opening it (`O_PATH`): nothing a device's driver sees.
+const PIN_FLAGS: OFlags = OFlags::PATH.union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 
 impl Walk<'_> {
     fn run(&mut self, out: &mut Out) -> Result<(), Stop> {
@@ -237,6 +267,13 @@ impl Walk<'_> {
             };
             let mut archived = prefix.clone();
             archived.extend_from_slice(name.as_bytes());
+            if RESTORED_UNDER.len() + archived.len() - "./".len() >= PATH_MAX {
+                tracing::warn!(
+                    "{}: left out, with all below it: its path is longer than Linux can create ({PATH_MAX} bytes with the volume's mount point), so no restore could write it; Docker's read leaves it out too",
+                    printable(&archived)
+                );
+                continue;
+            }
             let listed = rustix::fs::statat(&*dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| at(&archived, e.into()))?;
             if FileType::from_raw_mode(listed.st_mode) == FileType::Directory {
@@ -269,15 +306,21 @@ impl Walk<'_> {
             FileType::RegularFile => {
                 if listed.st_nlink > 1 {
                     let inode = (listed.st_dev, listed.st_ino);
-                    if let Some(first) = self.first_names.get(&inode) {
+                    if let Some((first, left)) = self.first_names.remove(&inode) {
                         let extra = Extra {
                             kind: Some(EntryType::Link),
-                            link: Some(first),
+                            link: Some(&first),
                             ..Extra::default()
                         };
-                        return self.header(out, archived, listed, extra);
+                        self.header(out, archived, listed, extra)?;
+                        // Once every name of the inode is in, its entry goes.
+                        if left > 1 {
+                            self.first_names.insert(inode, (first, left - 1));
+                        }
+                        return Ok(());
                     }
-                    self.first_names.insert(inode, archived.to_vec());
+                    self.first_names
+                        .insert(inode, (archived.to_vec(), listed.st_nlink - 1));
                 }
                 self.file(out, dir, name, archived, listed)
             }
@@ -307,8 +350,7 @@ impl Walk<'_> {
         archived: &[u8],
         listed: &Stat,
     ) -> Result<(), Stop> {
-        let opened = rustix::fs::openat(dir, name, FILE_FLAGS, Mode::empty())
-            .map_err(|e| at(archived, e.into()))?;
+        let opened = open_listed_file(dir, name, listed, archived)?;
         let meta = same_inode(&opened, listed, archived)?;
         let size = u64::try_from(meta.st_size).unwrap_or(0);
         let extra = Extra {
@@ -362,6 +404,31 @@ impl Walk<'_> {
         header.set_cksum();
         out.put(header.as_bytes())
     }
+}
+
+/// Opens the regular file `name` in `dir` for reading, never anything else put in its place: it
+/// is pinned first (`O_PATH`, which opens nothing), checked to be the inode listed, and only
+/// then opened, through `/proc/self/fd` (the pinned inode, whatever its name is by then).
+/// Without `/proc`, it is opened by name, and checked after.
+fn open_listed_file(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    listed: &Stat,
+    archived: &[u8],
+) -> Result<OwnedFd, Stop> {
+    let pinned = rustix::fs::openat(dir, name, PIN_FLAGS, Mode::empty())
+        .map_err(|e| at(archived, e.into()))?;
+    same_inode(&pinned, listed, archived)?;
+    let by_fd = format!("/proc/self/fd/{}", pinned.as_raw_fd());
+    match rustix::fs::open(
+        by_fd.as_str(),
+        FILE_FLAGS.difference(OFlags::NOFOLLOW),
+        Mode::empty(),
+    ) {
+        Err(rustix::io::Errno::NOENT) => rustix::fs::openat(dir, name, FILE_FLAGS, Mode::empty()),
+        opened => opened,
+    }
+    .map_err(|e| at(archived, e.into()))
 }
 
 /// What an opened entry is, once it is sure to be the inode that was listed (an entry replaced
@@ -609,6 +676,25 @@ mod tests {
         assert!(same_inode(&opened, &listed, b"./listed").is_ok());
     }
 
+    #[test]
+    fn a_fifo_put_in_place_of_a_listed_file_is_never_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"data").unwrap();
+        let listed = rustix::fs::stat(dir.path().join("f")).unwrap();
+        let fd = rustix::fs::open(dir.path(), DIR_FLAGS, Mode::empty()).unwrap();
+        let opened = open_listed_file(fd.as_fd(), c"f", &listed, b"./f").unwrap();
+        assert_eq!(std::io::read_to_string(File::from(opened)).unwrap(), "data");
+        std::fs::remove_file(dir.path().join("f")).unwrap();
+        rustix::fs::mknodat(&fd, "f", FileType::Fifo, Mode::from_raw_mode(0o644), 0).unwrap();
+        let Err(Stop::Failed(error)) = open_listed_file(fd.as_fd(), c"f", &listed, b"./f") else {
+            panic!("a FIFO in the file's place must fail the read")
+        };
+        assert!(
+            error.to_string().contains("./f: it was replaced"),
+            "{error}"
+        );
+    }
+
     #[tokio::test]
     async fn a_symlink_is_stored_as_a_link_and_never_followed() {
         let dir = tempfile::tempdir().unwrap();
@@ -623,6 +709,33 @@ mod tests {
         // A root that is itself a symlink is refused, not followed.
         let error = tar_bytes(&dir.path().join("out")).await.unwrap_err();
         assert!(error.to_string().starts_with("./: "), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_path_longer_than_a_restore_can_write_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("top.txt"), b"t").unwrap();
+        std::fs::write(dir.path().join("zz.txt"), b"z").unwrap();
+        // 70 levels of 60-byte names, made relative to each level (the path is too long for
+        // the kernel to take whole).
+        let mut at = rustix::fs::open(dir.path(), DIR_FLAGS, Mode::empty()).unwrap();
+        let level = "q".repeat(60);
+        for _ in 0..70 {
+            rustix::fs::mkdirat(&at, level.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+            at = rustix::fs::openat(&at, level.as_str(), DIR_FLAGS, Mode::empty()).unwrap();
+        }
+        let tar = tar_bytes(dir.path()).await.unwrap();
+        let seen = entries(&tar).await;
+        let longest = seen.iter().map(|e| e.0.len()).max().unwrap();
+        assert!(RESTORED_UNDER.len() + longest - 2 < PATH_MAX, "{longest}");
+        assert_eq!(
+            seen.len(),
+            2 + 1 + (PATH_MAX - RESTORED_UNDER.len() + 1) / 61
+        );
+        assert!(
+            seen.iter().any(|e| e.0 == "./zz.txt"),
+            "the walk goes on after it"
+        );
     }
 
     #[test]
