@@ -302,28 +302,33 @@ impl Walk<'_> {
         archived: &[u8],
         listed: &Stat,
     ) -> Result<(), Stop> {
-        match FileType::from_raw_mode(listed.st_mode) {
-            FileType::RegularFile => {
-                if listed.st_nlink > 1 {
-                    let inode = (listed.st_dev, listed.st_ino);
-                    if let Some((first, left)) = self.first_names.remove(&inode) {
-                        let extra = Extra {
-                            kind: Some(EntryType::Link),
-                            link: Some(&first),
-                            ..Extra::default()
-                        };
-                        self.header(out, archived, listed, extra)?;
-                        // Once every name of the inode is in, its entry goes.
-                        if left > 1 {
-                            self.first_names.insert(inode, (first, left - 1));
-                        }
-                        return Ok(());
-                    }
-                    self.first_names
-                        .insert(inode, (archived.to_vec(), listed.st_nlink - 1));
+        let kind = FileType::from_raw_mode(listed.st_mode);
+        if kind == FileType::Socket {
+            tracing::debug!(entry = %printable(archived), "left out: a socket");
+            return Ok(());
+        }
+        // A second name of anything but a directory (files, symlinks, devices, FIFOs, as
+        // Docker's read does) is a link to the first.
+        if listed.st_nlink > 1 {
+            let inode = (listed.st_dev, listed.st_ino);
+            if let Some((first, left)) = self.first_names.remove(&inode) {
+                let extra = Extra {
+                    kind: Some(EntryType::Link),
+                    link: Some(&first),
+                    ..Extra::default()
+                };
+                self.header(out, archived, listed, extra)?;
+                // Once every name of the inode is in, its entry goes.
+                if left > 1 {
+                    self.first_names.insert(inode, (first, left - 1));
                 }
-                self.file(out, dir, name, archived, listed)
+                return Ok(());
             }
+            self.first_names
+                .insert(inode, (archived.to_vec(), listed.st_nlink - 1));
+        }
+        match kind {
+            FileType::RegularFile => self.file(out, dir, name, archived, listed),
             FileType::Symlink => {
                 let target = rustix::fs::readlinkat(dir, name, Vec::new())
                     .map_err(|e| at(archived, e.into()))?;
@@ -332,10 +337,6 @@ impl Walk<'_> {
                     ..Extra::default()
                 };
                 self.header(out, archived, listed, extra)
-            }
-            FileType::Socket => {
-                tracing::debug!(entry = %String::from_utf8_lossy(archived), "left out: a socket");
-                Ok(())
             }
             // Devices and FIFOs: the header says all.
             _ => self.header(out, archived, listed, Extra::default()),
@@ -674,6 +675,39 @@ mod tests {
         let opened =
             rustix::fs::open(dir.path().join("listed"), FILE_FLAGS, Mode::empty()).unwrap();
         assert!(same_inode(&opened, &listed, b"./listed").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_second_name_of_a_symlink_or_fifo_is_a_link_the_restore_policy_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        symlink("target", root.join("a-sym")).unwrap();
+        std::fs::hard_link(root.join("a-sym"), root.join("b-sym-hard")).unwrap();
+        let fd = rustix::fs::open(root, DIR_FLAGS, Mode::empty()).unwrap();
+        rustix::fs::mknodat(&fd, "c-fifo", FileType::Fifo, Mode::from_raw_mode(0o644), 0).unwrap();
+        std::fs::hard_link(root.join("c-fifo"), root.join("d-fifo-hard")).unwrap();
+        let tar = tar_bytes(root).await.unwrap();
+        let seen = entries(&tar).await;
+        let kinds: Vec<(&str, EntryType, &str)> = seen
+            .iter()
+            .map(|e| (e.0.as_str(), e.1, e.3.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("./", EntryType::Directory, ""),
+                ("./a-sym", EntryType::Symlink, "target"),
+                ("./b-sym-hard", EntryType::Link, "./a-sym"),
+                ("./c-fifo", EntryType::Fifo, ""),
+                ("./d-fifo-hard", EntryType::Link, "./c-fifo"),
+            ]
+        );
+        crate::pipeline::tar_check::check_archive(
+            &tar[..],
+            crate::pipeline::tar_check::EntryRules::default(),
+        )
+        .await
+        .unwrap();
     }
 
     #[test]

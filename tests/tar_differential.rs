@@ -521,8 +521,11 @@ fn expected_tree(entries: &[Parsed]) -> Result<Tree, String> {
                 let target = clean(os(entry.link.as_deref().unwrap_or_default()))
                     .ok_or(format!("{name} links out"))?;
                 match tree.get(&target) {
-                    Some(Node::File(size)) => Node::File(*size),
-                    other => return Err(format!("{name} links to {other:?}")),
+                    Some(Node::Dir) | None => {
+                        return Err(format!("{name} links to {:?}", tree.get(&target)));
+                    }
+                    // link(2) does not follow a symlink: the link is what its target is.
+                    Some(node) => node.clone(),
                 }
             }
             other => return Err(format!("{name} has type {other:?}")),
@@ -722,6 +725,19 @@ async fn the_check_refuses_whatever_docker_would_extract_differently() {
             file("./short", b"pax"),
             H::gnu("./null", b'3').bytes(),
             H::gnu("./su", b'0').mode(0o4755).bytes(),
+        ]),
+    ));
+    cases.push(benign(
+        "hardlinks to a symlink, a FIFO and a device (as Docker writes them)",
+        tar(&[
+            dir("./"),
+            file("./f", b"x"),
+            sym("./s", "f"),
+            hard("./s-hard", "./s"),
+            H::gnu("./fifo", b'6').bytes(),
+            hard("./fifo-hard", "./fifo"),
+            H::gnu("./null", b'3').bytes(),
+            hard("./null-hard", "./null"),
         ]),
     ));
     cases.extend(hostile_cases());

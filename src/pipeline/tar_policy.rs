@@ -142,7 +142,8 @@ enum Node {
 /// directories): only normal path components (a leading `./` is fine, it is how Docker writes
 /// the volume root); no absolute paths and no `..`; nothing below a symlink the archive created
 /// (it would write through the link) or below any other non-directory (Docker fails there);
-/// the root must be a directory; hardlinks only to files the archive created earlier and that
+/// the root must be a directory; hardlinks only to non-directories (files, symlinks, devices,
+/// FIFOs: `link(2)` does not follow a symlink, and the link is what its target is) the archive created earlier and that
 /// are still there; symlink targets may point anywhere absolute, but a relative target may not
 /// climb above the extraction root (Docker refuses it as a breakout); device nodes and FIFOs
 /// only into volumes; any other entry type is refused.
@@ -197,6 +198,7 @@ impl EntryPolicy {
                 self.nodes.remove(&normalized);
                 return Ok(());
             }
+            // What it links to, checked below.
             EntryType::Regular | EntryType::Link => Node::File,
             EntryType::Symlink => {
                 let target = link
@@ -224,19 +226,22 @@ impl EntryPolicy {
         };
         // Docker removes what was at the path, subtree included, before creating the entry.
         self.remove_tree(&normalized);
-        if kind == EntryType::Link {
+        let node = if kind == EntryType::Link {
             let target = link
                 .filter(|l| !l.as_os_str().is_empty())
                 .ok_or("is a hardlink without a target")?;
             let target =
                 normalize(target).map_err(|e| format!("is a hardlink whose target {e}"))?;
-            if self.nodes.get(&target) != Some(&Node::File) {
-                return Err(format!(
+            // A link to a symlink is a symlink: nothing may be written below it either.
+            *self.nodes.get(&target).ok_or_else(|| {
+                format!(
                     "is a hardlink to {}, which is not an earlier file of this archive",
                     target.display()
-                ));
-            }
-        }
+                )
+            })?
+        } else {
+            node
+        };
         self.nodes.insert(normalized, node);
         Ok(())
     }
@@ -1421,7 +1426,7 @@ mod tests {
                     hard("./h", "./f"),
                     file("./h/passwd", b"x"),
                 ],
-                "not an earlier file",
+                "is below h, a symlink the archive created",
             ),
             (
                 "hardlink to a file whose directory was replaced",
