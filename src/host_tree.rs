@@ -328,7 +328,19 @@ impl Walk<'_> {
                 .insert(inode, (archived.to_vec(), listed.st_nlink - 1));
         }
         match kind {
-            FileType::RegularFile => self.file(out, dir, name, archived, listed),
+            FileType::RegularFile => {
+                let opened = open_listed_file(dir, name, listed, archived)?;
+                // Checked again: without /proc it was opened by name.
+                let meta = same_inode(&opened, listed, archived)?;
+                let size = u64::try_from(meta.st_size).unwrap_or(0);
+                let extra = Extra {
+                    size,
+                    capability: capability(&opened).map_err(|e| at(archived, e))?,
+                    ..Extra::default()
+                };
+                self.header(out, archived, &meta, extra)?;
+                out.copy(&mut File::from(opened), size, archived)
+            }
             FileType::Symlink => {
                 let target = rustix::fs::readlinkat(dir, name, Vec::new())
                     .map_err(|e| at(archived, e.into()))?;
@@ -341,26 +353,6 @@ impl Walk<'_> {
             // Devices and FIFOs: the header says all.
             _ => self.header(out, archived, listed, Extra::default()),
         }
-    }
-
-    fn file(
-        &mut self,
-        out: &mut Out,
-        dir: BorrowedFd<'_>,
-        name: &CStr,
-        archived: &[u8],
-        listed: &Stat,
-    ) -> Result<(), Stop> {
-        let opened = open_listed_file(dir, name, listed, archived)?;
-        let meta = same_inode(&opened, listed, archived)?;
-        let size = u64::try_from(meta.st_size).unwrap_or(0);
-        let extra = Extra {
-            size,
-            capability: capability(&opened).map_err(|e| at(archived, e))?,
-            ..Extra::default()
-        };
-        self.header(out, archived, &meta, extra)?;
-        out.copy(&mut File::from(opened), size, archived)
     }
 
     /// The entry's header, after the records it needs: a GNU long name, a GNU long link, a PAX
