@@ -30,6 +30,9 @@ const BUFFER: usize = 4 * MAX_CHUNK;
 const RETIRED: usize = 2;
 /// Read no less than this at once.
 const READ_SPACE: usize = 256 * 1024;
+/// Chunks of the previous backup checked at once while the stream follows it: their ids are
+/// computed side by side, on as many threads.
+const FOLLOW_AT_ONCE: usize = 8;
 /// Runs of zeros at least this long are chunks of their own.
 const ZERO_RUN: usize = 64 * 1024;
 
@@ -190,27 +193,52 @@ impl<R: AsyncRead + Unpin> Cutter<R> {
             );
             return Ok(self.ready.pop_front());
         };
-        if let Some(&(want, len)) = self.expect.and_then(|at| previous.chunks.get(at)) {
-            let len = len as usize;
-            if len <= self.buf.len() {
-                let head = self.buf.split_to(len);
-                let (mut head, id) = self.id_of(head).await?;
-                if id == want {
-                    self.expect = self.expect.map(|at| at + 1);
-                    return Ok(Some(Piece {
-                        data: head.freeze(),
-                        id: Some(id),
-                    }));
+        if let Some(at) = self.expect {
+            // The previous backup's next chunks, as many as the buffer holds, hashed at once
+            // (on both cores); those that are what they were, in order, are the next pieces.
+            let mut heads = Vec::new();
+            while let Some(&(want, len)) = previous.chunks.get(at + heads.len()) {
+                if len as usize > self.buf.len() || heads.len() == FOLLOW_AT_ONCE {
+                    break;
+                }
+                heads.push((self.buf.split_to(len as usize), want));
+            }
+            let hashed = heads.into_iter().map(|(head, want)| {
+                let keys = Arc::clone(&self.keys);
+                async move {
+                    let (head, id) = id_of(keys, head).await?;
+                    Ok::<_, std::io::Error>((head, id, want))
+                }
+            });
+            let mut hashed = futures::future::try_join_all(hashed).await?;
+            let same = hashed.iter().take_while(|(_, id, want)| id == want).count();
+            let followed = same == hashed.len();
+            let mut rest = hashed.split_off(same).into_iter();
+            if let Some((mut head, _, _)) = rest.next() {
+                // The stream no longer follows: what was split off goes back, in order.
+                for (next, _, _) in rest {
+                    head.unsplit(next);
                 }
                 head.unsplit(std::mem::take(&mut self.buf));
                 self.buf = head;
             }
+            self.expect = Some(at + same);
+            self.ready
+                .extend(hashed.into_iter().map(|(head, id, _)| Piece {
+                    data: head.freeze(),
+                    id: Some(id),
+                }));
+            if followed && !self.ready.is_empty() {
+                return Ok(self.ready.pop_front());
+            }
+            // FastCDC's cut below needs a longest chunk ahead, as at the top.
+            self.fill().await?;
         }
         // Cut afresh, and look for where the previous backup's order picks up again.
         let cut = self.cut();
         self.expect = None;
         for data in split_zero_runs(cut) {
-            let (data, id) = self.id_of(data).await?;
+            let (data, id) = id_of(Arc::clone(&self.keys), data).await?;
             self.expect = previous.position_of(&id).map(|at| at + 1);
             self.ready.push_back(Piece { data, id: Some(id) });
         }
@@ -233,17 +261,19 @@ impl<R: AsyncRead + Unpin> Cutter<R> {
         );
         self.buf.split_to(at.max(1)).freeze()
     }
+}
 
-    /// The keyed id of `data`, on a blocking thread.
-    async fn id_of<T: AsRef<[u8]> + Send + 'static>(&self, data: T) -> std::io::Result<(T, Id)> {
-        let keys = Arc::clone(&self.keys);
-        tokio::task::spawn_blocking(move || {
-            let id = keys.id_bytes(data.as_ref());
-            (data, id)
-        })
-        .await
-        .map_err(std::io::Error::other)
-    }
+/// The keyed id of `data`, on a blocking thread.
+async fn id_of<T: AsRef<[u8]> + Send + 'static>(
+    keys: Arc<ChunkKeys>,
+    data: T,
+) -> std::io::Result<(T, Id)> {
+    tokio::task::spawn_blocking(move || {
+        let id = keys.id_bytes(data.as_ref());
+        (data, id)
+    })
+    .await
+    .map_err(std::io::Error::other)
 }
 
 /// A chunk cut again at the edges of every long run of zeros in it. FastCDC's gear hash finds
