@@ -23,11 +23,12 @@
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::fs::{Advice, AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read};
+use std::num::NonZeroU64;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use tokio_tar::{EntryType, Header};
@@ -42,6 +43,9 @@ const AHEAD: usize = 8;
 const BLOCK_BYTES: usize = 8 * PIECE;
 /// Blocks kept for reuse while pieces of them are on their way.
 const RETIRED: usize = 2;
+/// How far ahead of its reads a file is asked for (`POSIX_FADV_WILLNEED`): in the page cache,
+/// not in this process.
+const READ_AHEAD: u64 = 16 << 20;
 const BLOCK: usize = 512;
 /// Longest name or link target a ustar header holds; longer ones go in a GNU long-name record.
 const NAME_FIELD: usize = 100;
@@ -186,7 +190,21 @@ impl Out {
     /// both).
     fn copy(&mut self, file: &mut File, len: u64, name: &[u8]) -> Result<(), Stop> {
         let mut left = len;
+        let mut advised = 0;
         while left > 0 {
+            // The disk kept busy while the pipeline hashes what was read: the next
+            // [`READ_AHEAD`] bytes of the file are asked for ahead of the reads. The kernel's
+            // own read-ahead pauses whenever the reads wait for the pipeline. An unchanged
+            // night of the nightly benchmark's volume, page cache dropped, in 7 alternating
+            // pairs: 567 MiB/s with the advice, 450 without (1.3 GB; warm, 1,600 MiB/s).
+            let done = len - left;
+            if advised < len && advised < done + READ_AHEAD {
+                let ahead = READ_AHEAD.min(len - advised);
+                // Advice only: a file system that takes none is read as before.
+                let _ =
+                    rustix::fs::fadvise(&*file, advised, NonZeroU64::new(ahead), Advice::WillNeed);
+                advised += ahead;
+            }
             let start = self.buf.len();
             let want = (PIECE - start).min(usize::try_from(left).unwrap_or(usize::MAX));
             // Read into the block's spare capacity: no zeroing first (it cost 5 % of a
