@@ -437,6 +437,25 @@ mod tests {
         let previous = Arc::new(Previous::of(&chunk_list(&first)));
         assert_eq!(previous.len(), first.len());
 
+        // The same stream again: every chunk is the previous one, checked eight at a time.
+        let again = pieces(&night1, Some(Arc::clone(&previous))).await;
+        assert_eq!(lens(&again), lens(&first));
+        assert_eq!(reused_of(&again, &previous), again.len());
+
+        // Every other chunk changed: each batch of previous chunks is cut short at its first
+        // changed one and the rest given back, so the pieces are still FastCDC's.
+        let mut patchy = night1.clone();
+        let mut at = 0;
+        for (i, piece) in first.iter().enumerate() {
+            if i % 2 == 1 {
+                patchy[at + piece.data.len() / 2] ^= 0xff;
+            }
+            at += piece.data.len();
+        }
+        let followed = pieces(&patchy, Some(Arc::clone(&previous))).await;
+        assert_eq!(lens(&followed), lens(&pieces(&patchy, None).await));
+        assert_eq!(joined(&followed), patchy);
+
         let mut night2 = night1.clone();
         night2[5_000_000..5_008_192].copy_from_slice(&noise(8192, 3));
         let followed = pieces(&night2, Some(Arc::clone(&previous))).await;
