@@ -6,7 +6,9 @@
 #                         s3s-fs), starts dockerd if needed, builds lifeboat (release) and
 #                         starts the S3 server; sets L, work, project, volume and exports the
 #                         AWS_* variables; removes everything on exit
-#   bench_app             the app container "$project-app-1" mounting $volume, started
+#   bench_app             the app container "$project-app-1" mounting $volume, started; it
+#                         exits at once on SIGTERM (a sleep it waits for would add 0-1 s at
+#                         random to each tool's stop, more than the nights differ by)
 #   nightly_volume MIB    fills $volume with the "nightly" data set: a database of random pages
 #                         and zero runs, text logs, uploads, 2,000 small files
 #   timed NAME CMD...     runs CMD with the page cache dropped first; appends
@@ -56,7 +58,7 @@ bench_cleanup() {
 
 bench_app() {
   docker create --name "$project-app-1" --label com.docker.compose.project="$project" --label com.docker.compose.service=app \
-    -v "$volume:/data" $IMAGE sh -c "trap 'exit 0' TERM; while true; do sleep 1; done" >/dev/null
+    -v "$volume:/data" $IMAGE sh -c "trap 'exit 0' TERM; while true; do sleep 1 & wait \$!; done" >/dev/null
   docker start "$project-app-1" >/dev/null
   volume_dir=$(docker volume inspect -f '{{.Mountpoint}}' "$volume")
 }
