@@ -520,6 +520,7 @@ async fn locked_attempt(
         // Set up once the before-backup hook has run: a hook may prepare the spool's disk.
         spool: None,
         // Decided below, before the stop.
+        host_view: false,
         direct: HashMap::new(),
         targets: targets.to_vec(),
         cancel: CancellationToken::new(),
@@ -528,8 +529,10 @@ async fn locked_attempt(
     let (read_cancel, _watcher) = all_stopped(targets, cancel);
     job.cancel = read_cancel;
     before_stopping(&job, plan, sources.len()).await?;
-    if !plan.read_through_docker && sources.iter().any(|s| s.plain_local) && host_view(docker).await
-    {
+    job.host_view = !plan.read_through_docker
+        && sources.iter().any(|s| s.plain_local)
+        && host_view(docker).await;
+    if job.host_view {
         job.direct = direct_dirs(docker, &sources).await;
     }
     // Every store's chunk listing is in before the app stops: a listing that takes long (a
@@ -826,7 +829,10 @@ struct VolumeJob {
     hooks: Arc<Hooks>,
     progress: Progress,
     spool: Option<Arc<SpoolBudget>>,
-    /// The volumes read from their directories here, by name (see [`direct_dirs`]).
+    /// Whether volumes may be read from their directories here (see [`host_view`]).
+    host_view: bool,
+    /// The volumes found, before the stop, to be read from their directories here, by name
+    /// (see [`direct_dirs`]).
     direct: HashMap<String, std::path::PathBuf>,
     /// The stores every volume is written to.
     targets: Vec<Target>,
@@ -855,7 +861,10 @@ struct Dedup {
 /// several at once: one page after the other, a million chunks take a thousand round trips.
 /// The 256 prefixes, 16 at once, take 16 rounds at least, as many as 16,000 chunks one page
 /// (1,000 keys) after the other: below that, the prefixes cost more than they save (on the
-/// benchmark's S3 server, 6,100 chunks listed in 1.2 s, and by prefix in 3.3 s).
+/// benchmark's S3 server, 6,100 chunks listed in 1.2 s, and by prefix in 3.3 s). The newest
+/// backup's count stands for the store's, which is not known before the listing: a store that
+/// keeps far more chunks than its newest backup uses (long retention of a volume that changes
+/// much) is listed page by page until that backup reaches the threshold.
 const LIST_BY_PREFIX: usize = 16_000;
 
 /// What a deduplicating backup may reuse: the chunks of the newest genuine backup (its own
@@ -1233,20 +1242,37 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
     if live.is_empty() {
         return Ok(unlisted.iter_mut().map(out_of_run).collect());
     }
-    let helper = Helper::create(docker, &source.mount, true).await?;
+    // A volume found before the stop to be read on the host needs no helper container. Any
+    // other is read through a helper, unless it is found now: in a run that may read on the
+    // host, a volume whose root changed between the two looks before the stop (a busy app
+    // creating files in it) is looked at again, now that nothing writes to it.
+    let on_host = |dir: std::path::PathBuf| {
+        tracing::info!(volume = %source.name, dir = %dir.display(), "reading the volume from its directory on this host");
+        futures::future::Either::Left(crate::host_tree::tar_of(dir))
+    };
+    let (tar, helper) = match job.direct.get(&source.name).cloned() {
+        Some(dir) => (on_host(dir), None),
+        None => {
+            let helper = Helper::create(docker, &source.mount, true).await?;
+            let dir = match job.host_view {
+                true => direct_dir(docker, &helper.id, source).await,
+                false => None,
+            };
+            let tar = match dir {
+                Some(dir) => on_host(dir),
+                None => futures::future::Either::Right(docker::tar_of(
+                    docker,
+                    &helper.id,
+                    docker::HELPER_PATH,
+                )),
+            };
+            (tar, Some(helper))
+        }
+    };
     let progress = job.progress.volume(
         source.compose_volume.as_deref().unwrap_or(&source.name),
         source.host_dir.clone(),
     );
-    let tar = match job.direct.get(&source.name).cloned() {
-        Some(dir) => {
-            tracing::info!(volume = %source.name, dir = %dir.display(), "reading the volume from its directory on this host");
-            futures::future::Either::Left(crate::host_tree::tar_of(dir))
-        }
-        None => {
-            futures::future::Either::Right(docker::tar_of(docker, &helper.id, docker::HELPER_PATH))
-        }
-    };
     let tar = progress.count_read(tokio_util::io::StreamReader::new(tar));
     let dedup: Option<Vec<&Dedup>> = live.iter().map(|t| t.dedup.as_deref()).collect();
     let result = match dedup {
@@ -1310,7 +1336,9 @@ async fn read_volume(job: &VolumeJob, source: &Source) -> Result<Vec<ReadVolume>
         }
     };
     drop(progress);
-    helper.remove(docker).await;
+    if let Some(helper) = helper {
+        helper.remove(docker).await;
+    }
     let result = match result {
         // Several stores, each failed while the volume was read: each store says why.
         Err(SealError::EveryUpload(errors)) => Ok(errors
@@ -1391,9 +1419,9 @@ fn reads_every_file() -> bool {
 /// API ([`crate::host_tree`]), in a run whose [`host_view`] holds, by name: see [`direct_dir`].
 /// Decided before the app stops, several volumes at once, beside the stores' listings: Docker's
 /// archive of a volume takes 70–100 ms to give its first block, which would otherwise be
-/// downtime, per volume. What is compared is which directory the engine reads, not what is in
-/// it, so the app running meanwhile changes nothing (a root changed between the two looks
-/// reads through Docker).
+/// downtime, per volume. What is compared tells which directory the engine reads; but the
+/// running app may change the root's mtime between the two looks, so a volume not found here
+/// is looked at again after the stop ([`read_volume`]).
 async fn direct_dirs(docker: &Docker, sources: &[Source]) -> HashMap<String, std::path::PathBuf> {
     let checks = sources
         .iter()
