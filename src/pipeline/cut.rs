@@ -486,6 +486,40 @@ mod tests {
         );
     }
 
+    /// A batch cut short with little left in the buffer: the buffer is filled again before
+    /// FastCDC cuts, so the cut is where FastCDC makes it, not at the end of what was read.
+    #[tokio::test]
+    async fn a_batch_cut_short_fills_the_buffer_before_cutting_afresh() {
+        let data = noise(8 << 20, 7);
+        let first = 1_950_000;
+        let previous = Arc::new(Previous::of(&[
+            ChunkRef {
+                id: crate::format::Hex32(keys().id_bytes(&data[..first])),
+                size: 1,
+                sha256: crate::format::Hex32([0; 32]),
+                plain: first as u64,
+            },
+            chunk(1, 100_000),
+        ]));
+        // Read 64 KiB at a time: the buffer holds just over a longest chunk when the batch is
+        // split off, so about 150 KB are left after the first chunk: less than FastCDC's next
+        // chunk from there.
+        let reads = data
+            .chunks(64 << 10)
+            .map(|p| Ok::<_, std::io::Error>(Bytes::copy_from_slice(p)));
+        let reader =
+            tokio_util::io::StreamReader::new(futures::stream::iter(reads.collect::<Vec<_>>()));
+        let got: Vec<Piece> = Cutter::new(reader, keys(), Some(previous))
+            .into_stream()
+            .try_collect()
+            .await
+            .unwrap();
+        let mut expected = vec![first];
+        expected.extend(lens(&pieces(&data[first..], None).await));
+        assert_eq!(lens(&got), expected);
+        assert_eq!(joined(&got), data);
+    }
+
     /// A long stream read in small pieces, each chunk dropped once used: the blocks are read
     /// into again rather than allocated anew.
     #[tokio::test]
