@@ -28,6 +28,7 @@ use crate::repo::Repo;
 use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
 use chrono::Utc;
+use futures::StreamExt as _;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
@@ -1432,7 +1433,6 @@ async fn direct_dirs(docker: &Docker, sources: &[Source]) -> HashMap<String, std
             helper.remove(docker).await;
             Some((source.name.clone(), dir?))
         });
-    use futures::StreamExt as _;
     futures::stream::iter(checks)
         .buffer_unordered(4)
         .filter_map(futures::future::ready)

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! tar stream → buffer (8 MiB, split, never copied per chunk)
-//!            → the previous backup's next chunk again? (same length, same keyed id) → that chunk
+//!            → the previous backup's next chunks again? (same lengths, same keyed ids; up to
+//!              eight hashed at once) → those chunks, up to the first that differs
 //!            → else FastCDC cut → zero runs cut out → each piece, its id checked against the
 //!              previous backup's ids to pick up its order again
 //! ```
