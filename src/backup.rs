@@ -18,6 +18,7 @@ use crate::pipeline::chunk::{
     ChunkSealer, ChunkStore, ChunkTarget, Known, SealingChunks, list_chunks, list_chunks_by_prefix,
     seal_chunks_each,
 };
+use crate::pipeline::chunk_list::store_lists;
 use crate::pipeline::compress::CompressionSettings;
 use crate::pipeline::cut::Previous;
 use crate::pipeline::fan_out::StoreTokens;
@@ -700,7 +701,9 @@ fn finish_manifest(
 ) -> Manifest {
     Manifest {
         format: format::FORMAT.into(),
-        format_version: if volumes.iter().any(|v| v.segments > 1) {
+        format_version: if volumes.iter().any(|v| !v.lists.is_empty()) {
+            format::LISTED_FORMAT
+        } else if volumes.iter().any(|v| v.segments > 1) {
             format::SEGMENTED_FORMAT
         } else if volumes.iter().any(VolumeRecord::is_chunked) {
             format::CHUNKED_FORMAT
@@ -884,9 +887,9 @@ async fn dedup_for(
     // (a recipient added must be able to read every chunk; one removed, none of the new ones).
     let recipients: std::collections::BTreeSet<&str> =
         plan.recipients.iter().map(|r| r.text.as_str()).collect();
-    let volumes: Vec<&format::VolumeRecord> = newest
-        .iter()
-        .flat_map(|n| n.manifest.volumes.iter())
+    let volumes: Vec<format::VolumeRecord> = newest
+        .into_iter()
+        .flat_map(|n| n.manifest.volumes)
         .filter(|v| v.compression == plan.compression.kind)
         .filter(|v| {
             let theirs: std::collections::BTreeSet<&str> =
@@ -894,17 +897,23 @@ async fn dedup_for(
             theirs == recipients
         })
         .collect();
-    // One copy of the newest backup's chunk lists, sized exactly: it becomes the reuse map.
-    let mut earlier: Vec<format::ChunkRef> =
-        Vec::with_capacity(volumes.iter().map(|v| v.chunks.len()).sum());
-    for volume in &volumes {
-        earlier.extend_from_slice(&volume.chunks);
-    }
     let previous = volumes
         .iter()
         .filter(|v| v.is_chunked())
         .map(|v| (v.name.clone(), Arc::new(Previous::of(&v.chunks))))
         .collect();
+    // The newest backup's chunk lists, moved (one volume's) or copied once, sized exactly,
+    // into what becomes the reuse map.
+    let mut earlier: Vec<format::ChunkRef> = Vec::new();
+    let total: usize = volumes.iter().map(|v| v.chunks.len()).sum();
+    for volume in volumes {
+        if earlier.is_empty() && volume.chunks.len() == total {
+            earlier = volume.chunks;
+        } else {
+            earlier.reserve_exact(total - earlier.len());
+            earlier.extend_from_slice(&volume.chunks);
+        }
+    }
     // The listing (one request per thousand chunks, or per prefix at once for a large store)
     // goes on while the run prepares, and is in before anything stops; this run holds the
     // store's lock already, so nothing it lists is pruned before the manifest.
@@ -1125,17 +1134,23 @@ async fn finish_uploads(
         let stored = match sealing {
             Stored::Object(sealing) => sealing.finish().await.map_err(|e| seal_error(e, &what)),
             // The chunk list moved to the record when the volume was read.
-            Stored::Chunks(sealing) => sealing
-                .finish()
-                .await
-                .map(|chunks| Sealed {
-                    tar_size: chunks.tar_size,
-                    root: chunks.root,
-                    stored_size: record.chunks.iter().map(|c| c.size).sum(),
-                    sha256: format::chunk_list_digest(&record.chunks),
-                    segments: 1,
-                })
-                .map_err(|e| seal_error(e, &what)),
+            // Once its chunks are stored, the list of them goes in objects of its own.
+            Stored::Chunks(sealing) => match sealing.finish().await {
+                Ok(chunks) => store_lists(&repo.chunk_store(app), &record.chunks)
+                    .await
+                    .map(|lists| {
+                        record.lists = lists;
+                        Sealed {
+                            tar_size: chunks.tar_size,
+                            root: chunks.root,
+                            stored_size: record.chunks.iter().map(|c| c.size).sum(),
+                            sha256: format::chunk_list_digest(&record.chunks),
+                            segments: 1,
+                        }
+                    })
+                    .map_err(|e| anyhow!("the chunk list of {what} was not stored: {e}")),
+                Err(e) => Err(seal_error(e, &what)),
+            },
             Stored::Failed(error) => Err(error),
             Stored::Gone => Err(anyhow!(
                 "{what} was not sent to {}: the store had failed or lost its lock before it was read",
@@ -1186,6 +1201,7 @@ impl VolumeJob {
             },
             root: read.1,
             chunks: Vec::new(),
+            lists: Vec::new(),
             new_bytes: None,
             segments: 1,
         }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 pub const FORMAT: &str = "lifeboat-backup";
 /// The newest format this lifeboat reads and writes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// The first format whose manifests are signed.
 pub const SIGNED_FORMAT: u32 = 2;
 /// The first format whose volumes may be stored as deduplicated chunks ([`ChunkRef`]); a
@@ -20,6 +20,9 @@ pub const CHUNKED_FORMAT: u32 = 3;
 /// The first format whose volume objects may be split into segments ([`segment_name`]); a
 /// backup whose every volume is one object (or chunks) is written as format 2 or 3.
 pub const SEGMENTED_FORMAT: u32 = 4;
+/// The first format whose chunked volumes keep their chunk lists in objects of their own
+/// ([`ListRef`]) instead of in the manifest, which stays a few KiB however many chunks there are.
+pub const LISTED_FORMAT: u32 = 5;
 /// The most segments a volume object is split into: their names sort in order (four digits).
 pub const MAX_SEGMENTS: u32 = 9999;
 /// The folder, beside an app's backup folders, that holds its chunks: `<app>/chunks/<ab>/<id>`.
@@ -42,11 +45,20 @@ pub struct Manifest {
     /// Seconds from stopping the first container to starting the last one again.
     pub downtime_seconds: f64,
     pub app_version: AppVersion,
+    #[serde(serialize_with = "stored_volumes")]
     pub volumes: Vec<VolumeRecord>,
     /// The key that signed this manifest (`ssh-ed25519 …`), for people and `ssh-keygen`; what
     /// is trusted is decided by the keys the operator gives, never by this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer: Option<String>,
+}
+
+/// The volume records as a manifest stores them ([`VolumeRecord::as_stored`]).
+fn stored_volumes<S: serde::Serializer>(
+    volumes: &[VolumeRecord],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(volumes.iter().map(VolumeRecord::as_stored))
 }
 
 /// What the app ran when it was backed up.
@@ -111,8 +123,15 @@ pub struct VolumeRecord {
     /// [`CHUNKS_DIR`] and shared between backups. Then `object` names no object,
     /// `stored_size` is the sum of the chunks' sizes and `sha256` is the sha256 of their
     /// digests, one lowercase hex line each (`sha256sum` of the list).
+    ///
+    /// Format 5 writes no chunks here but [`VolumeRecord::lists`]; once those are read back
+    /// and checked, the chunks they hold are here in memory as for format 3.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkRef>,
+    /// Format 5, deduplicated: the objects that hold the chunk list, in order ([`list_text`]);
+    /// the manifest binds each by its sha256, and each binds its chunks by theirs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lists: Vec<ListRef>,
     /// Of `stored_size`, the bytes this backup uploaded (chunks no earlier backup had); the
     /// rest was reused. Chunked volumes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,6 +174,117 @@ pub struct ChunkRef {
     pub sha256: Hex32,
     /// Bytes of tar stream it holds.
     pub plain: u64,
+}
+
+/// One object of a volume's chunk list (format 5): the zstd frame of [`list_text`] of some of
+/// its chunks, stored beside them (`chunks/<ab>/<sha256>`), in plain text: it shows what a
+/// format-3 manifest showed, ids that are keyed hashes and sizes, and nothing else.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListRef {
+    /// The sha256 of the bytes stored, which names the object.
+    pub sha256: Hex32,
+    /// Bytes stored (the zstd frame).
+    pub size: u64,
+    /// The chunks it lists.
+    pub chunks: u64,
+    /// The sum of their stored sizes.
+    pub stored: u64,
+    /// The sum of their tar bytes.
+    pub plain: u64,
+}
+
+impl ListRef {
+    /// The object, as a chunk is one: to fetch, copy or look for it (its `id` and `plain`
+    /// are no chunk's).
+    pub fn object(&self) -> ChunkRef {
+        ChunkRef {
+            id: Hex32([0; 32]),
+            size: self.size,
+            sha256: self.sha256,
+            plain: 0,
+        }
+    }
+}
+
+/// The longest line of a chunk list: two digests, two sizes of up to 20 digits, three spaces
+/// and the newline.
+pub const LIST_LINE_MAX: usize = 64 + 1 + 64 + 1 + 20 + 1 + 20 + 1;
+/// The most chunks one list object holds (about 1.2 MB of text).
+pub const LIST_OBJECT_MAX: usize = 8192;
+
+/// Chunks as a list object's text, one per line: `<id> <sha256> <size> <plain>`, lowercase
+/// hex and decimal, so `awk '{print $2}'` gives the objects to fetch in order.
+pub fn list_text(chunks: &[ChunkRef]) -> Vec<u8> {
+    use std::io::Write;
+    let mut text = Vec::with_capacity(chunks.len() * (LIST_LINE_MAX - 24));
+    for c in chunks {
+        text.extend_from_slice(&c.id.digits());
+        text.push(b' ');
+        text.extend_from_slice(&c.sha256.digits());
+        writeln!(text, " {} {}", c.size, c.plain).expect("writing to a Vec cannot fail");
+    }
+    text
+}
+
+/// The chunks of a list object's text, read only as [`list_text`] writes it (a decimal
+/// without leading zeros, single spaces, a newline after each line); the reason otherwise,
+/// which never echoes the text.
+pub fn parse_list(text: &[u8]) -> Result<Vec<ChunkRef>, String> {
+    fn number(field: &[u8]) -> Option<u64> {
+        let digits = field.iter().all(u8::is_ascii_digit) && !field.is_empty();
+        let canonical = field.len() == 1 || field.first() != Some(&b'0');
+        (digits && canonical)
+            .then(|| std::str::from_utf8(field).ok()?.parse().ok())
+            .flatten()
+    }
+    let Some(body) = text.strip_suffix(b"\n") else {
+        return match text.is_empty() {
+            true => Err("it lists no chunk".into()),
+            false => Err("its last line does not end".into()),
+        };
+    };
+    let mut chunks = Vec::with_capacity(text.len() / (LIST_LINE_MAX - 24));
+    for (n, line) in body.split(|&b| b == b'\n').enumerate() {
+        let bad = || format!("line {} is not `<id> <sha256> <size> <plain>`", n + 1);
+        let mut fields = line.split(|&b| b == b' ');
+        let mut next = || fields.next().ok_or_else(bad);
+        let hex = |f: &[u8]| std::str::from_utf8(f).ok().and_then(Hex32::parse);
+        let id = hex(next()?).ok_or_else(bad)?;
+        let sha256 = hex(next()?).ok_or_else(bad)?;
+        let size = number(next()?).ok_or_else(bad)?;
+        let plain = number(next()?).ok_or_else(bad)?;
+        if fields.next().is_some() {
+            return Err(bad());
+        }
+        chunks.push(ChunkRef {
+            id,
+            size,
+            sha256,
+            plain,
+        });
+    }
+    Ok(chunks)
+}
+
+/// Where a volume's chunk list is split into objects: after a chunk whose (keyed) id ends in
+/// eleven zero bits, about every 2,048 chunks (1 GiB of tar), and at most every
+/// [`LIST_OBJECT_MAX`]. A stretch of the volume that did not change since the last backup
+/// gives the same objects again, which are stored once.
+pub fn list_pieces(chunks: &[ChunkRef]) -> impl Iterator<Item = &[ChunkRef]> {
+    let mut rest = chunks;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let window = &rest[..rest.len().min(LIST_OBJECT_MAX)];
+        let end = window
+            .iter()
+            .position(|c| u16::from_le_bytes([c.id.0[30], c.id.0[31]]) & 0x07ff == 0)
+            .map_or(window.len(), |i| i + 1);
+        let (piece, after) = rest.split_at(end);
+        rest = after;
+        Some(piece)
+    })
 }
 
 /// 32 bytes (a keyed id, a sha256) held as bytes and written as 64 lowercase hex digits, the
@@ -219,9 +349,66 @@ impl<'de> Deserialize<'de> for Hex32 {
 }
 
 impl VolumeRecord {
-    /// Whether the volume is stored as chunks (format 3) rather than as one object.
+    /// Whether the volume is stored as chunks (format 3, or 5 with its lists in objects)
+    /// rather than as one object.
     pub fn is_chunked(&self) -> bool {
-        !self.chunks.is_empty()
+        !self.chunks.is_empty() || !self.lists.is_empty()
+    }
+
+    /// How many chunks it has, whether its lists are read yet or not.
+    pub fn chunk_count(&self) -> u64 {
+        match self.lists.is_empty() {
+            true => self.chunks.len() as u64,
+            false => self.lists.iter().map(|l| l.chunks).sum(),
+        }
+    }
+
+    /// The record as a format-5 manifest stores it: the chunks a list object holds are left
+    /// out (they are only in memory).
+    fn as_stored(&self) -> std::borrow::Cow<'_, VolumeRecord> {
+        if self.lists.is_empty() || self.chunks.is_empty() {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let VolumeRecord {
+            name,
+            kind,
+            compose_volume,
+            driver,
+            labels,
+            service,
+            container_path,
+            object,
+            stored_size,
+            sha256,
+            tar_size,
+            compression,
+            encryption,
+            root,
+            chunks: _,
+            lists,
+            new_bytes,
+            segments,
+        } = self;
+        std::borrow::Cow::Owned(VolumeRecord {
+            name: name.clone(),
+            kind: *kind,
+            compose_volume: compose_volume.clone(),
+            driver: driver.clone(),
+            labels: labels.clone(),
+            service: service.clone(),
+            container_path: container_path.clone(),
+            object: object.clone(),
+            stored_size: *stored_size,
+            sha256: sha256.clone(),
+            tar_size: *tar_size,
+            compression: *compression,
+            encryption: encryption.clone(),
+            root: *root,
+            chunks: Vec::new(),
+            lists: lists.clone(),
+            new_bytes: *new_bytes,
+            segments: *segments,
+        })
     }
 }
 
@@ -464,5 +651,83 @@ mod tests {
             );
         }
         assert_eq!(chunk_key(&value), format!("chunks/00/{text}"));
+    }
+
+    fn chunk(i: u32) -> ChunkRef {
+        ChunkRef {
+            id: Hex32(*blake3::hash(&i.to_le_bytes()).as_bytes()),
+            size: u64::from(i) * 1000,
+            sha256: Hex32([(i % 251) as u8; 32]),
+            plain: u64::MAX - u64::from(i),
+        }
+    }
+
+    /// A list's text reads back as written, and only as written: nothing else a bucket
+    /// writer might put there parses (the sha256 in the manifest refuses it first).
+    #[test]
+    fn a_chunk_list_reads_back_only_as_written() {
+        let chunks: Vec<ChunkRef> = (0..5).map(chunk).collect();
+        let text = list_text(&chunks);
+        assert_eq!(parse_list(&text).unwrap(), chunks);
+        let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+        assert!(lines[..5].iter().all(|l| l.len() < LIST_LINE_MAX));
+        let first = String::from_utf8(lines[0].to_vec()).unwrap();
+        assert_eq!(
+            first,
+            format!("{} {} 0 {}", chunks[0].id, chunks[0].sha256, u64::MAX)
+        );
+        let line = |changed: String| {
+            let mut all = text.clone();
+            all.splice(..first.len(), changed.into_bytes());
+            parse_list(&all)
+        };
+        for bad in [
+            first.replace(" 0 ", " 00 "),
+            first.replace(" 0 ", "  0 "),
+            first.replace(" 0 ", " +0 "),
+            first.to_uppercase(),
+            format!("{first} 1"),
+            first.rsplit_once(' ').unwrap().0.to_string(),
+            format!("{} {}", first, "9".repeat(21)),
+            first.replace(&u64::MAX.to_string(), "18446744073709551616"),
+        ] {
+            let error = line(bad.clone()).unwrap_err();
+            assert!(error.starts_with("line 1 "), "{bad}: {error}");
+            assert!(!error.contains(&bad), "{error}");
+        }
+        assert!(parse_list(&text[..text.len() - 1]).is_err());
+        assert!(parse_list(b"").is_err());
+        assert!(parse_list(b"\n").is_err());
+    }
+
+    /// List edges depend only on the chunks' keyed ids: a change before an edge moves no
+    /// other edge, and no list holds more than the most.
+    #[test]
+    fn chunk_lists_are_cut_after_keyed_ids_and_at_most_the_most() {
+        let chunks: Vec<ChunkRef> = (0..30_000).map(chunk).collect();
+        let pieces: Vec<&[ChunkRef]> = list_pieces(&chunks).collect();
+        assert_eq!(pieces.concat(), chunks);
+        assert!(pieces.len() > 5, "{}", pieces.len());
+        assert!(pieces.iter().all(|p| p.len() <= LIST_OBJECT_MAX));
+        let mut inserted = chunks.clone();
+        inserted.insert(100, chunk(1_000_000));
+        let again: Vec<&[ChunkRef]> = list_pieces(&inserted).collect();
+        assert_eq!(again.len(), pieces.len());
+        assert_eq!(again[1..], pieces[1..]);
+        let unkeyed: Vec<ChunkRef> = (0..20_000)
+            .map(|i| ChunkRef {
+                id: Hex32([0xff; 32]),
+                ..chunk(i)
+            })
+            .collect();
+        let sizes: Vec<usize> = list_pieces(&unkeyed).map(<[ChunkRef]>::len).collect();
+        assert_eq!(
+            sizes,
+            [
+                LIST_OBJECT_MAX,
+                LIST_OBJECT_MAX,
+                20_000 - 2 * LIST_OBJECT_MAX
+            ]
+        );
     }
 }

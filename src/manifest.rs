@@ -29,6 +29,15 @@ pub fn check(manifest: &Manifest, app: &str, backup_id: &str) -> Result<(), Stri
             crate::format::CHUNKED_FORMAT
         ));
     }
+    if manifest.format_version < crate::format::LISTED_FORMAT
+        && manifest.volumes.iter().any(|v| !v.lists.is_empty())
+    {
+        return Err(format!(
+            "its manifest is format {} but keeps chunk lists in objects, which only format {} does",
+            manifest.format_version,
+            crate::format::LISTED_FORMAT
+        ));
+    }
     if manifest.format_version < crate::format::SEGMENTED_FORMAT
         && manifest.volumes.iter().any(|v| v.segments != 1)
     {
@@ -179,6 +188,64 @@ fn check_chunks(record: &VolumeRecord) -> Result<(), String> {
     if record.compression == crate::format::Compression::Gzip {
         return Err(format!("volume {name}: chunks are never gzip-compressed"));
     }
+    if record.lists.is_empty() {
+        return check_chunk_list(record);
+    }
+    if !record.chunks.is_empty() {
+        return Err(format!(
+            "volume {name}: it lists chunks both in the manifest and in list objects"
+        ));
+    }
+    let mut sums = (0u64, 0u64);
+    for list in &record.lists {
+        let most = crate::format::LIST_OBJECT_MAX as u64;
+        let bytes_most = list.chunks * crate::format::LIST_LINE_MAX as u64 + 64;
+        if list.chunks == 0 || list.chunks > most || list.size == 0 || list.size > bytes_most {
+            return Err(format!(
+                "volume {name}: list object {} is not one lifeboat writes ({} chunks in {} bytes)",
+                list.sha256, list.chunks, list.size
+            ));
+        }
+        sums = match (
+            sums.0.checked_add(list.stored),
+            sums.1.checked_add(list.plain),
+        ) {
+            (Some(stored), Some(plain)) => (stored, plain),
+            _ => (u64::MAX, u64::MAX),
+        };
+    }
+    if sums != (record.stored_size, record.tar_size) {
+        return Err(format!(
+            "volume {name}: its list objects' sizes do not add up to the sizes it records"
+        ));
+    }
+    Ok(())
+}
+
+/// The chunks of a list object as read back ([`crate::format::parse_list`]) against what the
+/// manifest says of it.
+pub fn check_list_object(
+    list: &crate::format::ListRef,
+    chunks: &[crate::format::ChunkRef],
+) -> Result<(), String> {
+    let stored = chunks.iter().try_fold(0u64, |t, c| t.checked_add(c.size));
+    let plain = chunks.iter().try_fold(0u64, |t, c| t.checked_add(c.plain));
+    if chunks.len() as u64 != list.chunks
+        || stored != Some(list.stored)
+        || plain != Some(list.plain)
+    {
+        return Err(format!(
+            "list object {} holds other chunks than its manifest records",
+            list.sha256
+        ));
+    }
+    Ok(())
+}
+
+/// A chunked record's chunks, in the manifest (format 3, 4) or read from its list objects
+/// (format 5): their sizes add up to the record's, and the record's digest covers them.
+pub fn check_chunk_list(record: &VolumeRecord) -> Result<(), String> {
+    let name = crate::text::Printable(&record.name);
     let stored = record
         .chunks
         .iter()
@@ -396,6 +463,7 @@ pub(crate) mod tests {
                 },
                 root: None,
                 chunks: vec![],
+                lists: vec![],
                 new_bytes: None,
             }],
             signer: None,
@@ -440,6 +508,63 @@ pub(crate) mod tests {
         }
         assert!(text.contains("\"recipients\": [\"age1x\"]"), "{text}");
         assert!(text.ends_with("\n}"), "{text}");
+    }
+
+    /// Format 5: a volume's chunks are in list objects; the manifest stores what it says of
+    /// them and not the chunks, and lists are checked as far as the manifest alone can.
+    #[test]
+    fn a_listed_manifest_stores_its_lists_not_its_chunks() {
+        let mut m = sample("20260102T030405.010Z");
+        m.format_version = crate::format::LISTED_FORMAT;
+        let chunks: Vec<crate::format::ChunkRef> = (0..3u8)
+            .map(|i| crate::format::ChunkRef {
+                id: crate::format::Hex32([i; 32]),
+                size: 3 + u64::from(i),
+                sha256: crate::format::Hex32([i + 100; 32]),
+                plain: 7,
+            })
+            .collect();
+        let record = &mut m.volumes[0];
+        (record.stored_size, record.tar_size) = (12, 21);
+        record.sha256 = crate::format::chunk_list_digest(&chunks);
+        record.lists = vec![crate::format::ListRef {
+            sha256: crate::format::Hex32([9; 32]),
+            size: 200,
+            chunks: 3,
+            stored: 12,
+            plain: 21,
+        }];
+        record.chunks = chunks;
+        let bytes = crate::format::manifest_json(&m).unwrap();
+        let back: Manifest = serde_json::from_slice(&bytes).unwrap();
+        let stored = &back.volumes[0];
+        assert!(stored.chunks.is_empty() && stored.lists == m.volumes[0].lists);
+        assert_eq!(stored.chunk_count(), 3);
+        let id = "20260102T030405.010Z";
+        assert_eq!(check(&back, "cvat", id), Ok(()));
+        check_chunk_list(&m.volumes[0]).unwrap();
+        let refused = |change: &dyn Fn(&mut Manifest)| {
+            let mut wrong = back.clone();
+            change(&mut wrong);
+            check(&wrong, "cvat", id).unwrap_err()
+        };
+        let error = refused(&|w| w.format_version = crate::format::SEGMENTED_FORMAT);
+        assert!(error.contains("keeps chunk lists in objects"), "{error}");
+        let error = refused(&|w| w.volumes[0].chunks = m.volumes[0].chunks.clone());
+        assert!(
+            error.contains("both in the manifest and in list objects"),
+            "{error}"
+        );
+        let error = refused(&|w| w.volumes[0].lists[0].stored = 13);
+        assert!(error.contains("do not add up"), "{error}");
+        let error = refused(&|w| w.volumes[0].lists[0].chunks = 0);
+        assert!(error.contains("not one lifeboat writes"), "{error}");
+        let error = refused(&|w| w.volumes[0].lists[0].size = 3 * 172 + 65);
+        assert!(error.contains("not one lifeboat writes"), "{error}");
+        // The lists read back must be the chunks the digest covers.
+        let mut swapped = m.volumes[0].clone();
+        swapped.chunks.swap(0, 1);
+        assert!(check_chunk_list(&swapped).unwrap_err().contains("digest"));
     }
 
     fn signer() -> Signer {

@@ -262,8 +262,11 @@ impl Repo {
                 .await
                 .map_err(|e| anyhow!("the chunks of {app} cannot be listed: {e}"))?;
             for record in manifest.volumes.iter().filter(|v| v.is_chunked()) {
-                if let Some(problem) = crate::pipeline::chunk::missing(&record.chunks, &present) {
-                    return Err(anyhow!("volume {}: {problem}", record.name));
+                let lists: Vec<_> = record.lists.iter().map(|l| l.object()).collect();
+                for (of, what) in [(&record.chunks, "chunks"), (&lists, "chunk lists")] {
+                    if let Some(problem) = crate::pipeline::chunk::missing(of, &present) {
+                        return Err(anyhow!("volume {}, its {what}: {problem}", record.name));
+                    }
                 }
             }
         }
@@ -393,10 +396,13 @@ impl Repo {
         ids.sort_unstable_by(|a, b| b.cmp(a));
         for id in ids.iter().take(5) {
             if let Ok((bytes, sig)) = self.fetch(app, id).await
-                && let Ok(found) =
+                && let Ok(mut found) =
                     manifest::authenticate_as(app, id, &bytes, sig.as_deref(), policy, false)
             {
-                return Ok(Some(found));
+                match self.read_lists(&mut found.manifest).await {
+                    Ok(()) => return Ok(Some(found)),
+                    Err(error) => tracing::warn!("backup {id} is not reused: {error:#}"),
+                }
             }
         }
         Ok(None)
@@ -466,8 +472,35 @@ impl Repo {
             }
             Err(e) => return Err(anyhow!("cannot read {key}: {e}")),
         };
-        manifest::authenticate(app, id, &bytes, sig.as_deref(), policy)
-            .map_err(|refused| crate::error::verification(refused.to_string()))
+        let mut found = manifest::authenticate(app, id, &bytes, sig.as_deref(), policy)
+            .map_err(|refused| crate::error::verification(refused.to_string()))?;
+        self.read_lists(&mut found.manifest).await?;
+        Ok(found)
+    }
+
+    /// Reads the chunk lists of a format-5 manifest's volumes from their objects into their
+    /// records' `chunks`, each checked against the signed manifest: a list missing or altered
+    /// in the store is a verification failure (exit 4) of the backup, before anything uses it.
+    pub async fn read_lists(&self, manifest: &mut Manifest) -> Result<()> {
+        let store = self.chunk_store(&manifest.app);
+        let backup_id = &manifest.backup_id;
+        for record in manifest.volumes.iter_mut() {
+            if record.lists.is_empty() || !record.chunks.is_empty() {
+                continue;
+            }
+            let name = crate::text::Printable(&record.name);
+            let failed = |reason: String| {
+                crate::error::verification(format!("backup {backup_id}, volume {name}: {reason}"))
+            };
+            record.chunks = crate::pipeline::chunk_list::read_lists(&store, &record.lists)
+                .await
+                .map_err(|e| match e {
+                    crate::pipeline::PipelineError::Verification(reason) => failed(reason),
+                    other => anyhow!("cannot read the chunk lists of backup {backup_id}: {other}"),
+                })?;
+            manifest::check_chunk_list(record).map_err(failed)?;
+        }
+        Ok(())
     }
 
     async fn read_newest(&self, app: &str, policy: &TrustPolicy) -> Result<Authenticated> {
@@ -479,7 +512,11 @@ impl Repo {
             ))
         })?;
         match &newest.outcome {
-            Ok(found) => Ok(found.clone()),
+            Ok(found) => {
+                let mut found = found.clone();
+                self.read_lists(&mut found.manifest).await?;
+                Ok(found)
+            }
             Err(refused) => {
                 let genuine = all.iter().rev().find(|l| l.outcome.is_ok());
                 let hint = match genuine {
@@ -549,12 +586,15 @@ impl Repo {
         struct Chunks {
             #[serde(default)]
             chunks: Vec<Id>,
+            #[serde(default)]
+            lists: Vec<crate::format::ListRef>,
         }
         #[derive(serde::Deserialize)]
         struct Id {
             sha256: String,
         }
         let mut referenced = std::collections::HashSet::new();
+        let store = self.chunk_store(app);
         for (id, _) in self.folders(app).await? {
             if leaving.contains(&id) {
                 continue;
@@ -566,13 +606,16 @@ impl Repo {
             };
             let parsed: Volumes = serde_json::from_slice(&bytes)
                 .map_err(|e| anyhow!("the manifest of {id} cannot be parsed ({e})"))?;
-            referenced.extend(
-                parsed
-                    .volumes
-                    .into_iter()
-                    .flat_map(|v| v.chunks)
-                    .map(|c| c.sha256),
-            );
+            for volume in parsed.volumes {
+                referenced.extend(volume.chunks.into_iter().map(|c| c.sha256));
+                // A list's chunks are referenced, and so is the list: read it whether the
+                // manifest is genuine or not, and if it cannot be read, no chunk may go.
+                let lists = crate::pipeline::chunk_list::read_lists(&store, &volume.lists)
+                    .await
+                    .map_err(|e| anyhow!("the chunk lists of {id} cannot be read ({e})"))?;
+                referenced.extend(lists.iter().map(|c| c.sha256.to_string()));
+                referenced.extend(volume.lists.iter().map(|l| l.sha256.to_string()));
+            }
         }
         Ok(referenced)
     }

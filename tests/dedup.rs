@@ -64,7 +64,7 @@ fn a_second_night_stores_only_what_changed_and_every_night_restores_exactly() {
     let listed = list_json(&s3, &store);
     assert_eq!(listed.len(), 2);
     assert!(
-        listed.iter().all(|m| m["format_version"] == 3),
+        listed.iter().all(|m| m["format_version"] == 5),
         "{listed:?}"
     );
     let first_id = listed[0]["backup_id"].as_str().unwrap().to_string();
@@ -121,6 +121,42 @@ fn a_second_night_stores_only_what_changed_and_every_night_restores_exactly() {
     );
     assert_eq!(app.snapshot(&data), night2);
     assert!(app.running().values().all(|r| *r), "the app runs again");
+
+    // Night 2's chunk list is an object of its own (format 5). A bucket writer swaps in
+    // night 1's list, writes other bytes of the same size, or deletes it: verify and restore
+    // refuse the backup (exit 4, naming the list) and the volume keeps what it holds.
+    let list_file = |night: usize| {
+        let sum = listed[night]["volumes"][0]["lists"][0]["sha256"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        s3.object_file(
+            "dedup",
+            &format!("lifeboat/{}/chunks/{}/{sum}", app.project, &sum[..2]),
+        )
+    };
+    let genuine = std::fs::read(list_file(1)).unwrap();
+    let mut same_size = std::fs::read(list_file(0)).unwrap();
+    same_size.resize(genuine.len(), b'\n');
+    for planted in [
+        Some(std::fs::read(list_file(0)).unwrap()),
+        Some(same_size),
+        None,
+    ] {
+        match &planted {
+            Some(bytes) => std::fs::write(list_file(1), bytes).unwrap(),
+            None => std::fs::remove_file(list_file(1)).unwrap(),
+        }
+        for command in ["verify", "restore"] {
+            let output = with_key(&s3, command, &app.project, &store, &[], &key);
+            let said = format!("{}{}", stdout(&output), stderr(&output));
+            assert_eq!(output.status.code(), Some(4), "{command}: {said}");
+            assert!(said.contains("chunk list"), "{command}: {said}");
+        }
+        assert_eq!(app.snapshot(&data), night2);
+        assert!(app.running().values().all(|r| *r), "the app runs");
+    }
+    std::fs::write(list_file(1), &genuine).unwrap();
 
     // Prune: night 1 goes, and with it only the chunks night 2 does not share (once they
     // are past the grace period: age them).
@@ -189,9 +225,9 @@ fn a_second_night_stores_only_what_changed_and_every_night_restores_exactly() {
     assert!(!stderr(&output).contains("failed"), "{}", stderr(&output));
     let listed = list_json(&s3, &store);
     assert_eq!(listed.len(), 1, "retention kept one");
-    assert_eq!(listed[0]["format_version"], 3);
+    assert_eq!(listed[0]["format_version"], 5);
     // The chunks the one backup left references (younger unreferenced ones may remain).
-    let referenced: Vec<String> = listed[0]["volumes"][0]["chunks"]
+    let referenced: Vec<String> = show_json(&s3, &store, &app.project)["volumes"][0]["chunks"]
         .as_array()
         .unwrap()
         .iter()

@@ -113,9 +113,10 @@ sha256sum object.age; grep '\"sha256\":' manifest.json",
     );
 }
 
-/// A deduplicated backup (format 3) comes back with the README's loop: each chunk fetched in
-/// manifest order, its sha256 checked, decrypted with `age -d`, the concatenation through
-/// `zstd -d | tar -x`.
+/// A deduplicated backup (format 5) comes back with the README's loop: each list object
+/// fetched in manifest order and its sha256 checked, then each chunk it lists, its sha256
+/// checked, decrypted with `age -d`, the concatenation through `zstd -d | tar -x`. A chunk or
+/// a list replaced in the bucket stops the loop.
 #[test]
 fn a_deduplicated_volume_comes_back_with_the_readme_loop() {
     let mut app = TestApp::new("stockdedup");
@@ -130,7 +131,9 @@ fn a_deduplicated_volume_comes_back_with_the_readme_loop() {
     assert!(output.status.success(), "{}", stderr(&output));
     let manifest = &list_json(&s3, &store)[0];
     let volume = manifest["volumes"][0]["name"].as_str().unwrap().to_string();
-    assert!(manifest["volumes"][0]["chunks"].as_array().unwrap().len() > 2);
+    assert!(manifest["volumes"][0]["chunks"].is_null(), "{manifest}");
+    let chunks = show_json(&s3, &store, &app.project)["volumes"][0]["chunks"].clone();
+    assert!(chunks.as_array().unwrap().len() > 2);
     std::fs::write(
         work.path().join("manifest.json"),
         serde_json::to_vec_pretty(manifest).unwrap(),
@@ -142,12 +145,14 @@ fn a_deduplicated_volume_comes_back_with_the_readme_loop() {
     let script = format!(
         r#"set -o pipefail; cd {work}
 A=s3://stockdedup/lifeboat/{app}
-jq -r '.volumes[] | select(.name=="{volume}") | .chunks[] | .sha256' manifest.json |
-while read sum; do
-  aws --endpoint-url {endpoint} s3 cp --quiet "$A/chunks/$(echo $sum | cut -c1-2)/$sum" chunk.age
-  echo "$sum  chunk.age" | sha256sum -c --quiet >&2 || exit 1
-  age -d -i {key} < chunk.age
-done | zstd -d | tar -xpf - --numeric-owner -C {dir}"#,
+get() {{
+  aws --endpoint-url {endpoint} s3 cp --quiet "$A/chunks/$(echo $1 | cut -c1-2)/$1" "$2" &&
+  echo "$1  $2" | sha256sum -c --quiet >&2
+}}
+jq -r '.volumes[] | select(.name=="{volume}") | .lists[] | .sha256' manifest.json |
+while read sum; do get $sum list.zst || exit 1; zstd -dc list.zst; done |
+while read id sum size plain; do get $sum chunk.age || exit 1; age -d -i {key} < chunk.age; done |
+zstd -d | tar -xpf - --numeric-owner -C {dir}"#,
         work = work.path().display(),
         app = app.project,
         endpoint = s3.endpoint,
@@ -162,31 +167,38 @@ done | zstd -d | tar -xpf - --numeric-owner -C {dir}"#,
     let outside = run(Command::new("sha256sum").arg(restored.join("big.bin")));
     assert_eq!(stdout(&outside)[..64], inside);
 
-    // A chunk replaced in the bucket stops the loop at its sha256 check.
-    let chunk = manifest["volumes"][0]["chunks"][1]["sha256"]
+    // A chunk replaced in the bucket stops the loop at its sha256 check, and so does a list.
+    let list = manifest["volumes"][0]["lists"][0]["sha256"]
         .as_str()
         .unwrap();
-    let file = s3.object_file(
-        "stockdedup",
-        &format!("lifeboat/{}/chunks/{}/{chunk}", app.project, &chunk[..2]),
-    );
-    std::fs::write(&file, b"planted").unwrap();
-    let again = work.path().join("again");
-    std::fs::create_dir(&again).unwrap();
-    let output = run(s3
-        .env(Command::new("bash").args([
-            "-c",
-            &script.replace(
-                &restored.display().to_string(),
-                &again.display().to_string(),
-            ),
-        ]))
-        .env_remove("AWS_CA_BUNDLE"));
-    assert!(
-        !output.status.success(),
-        "a replaced chunk must stop the loop"
-    );
-    assert!(stderr(&output).contains("FAILED"), "{}", stderr(&output));
+    for (n, sum) in [chunks[1]["sha256"].as_str().unwrap(), list]
+        .iter()
+        .enumerate()
+    {
+        let file = s3.object_file(
+            "stockdedup",
+            &format!("lifeboat/{}/chunks/{}/{sum}", app.project, &sum[..2]),
+        );
+        let genuine = std::fs::read(&file).unwrap();
+        std::fs::write(&file, b"planted").unwrap();
+        let again = work.path().join(format!("again{n}"));
+        std::fs::create_dir(&again).unwrap();
+        let output = run(s3
+            .env(Command::new("bash").args([
+                "-c",
+                &script.replace(
+                    &restored.display().to_string(),
+                    &again.display().to_string(),
+                ),
+            ]))
+            .env_remove("AWS_CA_BUNDLE"));
+        assert!(
+            !output.status.success(),
+            "a replaced object ({n}) must stop the loop"
+        );
+        assert!(stderr(&output).contains("FAILED"), "{}", stderr(&output));
+        std::fs::write(&file, genuine).unwrap();
+    }
 }
 
 /// A volume longer than the store takes parts per object (here 2 parts of 5 MiB) is stored in

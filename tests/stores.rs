@@ -202,13 +202,7 @@ fn repeated_to_flags_deduplicate_against_each_store_and_an_unreachable_one_is_na
     let err = stderr(&output);
     assert_ne!(output.status.code(), Some(0), "{err}");
     assert!(err.contains(&format!("store {missing} failed")), "{err}");
-    let newest = |store: &str| {
-        let output = run(s3
-            .env(&mut lifeboat())
-            .args(["list", "--json", "--store", store]));
-        let listed: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
-        listed.last().unwrap()["volumes"][0].clone()
-    };
+    let newest = |store: &str| show_json(&s3, store, &app.project)["volumes"][0].clone();
     let (in_a, in_b) = (newest(&a), newest(&b));
     assert_eq!(in_a["new_bytes"], 0, "a had every chunk: {in_a}");
     assert_eq!(

@@ -36,7 +36,18 @@ pub async fn run(args: ShowArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
     let m = &found.manifest;
     let mut out = std::io::stdout().lock();
     if args.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(m)?)?;
+        // As stored, plus the chunks read (and checked) from each volume's list objects.
+        let mut value = serde_json::to_value(m)?;
+        for (record, volume) in m
+            .volumes
+            .iter()
+            .zip(value["volumes"].as_array_mut().into_iter().flatten())
+        {
+            if !record.lists.is_empty() {
+                volume["chunks"] = serde_json::to_value(&record.chunks)?;
+            }
+        }
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let vouched = match &found.authenticity {
@@ -91,7 +102,7 @@ pub async fn run(args: ShowArgs, file: ConfigFile) -> anyhow::Result<ExitCode> {
             writeln!(
                 out,
                 "           {} chunks: {} new, {} reused from earlier backups; encrypted to {}",
-                v.chunks.len(),
+                v.chunk_count(),
                 human_bytes(new),
                 human_bytes(v.stored_size.saturating_sub(new)),
                 Printable(&v.encryption.recipients.join(", "))

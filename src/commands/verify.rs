@@ -74,7 +74,17 @@ pub async fn run(args: VerifyArgs, file: ConfigFile) -> anyhow::Result<ExitCode>
     } else {
         None
     };
-    for found in &backups {
+    for mut found in backups {
+        // One backup's chunk lists at a time (format 5): read and checked here, dropped after.
+        if let Err(error) = repo.read_lists(&mut found.manifest).await {
+            writeln!(out, "FAIL  {}: {error:#}", found.manifest.backup_id)?;
+            failures += 1;
+            worst.get_or_insert(
+                lifeboat::error::classified(&error).unwrap_or(lifeboat::error::ExitClass::Failure),
+            );
+            continue;
+        }
+        let found = &found;
         let how = How {
             identities,
             present: present.as_ref(),

@@ -13,9 +13,10 @@
 //! Every stage streams: memory is bounded by the upload parts in flight (equal parts; a volume
 //! past the store's part limit goes on in another segment) plus small buffers, whatever the
 //! size of the volume, and no plaintext is written to local disk. Chunked volumes add their
-//! chunk lists, 80 bytes per chunk address.
+//! chunk lists, 80 bytes per chunk address, kept in objects of their own ([`chunk_list`]).
 
 pub mod chunk;
+pub mod chunk_list;
 pub mod compress;
 pub mod cut;
 pub mod download;

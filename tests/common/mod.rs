@@ -199,6 +199,16 @@ pub fn list_json(s3: &S3Server, store: &str) -> Vec<serde_json::Value> {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// The newest backup's manifest as `lifeboat show --json` shows it: a deduplicated volume's
+/// chunks included, read from its list objects (format 5).
+pub fn show_json(s3: &S3Server, store: &str, project: &str) -> serde_json::Value {
+    let output = run(s3
+        .env(&mut lifeboat())
+        .args(["show", "--json", "--store", store, "-p", project]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// Every backend that runs here, behind one interface for the parameterized suite.
 pub enum Backend {
     S3(S3Server),
