@@ -5,7 +5,8 @@
 //! tar stream → buffer (8 MiB, split, never copied per chunk)
 //!            → the previous backup's next chunks again? (same lengths, same keyed ids; up to
 //!              eight hashed at once) → those chunks, up to the first that differs
-//!            → else FastCDC cut → zero runs cut out → each piece, its id checked against the
+//!            → else FastCDC cut (to 16–256 KiB where many tar headers lie ahead, else
+//!              128 KiB–2 MiB) → zero runs cut out → each piece, its id checked against the
 //!              previous backup's ids to pick up its order again
 //! ```
 //! A night that changed 1 % of a volume reads every byte but runs the gear hash over about 1 %
@@ -17,6 +18,8 @@
 //! Where it sits: the first stage of the `chunk` chain; sees bytes and ids, never a store.
 
 use super::chunk::{AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
+use super::tar_end::Sizes;
+use super::tar_walk::Walker;
 use crate::format::ChunkRef;
 use crate::keys::ChunkKeys;
 use bytes::{Bytes, BytesMut};
@@ -36,6 +39,14 @@ const READ_SPACE: usize = 256 * 1024;
 const FOLLOW_AT_ONCE: usize = 8;
 /// Runs of zeros at least this long are chunks of their own.
 const ZERO_RUN: usize = 64 * 1024;
+/// A chunk that starts where at least this many tar headers lie within the longest chunk
+/// ahead (entries of 32 KiB or less on average: a folder of small files, a database's small
+/// tables) is cut to the small sizes below, so that an edited small file costs a chunk of
+/// about 64 KiB, not 512.
+const SMALL_FILES: usize = 64;
+const SMALL_MIN: usize = 16 * 1024;
+const SMALL_AVG: usize = 64 * 1024;
+const SMALL_MAX: usize = 256 * 1024;
 
 /// A chunk's keyed id.
 pub type Id = [u8; 32];
@@ -103,6 +114,10 @@ pub struct Cutter<R> {
     gear_ls: Box<[u64; 256]>,
     mask_s: u64,
     mask_l: u64,
+    /// FastCDC's masks for [`SMALL_AVG`].
+    small_masks: (u64, u64),
+    /// Where the tar headers are, followed as the stream is read.
+    edges: Edges,
     previous: Option<Arc<Previous>>,
     /// The previous chunk expected next, while the stream follows the previous backup.
     expect: Option<usize>,
@@ -118,7 +133,11 @@ impl<R: AsyncRead + Unpin> Cutter<R> {
             Box::new(t.try_into().expect("the gear table has 256 entries"))
         };
         let previous = previous.filter(|p| !p.is_empty());
+        let small_masks =
+            fastcdc::v2020::select_masks(SMALL_AVG, fastcdc::v2020::Normalization::Level1);
         Cutter {
+            small_masks,
+            edges: Edges::default(),
             source,
             buf: BytesMut::with_capacity(BUFFER),
             retired: VecDeque::new(),
@@ -148,10 +167,14 @@ impl<R: AsyncRead + Unpin> Cutter<R> {
             if self.buf.capacity() - self.buf.len() < READ_SPACE {
                 self.next_block();
             }
+            let before = self.buf.len();
             if self.source.read_buf(&mut self.buf).await? == 0 {
                 self.eof = true;
             }
+            self.edges.feed(&self.buf[before..]);
         }
+        self.edges
+            .forget_before(self.edges.read - self.buf.len() as u64);
         Ok(())
     }
 
@@ -246,21 +269,79 @@ impl<R: AsyncRead + Unpin> Cutter<R> {
         Ok(self.ready.pop_front())
     }
 
-    /// The next FastCDC chunk off the buffer.
+    /// The next FastCDC chunk off the buffer: to the small sizes where many tar headers lie
+    /// ahead, else to the usual ones.
     fn cut(&mut self) -> Bytes {
+        let start = self.edges.read - self.buf.len() as u64;
+        let (min, avg, max, (mask_s, mask_l)) = match self.edges.many_small_files(start) {
+            true => (SMALL_MIN, SMALL_AVG, SMALL_MAX, self.small_masks),
+            false => (MIN_CHUNK, AVG_CHUNK, MAX_CHUNK, (self.mask_s, self.mask_l)),
+        };
         let (_, at) = fastcdc::v2020::cut_gear(
             &self.buf,
-            MIN_CHUNK,
-            AVG_CHUNK,
-            MAX_CHUNK,
-            self.mask_s,
-            self.mask_l,
-            self.mask_s << 1,
-            self.mask_l << 1,
+            min,
+            avg,
+            max,
+            mask_s,
+            mask_l,
+            mask_s << 1,
+            mask_l << 1,
             &self.gear[..],
             &self.gear_ls[..],
         );
         self.buf.split_to(at.max(1)).freeze()
+    }
+}
+
+/// The tar headers of the stream read so far, followed with the backup's own end check
+/// ([`Sizes`]); where the stream is no tar the check fails it, so here it only stops following.
+struct Edges {
+    walker: Walker,
+    sizes: Sizes,
+    /// Bytes of the stream read.
+    read: u64,
+}
+
+impl Default for Edges {
+    fn default() -> Self {
+        Edges {
+            walker: Walker::default(),
+            sizes: Sizes::recording_starts(),
+            read: 0,
+        }
+    }
+}
+
+impl Edges {
+    fn feed(&mut self, data: &[u8]) {
+        self.read += data.len() as u64;
+        if self.sizes.starts.is_some() && self.walker.advance(data, &mut self.sizes).is_err() {
+            self.sizes.starts = None;
+        }
+    }
+
+    /// Forgets the headers before `from`, where the unchunked rest of the stream starts: what
+    /// is kept is at most a header per 512 bytes of the buffer.
+    fn forget_before(&mut self, from: u64) {
+        if let Some(starts) = &mut self.sizes.starts {
+            while starts.front().is_some_and(|&at| at < from) {
+                starts.pop_front();
+            }
+        }
+    }
+
+    /// Whether at least [`SMALL_FILES`] headers start within the longest chunk from `from`.
+    fn many_small_files(&mut self, from: u64) -> bool {
+        self.forget_before(from);
+        let Some(starts) = &self.sizes.starts else {
+            return false;
+        };
+        let within = from + MAX_CHUNK as u64;
+        starts
+            .iter()
+            .take_while(|&&at| at < within)
+            .nth(SMALL_FILES - 1)
+            .is_some()
     }
 }
 
@@ -561,6 +642,85 @@ mod tests {
                     .all(|p| !p.data.is_empty() && p.data.len() <= MAX_CHUNK)
             );
         }
+    }
+
+    /// A ustar archive of these files (`f0`, `f1`, …), ended.
+    fn tar_of_files(files: &[Vec<u8>]) -> Vec<u8> {
+        let mut tar = Vec::new();
+        for (i, data) in files.iter().enumerate() {
+            let mut header = [0u8; 512];
+            let name = format!("f{i}");
+            header[..name.len()].copy_from_slice(name.as_bytes());
+            header[100..107].copy_from_slice(b"0000644");
+            header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+            header[136..147].copy_from_slice(b"00000000000");
+            header[156] = b'0';
+            header[257..263].copy_from_slice(b"ustar\0");
+            header[263..265].copy_from_slice(b"00");
+            header[148..156].fill(b' ');
+            let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+            header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+            tar.extend_from_slice(&header);
+            tar.extend_from_slice(data);
+            tar.resize(tar.len().div_ceil(512) * 512, 0);
+        }
+        tar.resize(tar.len() + 1024, 0);
+        tar
+    }
+
+    /// A folder of small files is cut small, a large file as usual; so twenty small files
+    /// edited cost chunks of about 64 KiB each, not 512, and the night still follows.
+    #[tokio::test]
+    async fn many_small_files_are_cut_small_and_an_edit_costs_little() {
+        let mut files: Vec<Vec<u8>> = (0..2000u64)
+            .map(|i| noise((i as usize * 7919) % 9000 + 100, i))
+            .collect();
+        files.push(noise(6 << 20, 5000));
+        let night1 = tar_of_files(&files);
+        let large_at = night1.len() - 1024 - (6 << 20) - 512;
+        let first = pieces(&night1, None).await;
+        assert_eq!(joined(&first), night1);
+        let mut at = 0;
+        for piece in &first {
+            if at + piece.data.len() <= large_at - MAX_CHUNK {
+                assert!(
+                    piece.data.len() <= SMALL_MAX,
+                    "{} at {at}",
+                    piece.data.len()
+                );
+            }
+            at += piece.data.len();
+        }
+        let large: Vec<usize> = lens(&first).into_iter().rev().take(2).collect();
+        assert!(large.iter().all(|&len| len > SMALL_MAX), "{large:?}");
+
+        for i in 0..20 {
+            files[i * 97].extend_from_slice(b"edit 2\n");
+        }
+        let night2 = tar_of_files(&files);
+        let previous = Arc::new(Previous::of(&chunk_list(&first)));
+        let second = pieces(&night2, Some(Arc::clone(&previous))).await;
+        assert_eq!(joined(&second), night2);
+        let new: usize = second
+            .iter()
+            .filter(|p| previous.position_of(&p.id.unwrap()).is_none())
+            .map(|p| p.data.len())
+            .sum();
+        assert!(new < 3 << 20, "20 small edits cost {new} bytes");
+    }
+
+    /// A stream that is no tar is cut as FastCDC cuts it (above); one that stops being a tar
+    /// part way is cut small no further.
+    #[test]
+    fn the_edges_stop_where_the_stream_is_no_tar() {
+        let files: Vec<Vec<u8>> = (0..200u64).map(|i| noise(1000, i)).collect();
+        let mut edges = Edges::default();
+        let tar = tar_of_files(&files);
+        edges.feed(&tar[..tar.len() - 1024]);
+        assert!(edges.many_small_files(0));
+        edges.feed(&noise(4096, 1));
+        assert!(edges.sizes.starts.is_none());
+        assert!(!edges.many_small_files(0));
     }
 
     #[test]

@@ -26,11 +26,24 @@ pub struct TarEndCheck<R> {
 /// Decides how much data follows each header: the ustar size, or the size a PAX header gave
 /// the next entry (Go's archive/tar, and so Docker, writes sizes of 8 GiB and more only there).
 #[derive(Default)]
-struct Sizes {
+pub(super) struct Sizes {
     /// Headers seen, metadata headers included.
     headers: u64,
     /// The size the last PAX header gave the next entry.
     pax_size: Option<u64>,
+    /// Where each header starts, when asked for ([`Sizes::recording_starts`]): the cutter
+    /// takes them off the front as it goes.
+    pub(super) starts: Option<std::collections::VecDeque<u64>>,
+}
+
+impl Sizes {
+    /// Sizes that also record where each header starts.
+    pub(super) fn recording_starts() -> Sizes {
+        Sizes {
+            starts: Some(Default::default()),
+            ..Default::default()
+        }
+    }
 }
 
 /// PAX headers larger than this are skipped, not parsed (Docker's are a few hundred bytes).
@@ -41,6 +54,9 @@ impl Visit for Sizes {
         let ustar_size = entry_size(block)
             .ok_or_else(|| self.malformed(format!("no valid tar header at byte {at}")))?;
         self.headers += 1;
+        if let Some(starts) = &mut self.starts {
+            starts.push_back(at);
+        }
         Ok(match block[156] {
             // Its own data is records for the next entry.
             b'x' => {
