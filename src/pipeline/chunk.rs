@@ -899,18 +899,7 @@ mod tests {
 
     /// A tar of pseudo-random (incompressible) content, so chunk sizes are real.
     fn tar_of(data: &[u8]) -> Vec<u8> {
-        let mut header = [0u8; 512];
-        header[..4].copy_from_slice(b"data");
-        header[100..107].copy_from_slice(b"0000644");
-        header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
-        header[136..147].copy_from_slice(b"00000000000");
-        header[156] = b'0';
-        header[257..263].copy_from_slice(b"ustar\0");
-        header[263..265].copy_from_slice(b"00");
-        header[148..156].fill(b' ');
-        let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
-        header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-        let mut tar = header.to_vec();
+        let mut tar = crate::pipeline::testing::file_header("data", data.len()).to_vec();
         tar.extend_from_slice(data);
         tar.resize(tar.len().div_ceil(512) * 512 + 1024, 0);
         tar

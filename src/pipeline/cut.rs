@@ -648,19 +648,10 @@ mod tests {
     fn tar_of_files(files: &[Vec<u8>]) -> Vec<u8> {
         let mut tar = Vec::new();
         for (i, data) in files.iter().enumerate() {
-            let mut header = [0u8; 512];
-            let name = format!("f{i}");
-            header[..name.len()].copy_from_slice(name.as_bytes());
-            header[100..107].copy_from_slice(b"0000644");
-            header[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
-            header[136..147].copy_from_slice(b"00000000000");
-            header[156] = b'0';
-            header[257..263].copy_from_slice(b"ustar\0");
-            header[263..265].copy_from_slice(b"00");
-            header[148..156].fill(b' ');
-            let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
-            header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-            tar.extend_from_slice(&header);
+            tar.extend_from_slice(&crate::pipeline::testing::file_header(
+                &format!("f{i}"),
+                data.len(),
+            ));
             tar.extend_from_slice(data);
             tar.resize(tar.len().div_ceil(512) * 512, 0);
         }

@@ -130,6 +130,22 @@ pub(crate) mod testing {
             .collect()
     }
 
+    /// A ustar header of a regular file (mode 0644, owner 0, mtime 0), its checksum right.
+    pub fn file_header(name: &str, size: usize) -> [u8; 512] {
+        let mut header = [0u8; 512];
+        header[..name.len()].copy_from_slice(name.as_bytes());
+        header[100..107].copy_from_slice(b"0000644");
+        header[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+        header[136..147].copy_from_slice(b"00000000000");
+        header[156] = b'0';
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        header[148..156].fill(b' ');
+        let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+        header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        header
+    }
+
     /// A store whose every write fails: its folder is a file.
     pub fn broken_objects(dir: &tempfile::TempDir) -> Arc<dyn ObjectStore> {
         let root = dir.path().join("bucket");
