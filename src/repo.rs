@@ -416,15 +416,15 @@ impl Repo {
     ) -> Result<(bytes::Bytes, Option<bytes::Bytes>), object_store::Error> {
         let (objects, layout) = (&self.store.objects, &self.store.layout);
         let manifest = async {
-            objects
-                .get(&layout.manifest(app, backup_id))
-                .await?
-                .bytes()
-                .await
+            bounded(
+                objects.get(&layout.manifest(app, backup_id)).await?,
+                MAX_MANIFEST,
+            )
+            .await
         };
         let signature = async {
             match objects.get(&layout.signature(app, backup_id)).await {
-                Ok(got) => Ok(Some(got.bytes().await?)),
+                Ok(got) => Ok(Some(bounded(got, MAX_SIGNATURE).await?)),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
             }
@@ -436,7 +436,7 @@ impl Repo {
             // The signature is written before the manifest: asked for just before it was
             // written, it is there once the manifest is.
             None => match objects.get(&layout.signature(app, backup_id)).await {
-                Ok(got) => Some(got.bytes().await?),
+                Ok(got) => Some(bounded(got, MAX_SIGNATURE).await?),
                 Err(object_store::Error::NotFound { .. }) => None,
                 Err(e) => return Err(e),
             },
@@ -684,6 +684,30 @@ impl Repo {
     }
 }
 
+/// The largest manifest read: a format-3 manifest of a 5 TiB volume (format 5 takes about
+/// 160 KiB per TiB). A larger object in the bucket is refused before it is read into memory.
+const MAX_MANIFEST: u64 = 2 << 30;
+/// The largest signature read (an SSH signature is under 1 KiB).
+const MAX_SIGNATURE: u64 = 64 << 10;
+
+/// An object's bytes, unless it is larger than `most`.
+async fn bounded(
+    got: object_store::GetResult,
+    most: u64,
+) -> Result<bytes::Bytes, object_store::Error> {
+    if got.meta.size > most {
+        return Err(object_store::Error::Generic {
+            store: "lifeboat",
+            source: format!(
+                "{} is {} bytes, more than lifeboat ever writes there ({most}): not read",
+                got.meta.location, got.meta.size
+            )
+            .into(),
+        });
+    }
+    got.bytes().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -780,6 +804,35 @@ mod tests {
         assert!(repo.list(Some("cvat"), &policy()).await.unwrap().is_empty());
         assert_eq!(repo.holders("cvat").await.unwrap().len(), 1);
         lock.release().await;
+    }
+
+    /// A manifest or signature planted far larger than lifeboat writes is refused by its size,
+    /// never read into memory (the files are sparse: nothing is written).
+    #[tokio::test]
+    async fn a_huge_manifest_or_signature_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        let repo = Repo::over(Arc::new(objects), "pre", "file://");
+        let id = "20260101T000000.000Z";
+        repo.commit(&sample(id), &signer()).await.unwrap();
+        repo.read("cvat", Some(id), &policy()).await.unwrap();
+        let folder = dir.path().join("pre/cvat").join(id);
+        for (file, size) in [
+            ("manifest.json.sig", MAX_SIGNATURE + 1),
+            ("manifest.json", MAX_MANIFEST + 1),
+        ] {
+            let grown = std::fs::OpenOptions::new()
+                .write(true)
+                .open(folder.join(file))
+                .unwrap();
+            grown.set_len(size).unwrap();
+            let err = repo.read("cvat", Some(id), &policy()).await.unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains("more than lifeboat ever writes"), "{err}");
+            assert!(err.contains(file), "{err}");
+        }
+        let listed = repo.list(Some("cvat"), &policy()).await.unwrap();
+        assert!(listed[0].outcome.is_err());
     }
 
     #[tokio::test]
