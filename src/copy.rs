@@ -69,19 +69,7 @@ pub async fn copy(
         let mut failures = Vec::new();
         for backup in &backups {
             let id = &backup.manifest.backup_id;
-            // The chunk lists of one backup at a time are in memory (format 5).
-            let mut manifest = std::borrow::Cow::Borrowed(&backup.manifest);
-            if manifest
-                .volumes
-                .iter()
-                .any(|v| v.chunks.is_empty() && !v.lists.is_empty())
-            {
-                let mut read = manifest.into_owned();
-                let listed = from.read_lists(&mut read).await;
-                manifest = std::borrow::Cow::Owned(read);
-                listed.map_err(|e| e.context(format!("copying backup {id} of {app}")))?;
-            }
-            match copy_one(from, to, &manifest, trust, parts, &cancel).await {
+            match copy_one(from, to, &backup.manifest, trust, parts, &cancel).await {
                 Ok(copied) => done.push(copied),
                 // One backup that cannot be copied does not keep the others from the target.
                 Err(e) if !cancel.is_cancelled() && backups.len() > 1 => {
@@ -124,6 +112,18 @@ async fn copy_one(
         copied.present = true;
         return Ok(copied);
     }
+    // The chunk lists of one backup at a time are in memory (format 5), read and checked.
+    let mut listed = std::borrow::Cow::Borrowed(manifest);
+    if manifest
+        .volumes
+        .iter()
+        .any(|v| v.chunks.is_empty() && !v.lists.is_empty())
+    {
+        let mut read = manifest.clone();
+        from.read_lists(&mut read).await?;
+        listed = std::borrow::Cow::Owned(read);
+    }
+    let manifest = &*listed;
     let target_chunks = if manifest.volumes.iter().any(VolumeRecord::is_chunked) {
         list_chunks(&to.chunk_store(app))
             .await

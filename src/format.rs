@@ -58,7 +58,96 @@ fn stored_volumes<S: serde::Serializer>(
     volumes: &[VolumeRecord],
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(volumes.iter().map(VolumeRecord::as_stored))
+    /// A format-5 record: its fields, and `chunks` as the one [`InLists`] entry.
+    #[derive(Serialize)]
+    struct Listed<'a> {
+        #[serde(flatten)]
+        record: &'a VolumeRecord,
+        chunks: [InLists; 1],
+    }
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Stored<'a> {
+        Record(&'a VolumeRecord),
+        Listed(Listed<'a>),
+    }
+    let stored: Vec<std::borrow::Cow<'_, VolumeRecord>> =
+        volumes.iter().map(VolumeRecord::as_stored).collect();
+    serializer.collect_seq(stored.iter().map(|record| match record.lists.is_empty() {
+        true => Stored::Record(record),
+        false => Stored::Listed(Listed {
+            record,
+            chunks: [InLists {
+                in_lists: record.chunk_count(),
+            }],
+        }),
+    }))
+}
+
+/// What a format-5 record stores in `chunks`: how many chunks its list objects hold.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InLists {
+    pub in_lists: u64,
+}
+
+/// A record's `chunks` as stored: chunks (format 3, 4), or the one [`InLists`] entry of a
+/// format-5 record, read as none.
+fn chunks_or_in_lists<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<ChunkRef>, D::Error> {
+    /// Either entry, without buffering it (a format-3 list may hold millions).
+    #[derive(Deserialize)]
+    struct Entry {
+        id: Option<Hex32>,
+        size: Option<u64>,
+        sha256: Option<Hex32>,
+        plain: Option<u64>,
+        in_lists: Option<u64>,
+    }
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<ChunkRef>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of chunks, or one {\"in_lists\": n}")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut chunks = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+            let mut in_lists = false;
+            while let Some(entry) = seq.next_element::<Entry>()? {
+                match entry {
+                    Entry {
+                        id: Some(id),
+                        size: Some(size),
+                        sha256: Some(sha256),
+                        plain: Some(plain),
+                        in_lists: None,
+                    } if !in_lists => chunks.push(ChunkRef {
+                        id,
+                        size,
+                        sha256,
+                        plain,
+                    }),
+                    Entry {
+                        id: None,
+                        size: None,
+                        sha256: None,
+                        plain: None,
+                        in_lists: Some(_),
+                    } if chunks.is_empty() && !in_lists => in_lists = true,
+                    _ => {
+                        return Err(serde::de::Error::custom(
+                            "a chunk entry that is neither a chunk nor the one {\"in_lists\": n}",
+                        ));
+                    }
+                }
+            }
+            Ok(chunks)
+        }
+    }
+    deserializer.deserialize_seq(Entries)
 }
 
 /// What the app ran when it was backed up.
@@ -126,7 +215,15 @@ pub struct VolumeRecord {
     ///
     /// Format 5 writes no chunks here but [`VolumeRecord::lists`]; once those are read back
     /// and checked, the chunks they hold are here in memory as for format 3.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ///
+    /// Stored, a format-5 record holds one entry here instead, `{"in_lists": <chunks>}`
+    /// ([`InLists`]): a lifeboat from before format 5 then cannot parse the chunks it would
+    /// otherwise take for none, and its prune stops instead of deleting them.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "chunks_or_in_lists"
+    )]
     pub chunks: Vec<ChunkRef>,
     /// Format 5, deduplicated: the objects that hold the chunk list, in order ([`list_text`]);
     /// the manifest binds each by its sha256, and each binds its chunks by theirs.
@@ -194,6 +291,14 @@ pub struct ListRef {
 }
 
 impl ListRef {
+    /// Whether it is a list lifeboat could have written: 1 to [`LIST_OBJECT_MAX`] chunks, in
+    /// at most the bytes their lines take. Checked before anything is allocated for it.
+    pub fn is_plausible(&self) -> bool {
+        (1..=LIST_OBJECT_MAX as u64).contains(&self.chunks)
+            && self.size > 0
+            && self.size <= self.chunks * LIST_LINE_MAX as u64 + 64
+    }
+
     /// The object, as a chunk is one: to fetch, copy or look for it (its `id` and `plain`
     /// are no chunk's).
     pub fn object(&self) -> ChunkRef {

@@ -492,7 +492,7 @@ impl Repo {
             let failed = |reason: String| {
                 crate::error::verification(format!("backup {backup_id}, volume {name}: {reason}"))
             };
-            record.chunks = crate::pipeline::chunk_list::read_lists(&store, &record.lists)
+            record.chunks = crate::pipeline::chunk_list::read_lists(&store, &record.lists, true)
                 .await
                 .map_err(|e| match e {
                     crate::pipeline::PipelineError::Verification(reason) => failed(reason),
@@ -580,6 +580,8 @@ impl Repo {
         #[derive(serde::Deserialize)]
         struct Volumes {
             #[serde(default)]
+            format_version: u32,
+            #[serde(default)]
             volumes: Vec<Chunks>,
         }
         #[derive(serde::Deserialize)]
@@ -589,11 +591,15 @@ impl Repo {
             #[serde(default)]
             lists: Vec<crate::format::ListRef>,
         }
+        /// A chunk, or a format-5 record's `{"in_lists": n}`.
         #[derive(serde::Deserialize)]
         struct Id {
-            sha256: String,
+            sha256: Option<String>,
+            in_lists: Option<u64>,
         }
         let mut referenced = std::collections::HashSet::new();
+        // A list shared by several backups is read once.
+        let mut lists_read = std::collections::HashSet::new();
         let store = self.chunk_store(app);
         for (id, _) in self.folders(app).await? {
             if leaving.contains(&id) {
@@ -604,17 +610,53 @@ impl Repo {
                 Err(object_store::Error::NotFound { .. }) => continue,
                 Err(e) => return Err(anyhow!("cannot read the manifest of {id}: {e}")),
             };
+            let damaged = |what: String| {
+                anyhow!(
+                    "{what}, so no chunk was deleted; if that backup is damaged, delete its folder {} (or copy it again from another store) and prune again",
+                    self.store.layout.backup_dir(app, &id)
+                )
+            };
             let parsed: Volumes = serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow!("the manifest of {id} cannot be parsed ({e})"))?;
+                .map_err(|e| damaged(format!("the manifest of {id} cannot be parsed ({e})")))?;
+            if parsed.format_version > crate::format::FORMAT_VERSION {
+                return Err(anyhow!(
+                    "backup {id} is format {}, newer than this lifeboat knows ({}), so what it references is unknown and no chunk was deleted; prune with the lifeboat that wrote it",
+                    parsed.format_version,
+                    crate::format::FORMAT_VERSION
+                ));
+            }
             for volume in parsed.volumes {
-                referenced.extend(volume.chunks.into_iter().map(|c| c.sha256));
+                for chunk in volume.chunks {
+                    match chunk {
+                        Id {
+                            sha256: Some(sha256),
+                            in_lists: None,
+                        } => referenced.insert(sha256),
+                        Id {
+                            sha256: None,
+                            in_lists: Some(_),
+                        } => continue,
+                        _ => {
+                            return Err(damaged(format!(
+                                "the manifest of {id} holds a chunk entry lifeboat does not write"
+                            )));
+                        }
+                    };
+                }
                 // A list's chunks are referenced, and so is the list: read it whether the
                 // manifest is genuine or not, and if it cannot be read, no chunk may go.
-                let lists = crate::pipeline::chunk_list::read_lists(&store, &volume.lists)
+                let unread: Vec<_> = volume
+                    .lists
+                    .into_iter()
+                    .filter(|l| lists_read.insert(l.sha256))
+                    .collect();
+                let listed = crate::pipeline::chunk_list::read_lists(&store, &unread, false)
                     .await
-                    .map_err(|e| anyhow!("the chunk lists of {id} cannot be read ({e})"))?;
-                referenced.extend(lists.iter().map(|c| c.sha256.to_string()));
-                referenced.extend(volume.lists.iter().map(|l| l.sha256.to_string()));
+                    .map_err(|e| {
+                        damaged(format!("the chunk lists of {id} cannot be read ({e})"))
+                    })?;
+                referenced.extend(listed.iter().map(|c| c.sha256.to_string()));
+                referenced.extend(unread.iter().map(|l| l.sha256.to_string()));
             }
         }
         Ok(referenced)
@@ -833,6 +875,95 @@ mod tests {
         }
         let listed = repo.list(Some("cvat"), &policy()).await.unwrap();
         assert!(listed[0].outcome.is_err());
+    }
+
+    /// Prune's references: a format-5 backup's lists and their chunks; a planted manifest
+    /// whose list claims a trillion chunks, or one of a newer format, stops it (nothing is
+    /// allocated for the claim), and so does a manifest an older lifeboat would misread.
+    #[tokio::test]
+    async fn prune_references_listed_chunks_and_stops_at_what_it_cannot_know() {
+        let repo = repo();
+        let id = "20260101T000000.000Z";
+        let mut m = sample(id);
+        let chunks: Vec<crate::format::ChunkRef> = (0..3u8)
+            .map(|i| crate::format::ChunkRef {
+                id: crate::format::Hex32([i; 32]),
+                size: 10,
+                sha256: crate::format::Hex32([i + 50; 32]),
+                plain: 20,
+            })
+            .collect();
+        let record = &mut m.volumes[0];
+        record.lists = crate::pipeline::chunk_list::store_lists(&repo.chunk_store("cvat"), &chunks)
+            .await
+            .unwrap();
+        (record.stored_size, record.tar_size) = (30, 60);
+        record.sha256 = crate::format::chunk_list_digest(&chunks);
+        record.chunks = chunks.clone();
+        m.format_version = crate::format::LISTED_FORMAT;
+        repo.commit(&m, &signer()).await.unwrap();
+        let stored = repo.manifest_bytes("cvat", id).await.unwrap().0;
+        let text = std::str::from_utf8(&stored).unwrap();
+        assert!(text.contains(r#"{"in_lists":3}"#), "{text}");
+        // What prune before format 5 parsed: it fails, so it deletes nothing.
+        #[derive(serde::Deserialize)]
+        struct OldId {
+            #[allow(dead_code)]
+            sha256: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct OldVolume {
+            #[serde(default)]
+            #[allow(dead_code)]
+            chunks: Vec<OldId>,
+        }
+        #[derive(serde::Deserialize)]
+        struct OldManifest {
+            #[allow(dead_code)]
+            volumes: Vec<OldVolume>,
+        }
+        assert!(serde_json::from_slice::<OldManifest>(&stored).is_err());
+        let read = repo.read("cvat", Some(id), &policy()).await.unwrap();
+        assert_eq!(read.manifest.volumes[0].chunks, chunks);
+        let none = std::collections::HashSet::new();
+        let referenced = repo.referenced_chunks("cvat", &none).await.unwrap();
+        let lists = &m.volumes[0].lists;
+        assert!(
+            lists
+                .iter()
+                .all(|l| referenced.contains(&l.sha256.to_string()))
+        );
+        assert!(
+            chunks
+                .iter()
+                .all(|c| referenced.contains(&c.sha256.to_string()))
+        );
+        assert_eq!(referenced.len(), chunks.len() + lists.len());
+
+        let plant = |id: &str, json: String| {
+            let at = repo.store.layout.manifest("cvat", id);
+            let objects = Arc::clone(&repo.store.objects);
+            async move { objects.put(&at, json.into_bytes().into()).await.unwrap() }
+        };
+        let huge = format!(
+            r#"{{"format_version":5,"volumes":[{{"lists":[{{"sha256":"{}","size":100,"chunks":1099511627776,"stored":0,"plain":0}}]}}]}}"#,
+            "ab".repeat(32)
+        );
+        plant("20260102T000000.000Z", huge).await;
+        let err = repo.referenced_chunks("cvat", &none).await.unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains("not one lifeboat writes"), "{err}");
+        assert!(err.contains("no chunk was deleted"), "{err}");
+        plant(
+            "20260102T000000.000Z",
+            r#"{"format_version":6,"volumes":[]}"#.into(),
+        )
+        .await;
+        let err = repo.referenced_chunks("cvat", &none).await.unwrap_err();
+        assert!(
+            err.to_string().contains("newer than this lifeboat"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
