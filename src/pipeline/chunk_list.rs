@@ -31,7 +31,7 @@ const FETCH_IN_FLIGHT: usize = 8;
 /// Stores a volume's chunk list in objects ([`list_pieces`]), a few at once, and returns what
 /// the manifest records of them, in order.
 pub async fn store_lists(
-    store: &ChunkStore,
+    to: &ChunkStore,
     chunks: &[ChunkRef],
 ) -> Result<Vec<ListRef>, PipelineError> {
     futures::stream::iter(list_pieces(chunks))
@@ -58,12 +58,11 @@ pub async fn store_lists(
                 // request a list, about 2,048 chunks; a night of 1 % churn uploads about 20
                 // chunks per list), never anything else under it.
                 let options = PutOptions {
-                    attributes: store.attributes.clone(),
+                    attributes: to.attributes.clone(),
                     ..Default::default()
                 };
-                store
-                    .objects
-                    .put_opts(&store.location(&list.sha256), frame.into(), options)
+                to.objects
+                    .put_opts(&to.location(&list.sha256), frame.into(), options)
                     .await?;
                 Ok(list)
             }
@@ -79,7 +78,7 @@ pub async fn store_lists(
 /// signature was checked, so their count sizes the result up front (prune also reads the
 /// lists of manifests that are not, and sizes nothing by them).
 pub async fn read_lists(
-    store: &ChunkStore,
+    from: &ChunkStore,
     lists: &[ListRef],
     authenticated: bool,
 ) -> Result<Vec<ChunkRef>, PipelineError> {
@@ -96,7 +95,7 @@ pub async fn read_lists(
     let mut chunks = Vec::with_capacity(total);
     let mut read = std::pin::pin!(
         futures::stream::iter(lists)
-            .map(|list| read_list(store, list))
+            .map(|list| read_list(from, list))
             .buffered(FETCH_IN_FLIGHT)
     );
     while let Some(piece) = read.try_next().await? {
@@ -106,14 +105,14 @@ pub async fn read_lists(
 }
 
 /// One list object's chunks, checked.
-async fn read_list(store: &ChunkStore, list: &ListRef) -> Result<Vec<ChunkRef>, PipelineError> {
-    let location = store.location(&list.sha256);
+async fn read_list(from: &ChunkStore, list: &ListRef) -> Result<Vec<ChunkRef>, PipelineError> {
+    let location = from.location(&list.sha256);
     let wrong = |what: &str| {
         PipelineError::Verification(format!(
             "chunk list {location} {what}: it is not the list the signed manifest records"
         ))
     };
-    let got = store.objects.get(&location).await.map_err(|e| match e {
+    let got = from.objects.get(&location).await.map_err(|e| match e {
         object_store::Error::NotFound { .. } => {
             PipelineError::Verification(format!("chunk list {location} is missing from the store"))
         }
