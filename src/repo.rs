@@ -580,8 +580,6 @@ impl Repo {
         #[derive(serde::Deserialize)]
         struct Volumes {
             #[serde(default)]
-            format_version: u32,
-            #[serde(default)]
             volumes: Vec<Chunks>,
         }
         #[derive(serde::Deserialize)]
@@ -616,26 +614,36 @@ impl Repo {
                     self.store.layout.backup_dir(app, &id)
                 )
             };
-            let parsed: Volumes = serde_json::from_slice(&bytes)
-                .map_err(|e| damaged(format!("the manifest of {id} cannot be parsed ({e})")))?;
-            if parsed.format_version > crate::format::FORMAT_VERSION {
+            // The version first: a newer format may store what it references otherwise.
+            #[derive(serde::Deserialize)]
+            struct Version {
+                #[serde(default)]
+                format_version: u32,
+            }
+            if let Ok(Version { format_version }) = serde_json::from_slice(&bytes)
+                && format_version > crate::format::FORMAT_VERSION
+            {
                 return Err(anyhow!(
-                    "backup {id} is format {}, newer than this lifeboat knows ({}), so what it references is unknown and no chunk was deleted; prune with the lifeboat that wrote it",
-                    parsed.format_version,
+                    "backup {id} is format {format_version}, newer than this lifeboat knows ({}), so what it references is unknown and no chunk was deleted; prune with the lifeboat that wrote it",
                     crate::format::FORMAT_VERSION
                 ));
             }
+            let parsed: Volumes = serde_json::from_slice(&bytes)
+                .map_err(|e| damaged(format!("the manifest of {id} cannot be parsed ({e})")))?;
             for volume in parsed.volumes {
+                let listed: u64 = volume.lists.iter().map(|l| l.chunks).sum();
                 for chunk in volume.chunks {
                     match chunk {
                         Id {
                             sha256: Some(sha256),
                             in_lists: None,
                         } => referenced.insert(sha256),
+                        // The count must be the lists': a record whose lists went missing
+                        // references chunks nobody can name.
                         Id {
                             sha256: None,
-                            in_lists: Some(_),
-                        } => continue,
+                            in_lists: Some(n),
+                        } if n == listed => continue,
                         _ => {
                             return Err(damaged(format!(
                                 "the manifest of {id} holds a chunk entry lifeboat does not write"
@@ -956,7 +964,7 @@ mod tests {
         assert!(err.contains("no chunk was deleted"), "{err}");
         plant(
             "20260102T000000.000Z",
-            r#"{"format_version":6,"volumes":[]}"#.into(),
+            r#"{"format_version":6,"volumes":"stored otherwise"}"#.into(),
         )
         .await;
         let err = repo.referenced_chunks("cvat", &none).await.unwrap_err();
@@ -964,6 +972,14 @@ mod tests {
             err.to_string().contains("newer than this lifeboat"),
             "{err}"
         );
+        // A record that says its chunks are in lists it no longer names.
+        plant(
+            "20260102T000000.000Z",
+            r#"{"format_version":5,"volumes":[{"chunks":[{"in_lists":3}]}]}"#.into(),
+        )
+        .await;
+        let err = repo.referenced_chunks("cvat", &none).await.unwrap_err();
+        assert!(err.to_string().contains("does not write"), "{err}");
     }
 
     #[tokio::test]
